@@ -1,0 +1,335 @@
+"""Operator alerts (SPEC §9): a log record on ``msgsend.alerts`` plus an optional webhook POST.
+
+An alert is logged at once and, when a webhook is configured, posted by one background daemon
+thread, so a slow or dead webhook never slows or fails a send. Each (type, provider) pair fires
+at most once per ``window`` seconds. Messages are masked with ``logs.mask_text`` before they
+are logged or posted, so a full phone number never leaves the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from .logs import mask_text
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["ALERT_TYPES", "Alert", "Alerter", "alert_for_transition"]
+
+ALERT_TYPES: Final = (
+    "auth-failed",
+    "provider-down",
+    "provider-recovered",
+    "rate-limit",
+    "fallback",
+)
+
+_LEVELS: Final = {"auth-failed": logging.ERROR, "provider-down": logging.ERROR}
+_EMOJI: Final = {
+    "auth-failed": ":lock:",
+    "provider-down": ":rotating_light:",
+    "provider-recovered": ":white_check_mark:",
+    "rate-limit": ":hourglass_flowing_sand:",
+    "fallback": ":twisted_rightwards_arrows:",
+}
+_STOP: Final = object()
+
+
+def _utc_now() -> _dt.datetime:
+    """Return the current time in UTC."""
+    return _dt.datetime.now(_dt.UTC)
+
+
+def alert_for_transition(old: str, new: str) -> str | None:
+    """Return the alert type for a circuit transition (``on_change``), or None for none.
+
+    >>> alert_for_transition("half-open", "closed")
+    'provider-recovered'
+    """
+    if new == "open":
+        return "provider-down"
+    if new == "closed" and old == "half-open":
+        return "provider-recovered"
+    if new == "disabled":
+        return "auth-failed"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert, as logged, posted and listed in the run report."""
+
+    type: str
+    provider: str | None
+    message: str
+    at: str  # ISO-8601, UTC
+
+    @property
+    def summary(self) -> str:
+        """Return ``type provider: message`` for logs."""
+        who = f" {self.provider}" if self.provider else ""
+        return f"{self.type}{who}: {self.message}"
+
+    @property
+    def text(self) -> str:
+        """Return one Slack-friendly line."""
+        return f"{_EMOJI.get(self.type, ':warning:')} msgsend {self.summary}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the webhook body: type, provider, message, at and Slack's ``text``."""
+        return {
+            "type": self.type,
+            "provider": self.provider,
+            "message": self.message,
+            "at": self.at,
+            "text": self.text,
+        }
+
+
+def _safe_url(url: str) -> str:
+    """Return scheme://host of a webhook URL: its path often embeds a secret token."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme or 'http'}://{host}{port}"
+
+
+class Alerter:
+    """Log alerts on ``msgsend.alerts`` and post them to a webhook, deduplicated per window.
+
+    ``emit`` never raises and never blocks on the network: the POST is queued to one daemon
+    worker (bounded queue; an alert that does not fit is dropped and counted). ``close``
+    flushes what is queued within its timeout, then stops the worker.
+
+        alerter = Alerter("https://hooks.slack.com/services/...")
+        alerter.emit("provider-down", "kakaotalk", "circuit open after 5 failures")
+        alerter.close()
+    """
+
+    def __init__(
+        self,
+        webhook_url: str | None = None,
+        *,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        timeout: float = 5.0,
+        session: requests.Session | None = None,
+        logger: logging.Logger | None = None,
+        queue_size: int = 100,
+        wall_clock: Callable[[], _dt.datetime] = _utc_now,
+    ) -> None:
+        self.webhook_url = webhook_url or None
+        self.window = window
+        self.timeout = timeout
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._session = session
+        self._logger = logger if logger is not None else logging.getLogger("msgsend.alerts")
+        self._webhook_logger = self._logger.getChild("webhook")
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str | None], float] = {}
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, queue_size))
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._abandon = threading.Event()
+        self._sent = 0
+        self._failed = 0
+        self._dropped = 0
+        self._suppressed = 0
+        #: every alert that was logged (not the deduplicated ones), for the run report
+        self.emitted: list[Alert] = []
+
+    # -- counters --------------------------------------------------------------------------
+
+    @property
+    def sent(self) -> int:
+        """Return the webhook posts answered with 2xx."""
+        return self._sent
+
+    @property
+    def failed(self) -> int:
+        """Return the webhook posts that failed (error, timeout or non-2xx)."""
+        return self._failed
+
+    @property
+    def dropped(self) -> int:
+        """Return the alerts never posted: queue full, or still queued when ``close`` gave up."""
+        return self._dropped
+
+    @property
+    def suppressed(self) -> int:
+        """Return the alerts skipped as duplicates within the window."""
+        return self._suppressed
+
+    @property
+    def pending(self) -> int:
+        """Return the posts waiting in the queue."""
+        return self._queue.qsize()
+
+    @property
+    def worker_alive(self) -> bool:
+        """Return whether the webhook worker thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- emitting --------------------------------------------------------------------------
+
+    def emit(self, type: str, provider: str | None, message: str) -> bool:
+        """Log an alert and queue its webhook post; return False if it was a duplicate."""
+        try:
+            return self._emit(type, provider, message)
+        except Exception:  # an alert must never fail a send
+            with contextlib.suppress(Exception):
+                self._logger.exception("could not emit alert %s", type)
+            return False
+
+    def _emit(self, type: str, provider: str | None, message: str) -> bool:
+        """Do the work of ``emit``."""
+        now = self._clock()
+        key = (type, provider)
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.window:
+                self._suppressed += 1
+                return False
+            self._last[key] = now
+            at = self._wall_clock().astimezone(_dt.UTC).isoformat(timespec="seconds")
+            alert = Alert(type, provider, mask_text(message), at.replace("+00:00", "Z"))
+            self.emitted.append(alert)
+        self._logger.log(
+            _LEVELS.get(type, logging.WARNING),
+            "%s",
+            alert.summary,
+            extra={"alert_type": type, "provider": provider},
+        )
+        if self.webhook_url:
+            self._enqueue(alert)
+        return True
+
+    def _enqueue(self, alert: Alert) -> None:
+        """Hand the alert to the worker, or drop it if the queue is full or closed."""
+        with self._lock:
+            if self._closed:
+                self._dropped += 1
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="msgsend-alert-webhook", daemon=True
+                )
+                self._thread.start()
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            with self._lock:
+                self._dropped += 1
+            self._webhook_logger.warning(
+                "alert webhook queue is full; %s alert dropped", alert.type
+            )
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Post queued alerts until told to stop."""
+        session = self._session
+        owned = session is None
+        if session is None:
+            import requests
+
+            session = requests.Session()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                if not isinstance(item, Alert):
+                    continue
+                if self._abandon.is_set():
+                    with self._lock:
+                        self._dropped += 1
+                    continue
+                self._post(session, item)
+        finally:
+            if owned:
+                session.close()
+
+    def _post(self, session: requests.Session, alert: Alert) -> None:
+        """POST one alert; count the outcome; never raise."""
+        assert self.webhook_url is not None
+        where = _safe_url(self.webhook_url)
+        try:
+            response = session.post(
+                self.webhook_url,
+                json=alert.to_json(),
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+            try:
+                ok = 200 <= response.status_code < 300
+                status = response.status_code
+            finally:
+                response.close()
+        except Exception as exc:  # requests errors, and anything else: never kill the worker
+            with self._lock:
+                self._failed += 1
+            # Only the exception's class: its text repeats the URL, whose path may be a secret.
+            self._webhook_logger.warning("alert webhook %s failed: %s", where, type(exc).__name__)
+            return
+        with self._lock:
+            if ok:
+                self._sent += 1
+            else:
+                self._failed += 1
+        if not ok:
+            self._webhook_logger.warning("alert webhook %s answered HTTP %d", where, status)
+
+    # -- shutting down ---------------------------------------------------------------------
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush queued webhook posts within ``timeout`` seconds, then stop the worker."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not thread.is_alive():
+            return
+        # The webhook is hanging: give up on what is queued; the daemon worker exits once
+        # its current request times out and never holds up the process.
+        self._abandon.set()
+        abandoned = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Alert):
+                abandoned += 1
+        with self._lock:
+            self._dropped += abandoned
+        # The drain also took the stop marker if it was queued: queue it again, last.
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_STOP)
+        self._webhook_logger.warning(
+            "alert webhook did not finish within %.1f s; %d queued alert(s) dropped",
+            timeout,
+            abandoned,
+        )
+
+    def __enter__(self) -> Alerter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

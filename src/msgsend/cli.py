@@ -1,0 +1,932 @@
+"""The ``msgsend`` command line: parse, call the library, render, choose the exit code.
+
+Only this module imports typer and rich. Heavy modules (rich, the sandbox, the limiter's
+stores, prometheus_client) are imported inside the commands that use them, so that
+``msgsend --version`` and ``msgsend ping`` start quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from . import __version__
+from .errors import ConfigError, InputError, InputFileError, MsgsendError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .alerts import Alerter
+    from .client import Sender
+    from .config import Config
+    from .metrics import Metrics
+    from .sandbox import Sandbox
+
+__all__ = ["app", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DATAERR = 65
+EXIT_NOINPUT = 66
+EXIT_SOFTWARE = 70
+EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="msgsend",
+    help="Send text messages to Korean mobile numbers: KakaoTalk first, SMS as the fallback.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(help="Write, show and check the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+# ---------------------------------------------------------------------------- shared options
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Configuration file (TOML).", show_default=False)
+]
+VerboseOpt = Annotated[
+    int, typer.Option("--verbose", "-v", count=True, help="-v: every attempt; -vv: debug.")
+]
+LogFileOpt = Annotated[
+    Path | None, typer.Option("--log-file", help="Also write the log to this file.", show_default=False)
+]
+LogFormatOpt = Annotated[
+    str, typer.Option("--log-format", help="Log format: text or json.", metavar="text|json")
+]
+MetricsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--metrics-file",
+        help="Write Prometheus metrics here at exit (node_exporter textfile collector).",
+        show_default=False,
+    ),
+]
+PushgatewayOpt = Annotated[
+    str | None,
+    typer.Option("--pushgateway", help="Push metrics to this Pushgateway URL at exit.", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+SandboxOpt = Annotated[
+    bool,
+    typer.Option(
+        "--sandbox", help="Start fake providers in-process on free ports and send to them."
+    ),
+]
+ViaOpt = Annotated[str, typer.Option("--via", help="Channel: kakaotalk or sms.", metavar="kakaotalk|sms")]
+NoFallbackOpt = Annotated[bool, typer.Option("--no-fallback", help="Do not fall back to SMS.")]
+
+
+@dataclass
+class Common:
+    """The options every command takes."""
+
+    config: Path | None = None
+    verbose: int = 0
+    log_file: Path | None = None
+    log_format: str = "text"
+    metrics_file: Path | None = None
+    pushgateway: str | None = None
+
+
+@dataclass
+class Run:
+    """What one command run holds open: logging, alerts, metrics, an embedded sandbox."""
+
+    common: Common
+    console: Console
+    config: Config | None = None
+    alerter: Alerter | None = None
+    metrics: Metrics | None = None
+    sandbox: Sandbox | None = None
+    closers: list[Any] = field(default_factory=list)
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _stdout_console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"msgsend: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _exit_code_for(exc: MsgsendError) -> int:
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, InputFileError):
+        return EXIT_NOINPUT
+    if isinstance(exc, InputError):
+        return EXIT_DATAERR
+    return EXIT_FAILED
+
+
+def _raise_errors() -> bool:
+    return os.environ.get("MSGSEND_RAISE_ERRORS", "") not in ("", "0")
+
+
+@contextmanager
+def _errors_to_exit_codes() -> Iterator[None]:
+    """Map every error to a message on stderr and the exit code of SPEC §8, in one place."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except MsgsendError as exc:
+        if _raise_errors():
+            raise
+        _error(str(exc))
+        raise typer.Exit(_exit_code_for(exc)) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("\nmsgsend: interrupted\n")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if _raise_errors():
+            raise
+        _error(
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(set MSGSEND_RAISE_ERRORS=1 to see the traceback)"
+        )
+        raise typer.Exit(EXIT_SOFTWARE) from None
+
+
+def _check_common(common: Common) -> None:
+    if common.log_format not in ("text", "json"):
+        raise typer.BadParameter(
+            f"{common.log_format!r} is not text or json", param_hint="--log-format"
+        )
+
+
+@contextmanager
+def _run(common: Common, *, need_config: bool = True, overrides: dict[str, Any] | None = None,
+         sandbox: bool = False, json_output: bool = False) -> Iterator[Run]:
+    """Set up logging, configuration, alerts and metrics; tear them down at exit."""
+    from .logs import setup_logging
+
+    _check_common(common)
+    setup_logging(common.verbose, log_file=common.log_file, log_format=common.log_format)
+    run = Run(common=common, console=_stderr_console())
+    success = False
+    try:
+        if need_config:
+            run.config = _load_config(common, overrides, run)
+            if sandbox:
+                run.sandbox, run.config = _start_sandbox(run.config, run)
+            from .alerts import Alerter
+
+            run.alerter = Alerter(run.config.alerts.webhook_url)
+            if common.metrics_file or common.pushgateway:
+                from .metrics import Metrics
+
+                run.metrics = Metrics()
+        yield run
+        success = True
+    finally:
+        _finish(run, success)
+
+
+def _load_config(common: Common, overrides: dict[str, Any] | None, run: Run) -> Config:
+    from .config import load_config
+
+    config = load_config(common.config, overrides=overrides)
+    import logging
+
+    for warning in config.warnings:
+        logging.getLogger("msgsend.config").warning(warning)
+    return config
+
+
+def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
+    """Start fake providers on free ports and point ``config`` at them (memory limiter)."""
+    import dataclasses
+
+    from .config import LimiterConfig
+    from .sandbox import Sandbox, SandboxOptions
+
+    options = SandboxOptions(kakaotalk_fail_suffixes=SANDBOX_KAKAOTALK_FAILS)
+    sandbox = Sandbox(options).start()
+    run.closers.append(sandbox.close)
+    config = dataclasses.replace(
+        config,
+        kakaotalk=dataclasses.replace(
+            config.kakaotalk, base_url=sandbox.kakaotalk_url, username="autoever", password="1234"
+        ),
+        sms=dataclasses.replace(
+            config.sms, base_url=sandbox.sms_url, username="autoever", password="5678"
+        ),
+        # The embedded providers belong to this process alone: never spend a shared budget.
+        limiter=LimiterConfig(strategy=config.limiter.strategy, store="memory"),
+    )
+    run.console.print(
+        f"[dim]sandbox: KakaoTalk at {sandbox.kakaotalk_url}, SMS at {sandbox.sms_url} "
+        f"(KakaoTalk answers 503 for numbers ending in {', '.join(SANDBOX_KAKAOTALK_FAILS)})[/dim]"
+    )
+    return sandbox, config
+
+
+#: ``--sandbox`` makes KakaoTalk fail for these number endings, so that fallback shows.
+SANDBOX_KAKAOTALK_FAILS = ("0000",)
+
+
+def _finish(run: Run, success: bool) -> None:
+    if run.alerter is not None:
+        run.alerter.close(timeout=5.0)
+    if run.metrics is not None:
+        run.metrics.finish_run(success)
+        if run.common.metrics_file is not None:
+            try:
+                run.metrics.write_textfile(run.common.metrics_file)
+            except OSError as exc:
+                _error(f"--metrics-file {run.common.metrics_file}: {exc.strerror or exc}")
+        if run.common.pushgateway:
+            try:
+                run.metrics.push(run.common.pushgateway)
+            except Exception as exc:
+                _error(f"--pushgateway {run.common.pushgateway}: {exc}")
+    for close in reversed(run.closers):
+        with suppress(Exception):
+            close()
+
+
+def _build_sender(run: Run, *, pool_size: int | None = None) -> Sender:
+    from .client import Sender
+
+    assert run.config is not None
+    sender = Sender.from_config(
+        run.config, alerter=run.alerter, metrics=run.metrics, pool_size=pool_size
+    )
+    run.closers.append(sender.close)
+    return sender
+
+
+def _channel(value: str, option: str = "--via") -> str:
+    lowered = value.strip().lower()
+    if lowered not in ("kakaotalk", "sms"):
+        raise typer.BadParameter(f"{value!r} is not kakaotalk or sms", param_hint=option)
+    return lowered
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------- the commands
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"msgsend {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Send text messages to Korean mobile numbers: KakaoTalk first, SMS as the fallback."""
+
+
+@app.command()
+def send(
+    recipient: Annotated[str, typer.Argument(help="Korean mobile number, e.g. 010-1234-5678.")],
+    message: Annotated[str, typer.Argument(help="The text, or - to read it from standard input.")],
+    via: ViaOpt = "kakaotalk",
+    no_fallback: NoFallbackOpt = False,
+    json_output: JsonOpt = False,
+    sandbox: SandboxOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = 0,
+    log_file: LogFileOpt = None,
+    log_format: LogFormatOpt = "text",
+    metrics_file: MetricsFileOpt = None,
+    pushgateway: PushgatewayOpt = None,
+) -> None:
+    """Send one message.
+
+    Example: msgsend send 010-1234-5678 "배송이 시작되었습니다"
+    """
+    common = Common(config, verbose, log_file, log_format, metrics_file, pushgateway)
+    channel = _channel(via)
+    with _errors_to_exit_codes():
+        text = _read_message(message)
+        from .models import normalize_recipient, validate_message
+
+        normalize_recipient(recipient)
+        validate_message(text, channel)
+        with _run(common, sandbox=sandbox) as run:
+            sender = _build_sender(run, pool_size=2)
+            result = sender.send(recipient, text, via=channel, fallback=False if no_fallback else None)
+            report = sender.stats.to_json()
+            if json_output:
+                document = result.to_json()
+                if verbose:
+                    document["report"] = report
+                _print_json(document)
+            else:
+                _render_send(run.console, result, report if verbose else None)
+        raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+def _read_message(message: str) -> str:
+    if message != "-":
+        return message
+    if sys.stdin is None:
+        raise InputError("MESSAGE is - but there is no standard input")
+    try:
+        data = sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"standard input is not UTF-8 text ({exc.reason})") from None
+    return data.rstrip("\r\n")
+
+
+def _render_send(console: Console, result: Any, report: dict[str, Any] | None) -> None:
+    from .models import mask_recipient
+
+    if result.ok:
+        how = f"via {result.channel}" + (" (fallback)" if result.fallback else "")
+        console.print(
+            f"[green]sent[/green] to {mask_recipient(result.recipient)} {how} "
+            f"in {result.attempts} attempt(s), {result.latency_ms:.0f} ms"
+        )
+        if result.uncertain:
+            console.print(
+                f"[yellow]note:[/yellow] {result.uncertain} attempt(s) timed out after sending: "
+                "the recipient may receive the message more than once"
+            )
+    else:
+        console.print(
+            f"[red]failed[/red] to send to {mask_recipient(result.recipient)} after "
+            f"{result.attempts} attempt(s): {result.error}"
+        )
+    if report is not None:
+        console.print(_provider_table(report))
+
+
+def _provider_table(report: dict[str, Any], bulk: dict[str, Any] | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(title="per provider", title_justify="left")
+    for column in ("provider", "sent", "failed", "requests", "retries", "fallbacks",
+                   "p50 ms", "p95 ms", "max ms", "limiter wait s"):
+        table.add_column(column, justify="left" if column == "provider" else "right")
+    for name, stats in report["providers"].items():
+        latency = stats["latency_ms"]
+        table.add_row(
+            name,
+            str(stats["delivered"]),
+            str(stats["failed"]),
+            str(stats["requests"]),
+            str(stats["retries"]),
+            str(stats["fallbacks_from"]),
+            _num(latency["p50"]),
+            _num(latency["p95"]),
+            _num(latency["max"]),
+            f"{stats['limiter']['wait_seconds']:.1f}",
+        )
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+@app.command()
+def ping(
+    provider: Annotated[
+        str | None,
+        typer.Option("--provider", help="Check only this provider.", metavar="kakaotalk|sms"),
+    ] = None,
+    json_output: JsonOpt = False,
+    sandbox: SandboxOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = 0,
+    log_file: LogFileOpt = None,
+    log_format: LogFormatOpt = "text",
+    metrics_file: MetricsFileOpt = None,
+    pushgateway: PushgatewayOpt = None,
+) -> None:
+    """Check each provider's health without sending a message (exit 0 ok, 1 degraded, 2 critical).
+
+    Example: msgsend ping --json
+    """
+    common = Common(config, verbose, log_file, log_format, metrics_file, pushgateway)
+    names = [_channel(provider, "--provider")] if provider else None
+    with _errors_to_exit_codes(), _run(common, sandbox=sandbox) as run:
+        from .health import check_health
+
+        sender = _build_sender(run, pool_size=2)
+        report = check_health(sender, names)
+        if json_output:
+            _print_json(report.to_json())
+        else:
+            _render_health(_stdout_console(), report)
+        code = report.exit_code
+    raise typer.Exit(code)
+
+
+def _render_health(console: Console, report: Any) -> None:
+    from rich.table import Table
+
+    colours = {"up": "green", "throttled": "yellow", "auth-failed": "red", "down": "red"}
+    table = Table(title=f"overall: {report.overall}", title_justify="left")
+    for column in ("provider", "status", "latency", "detail"):
+        table.add_column(column)
+    for health in report.providers:
+        colour = colours.get(health.status.value, "white")
+        latency = "-" if health.latency_ms is None else f"{health.latency_ms:.0f} ms"
+        table.add_row(
+            health.provider, f"[{colour}]{health.status.value}[/{colour}]", latency, health.detail
+        )
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------- bulk
+
+
+@app.command()
+def bulk(
+    file: Annotated[Path, typer.Argument(help="CSV file with a header row.", show_default=False)],
+    template: Annotated[
+        str | None,
+        typer.Option("--template", help="Message with {column} placeholders.", show_default=False),
+    ] = None,
+    via: ViaOpt = "kakaotalk",
+    no_fallback: NoFallbackOpt = False,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", min=1, max=256, help="Parallel sends (default [bulk] concurrency).", show_default=False),
+    ] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option("--results", help="Results file (default FILE.results.csv).", show_default=False),
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a run: skip settled rows, retry failed ones.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and render only; send nothing.")] = False,
+    encoding: Annotated[
+        str | None,
+        typer.Option("--encoding", help="Input encoding (default: UTF-8, else CP949).", show_default=False),
+    ] = None,
+    allow_duplicates: Annotated[
+        bool, typer.Option("--allow-duplicates", help="Send repeated recipient+message rows again.")
+    ] = False,
+    json_output: JsonOpt = False,
+    sandbox: SandboxOpt = False,
+    config: ConfigOpt = None,
+    verbose: VerboseOpt = 0,
+    log_file: LogFileOpt = None,
+    log_format: LogFormatOpt = "text",
+    metrics_file: MetricsFileOpt = None,
+    pushgateway: PushgatewayOpt = None,
+) -> None:
+    """Send one message per CSV row, paced by the rate limits; results go to FILE.results.csv.
+
+    Example: msgsend bulk recipients.csv --template "{name}님, 주문하신 상품이 발송되었습니다."
+    """
+    common = Common(config, verbose, log_file, log_format, metrics_file, pushgateway)
+    channel = _channel(via)
+    if encoding is not None:
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise typer.BadParameter(f"unknown encoding {encoding!r}", param_hint="--encoding") from None
+    with _errors_to_exit_codes():
+        from .bulk import inspect_csv
+
+        info = inspect_csv(file, encoding=encoding)
+        overrides = {"bulk.concurrency": concurrency} if concurrency else None
+        with _run(common, overrides=overrides, sandbox=sandbox and not dry_run) as run:
+            assert run.config is not None
+            workers = run.config.bulk.concurrency
+            sender = None if dry_run else _build_sender(run, pool_size=workers)
+            code = _bulk(run, sender, file, info, template=template, via=channel,
+                         fallback=False if no_fallback else None, concurrency=workers,
+                         results=results, resume=resume, dry_run=dry_run,
+                         encoding=info.encoding, allow_duplicates=allow_duplicates,
+                         json_output=json_output)
+    raise typer.Exit(code)
+
+
+def _bulk(run: Run, sender: Sender | None, file: Path, info: Any, **options: Any) -> int:
+    from .bulk import send_bulk
+
+    json_output = options.pop("json_output")
+    stop = threading.Event()
+    progress = _BulkProgress(run, info.total_rows, options["via"], sender)
+    restore = _install_interrupt_handlers(stop, run)
+    try:
+        with progress:
+            report = send_bulk(
+                file,
+                sender,  # type: ignore[arg-type]
+                stop=stop,
+                on_progress=progress.update,
+                on_row=progress.row,
+                **options,
+            )
+    finally:
+        restore()
+    stats = sender.stats.to_json() if sender is not None else None
+    if run.metrics is not None:
+        for status in ("invalid", "duplicate"):
+            for _ in range(report.counts.get(status, 0)):
+                run.metrics.observe_message("none", status)
+    if json_output:
+        document = report.to_json()
+        if stats is not None:
+            document["report"] = stats
+        _print_json(document)
+    else:
+        _render_bulk_summary(run.console, report, stats)
+    return int(report.exit_code)
+
+
+def _install_interrupt_handlers(stop: threading.Event, run: Run) -> Any:
+    """First Ctrl-C (or SIGTERM): drain and stop. Second Ctrl-C: quit at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            sys.stderr.write("\nmsgsend: second interrupt, quitting now\n")
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        stop.set()
+        sys.stderr.write(
+            "\nmsgsend: interrupted: finishing the messages in flight "
+            "(press Ctrl-C again to quit at once)\n"
+        )
+        sys.stderr.flush()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+class _BulkProgress:
+    """A rich progress bar on a TTY, a plain line every few seconds otherwise."""
+
+    INTERVAL = 5.0
+
+    def __init__(self, run: Run, total: int, via: str, sender: Sender | None) -> None:
+        self.run = run
+        self.total = total
+        self.console = run.console
+        self.tty = self.console.is_terminal
+        self.counts = {"sent": 0, "failed": 0, "invalid": 0, "duplicate": 0, "fallback": 0, "ready": 0}
+        self.done = 0
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self._recent: list[tuple[float, int]] = []
+        self._lock = threading.Lock()
+        self.limit_rate = self._limit_rate(via, run.config)
+        self.progress: Any = None
+        self.task: Any = None
+
+    @staticmethod
+    def _limit_rate(via: str, config: Config | None) -> float | None:
+        if config is None:
+            return None
+        return config.provider(via).rate_limit.per_second
+
+    def __enter__(self) -> _BulkProgress:
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]bulk"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=self.console,
+                transient=False,
+                refresh_per_second=4,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("bulk", total=self.total, status="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self._refresh(force=True)
+            self.progress.stop()
+        elif self.done:
+            self._plain_line()
+
+    def row(self, outcome: Any) -> None:
+        with self._lock:
+            status = outcome.status
+            self.counts[status] = self.counts.get(status, 0) + 1
+            if getattr(outcome, "fallback", False):
+                self.counts["fallback"] += 1
+
+    def update(self, done: int, total: int) -> None:
+        with self._lock:
+            self.done, self.total = done, max(total, done)
+            now = time.monotonic()
+            self._recent.append((now, done))
+            while len(self._recent) > 2 and now - self._recent[0][0] > 30:
+                self._recent.pop(0)
+        self._refresh()
+
+    def rate(self) -> float:
+        if len(self._recent) < 2:
+            return 0.0
+        (t0, d0), (t1, d1) = self._recent[0], self._recent[-1]
+        return (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def eta(self) -> float | None:
+        remaining = self.total - self.done
+        if remaining <= 0:
+            return 0.0
+        observed = self.rate()
+        rates = [r for r in (observed, self.limit_rate) if r]
+        if not rates:
+            return None
+        # The limiter caps the rate however fast the start was (a sliding window admits a
+        # burst first): never promise more than the limit allows.
+        return remaining / min(rates)
+
+    def status_text(self) -> str:
+        c = self.counts
+        eta = self.eta()
+        eta_text = "-" if eta is None else _duration(eta)
+        return (
+            f"sent {c['sent']}  fallback {c['fallback']}  failed {c['failed']}  "
+            f"invalid {c['invalid']}  {self.rate():.1f}/s  ETA {eta_text}"
+        )
+
+    def _refresh(self, force: bool = False) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=self.done, total=self.total, status=self.status_text())
+            return
+        now = time.monotonic()
+        if force or now - self.last_line >= self.INTERVAL:
+            self.last_line = now
+            self._plain_line()
+
+    def _plain_line(self) -> None:
+        sys.stderr.write(f"bulk: {self.done}/{self.total} rows  {self.status_text()}\n")
+        sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _render_bulk_summary(console: Console, report: Any, stats: dict[str, Any] | None) -> None:
+    from rich.table import Table
+
+    counts = report.counts
+    title = "dry run" if report.dry_run else ("interrupted" if report.interrupted else "summary")
+    table = Table(title=f"bulk {title}: {report.total_rows} rows in {report.elapsed:.1f} s",
+                  title_justify="left")
+    for column in ("sent", "failed", "invalid", "duplicate", "skipped", "fallbacks", "uncertain"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(counts.get("sent", counts.get("ready", 0))),
+        str(counts.get("failed", 0)),
+        str(counts.get("invalid", 0)),
+        str(counts.get("duplicate", 0)),
+        str(report.skipped),
+        str(report.fallbacks),
+        str(report.uncertain),
+    )
+    console.print(table)
+    if stats is not None and stats["providers"]:
+        console.print(_provider_table(stats))
+    for row, reason in report.invalid_rows[:20]:
+        console.print(f"[yellow]row {row}[/yellow]: {reason}")
+    if len(report.invalid_rows) > 20:
+        console.print(f"... and {len(report.invalid_rows) - 20} more invalid rows in the results file")
+    if report.uncertain:
+        console.print(
+            f"[yellow]note:[/yellow] {report.uncertain} request(s) timed out after sending: "
+            "some recipients may receive a message twice"
+        )
+    console.print(f"results: {report.results_path}")
+
+
+# ---------------------------------------------------------------------------- sandbox
+
+
+@app.command("sandbox")
+def sandbox_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    kakaotalk_port: Annotated[int, typer.Option("--kakaotalk-port", min=0, max=65535)] = 8081,
+    sms_port: Annotated[int, typer.Option("--sms-port", min=0, max=65535)] = 8082,
+    latency_ms: Annotated[float, typer.Option("--latency-ms", min=0, help="Delay every answer.")] = 0.0,
+    failure_rate: Annotated[
+        float, typer.Option("--failure-rate", min=0.0, max=1.0, help="Share of requests answered 503.")
+    ] = 0.0,
+    kakaotalk_down: Annotated[bool, typer.Option("--kakaotalk-down", help="KakaoTalk answers 503.")] = False,
+    sms_down: Annotated[bool, typer.Option("--sms-down", help="SMS answers 503.")] = False,
+    kakaotalk_status: Annotated[
+        int | None, typer.Option("--kakaotalk-status", help="KakaoTalk answers this status (e.g. 401).", show_default=False)
+    ] = None,
+    sms_status: Annotated[
+        int | None, typer.Option("--sms-status", help="SMS answers this status.", show_default=False)
+    ] = None,
+    kakaotalk_limit: Annotated[int, typer.Option("--kakaotalk-limit", min=0, help="Requests per period (0: none).")] = 100,
+    sms_limit: Annotated[int, typer.Option("--sms-limit", min=0, help="Requests per period (0: none).")] = 500,
+    period: Annotated[float, typer.Option("--period", min=0.001, help="Rate-limit window in seconds.")] = 60.0,
+    kakaotalk_fail_suffix: Annotated[
+        list[str] | None,
+        typer.Option("--kakaotalk-fail-suffix", help="KakaoTalk answers 503 for numbers ending so (repeatable).", show_default=False),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the failure injection.", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print each request.")] = False,
+) -> None:
+    """Run fake KakaoTalk and SMS providers on 127.0.0.1 until Ctrl-C.
+
+    Example: msgsend sandbox --latency-ms 20 --failure-rate 0.1
+    """
+    with _errors_to_exit_codes():
+        from .sandbox import ProviderOptions, Sandbox, SandboxOptions, format_request
+
+        def provider_options(down: bool, status: int | None, limit: int, password: str) -> ProviderOptions:
+            return ProviderOptions(
+                latency_ms=latency_ms,
+                failure_rate=failure_rate,
+                down=down,
+                status=status,
+                rate_limit=limit or None,
+                rate_period=period,
+                password=password,
+            )
+
+        try:
+            options = SandboxOptions(
+                kakaotalk=provider_options(kakaotalk_down, kakaotalk_status, kakaotalk_limit, "1234"),
+                sms=provider_options(sms_down, sms_status, sms_limit, "5678"),
+                kakaotalk_fail_suffixes=tuple(kakaotalk_fail_suffix or ()),
+                seed=seed,
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+        def show(request: Any) -> None:
+            sys.stdout.write(format_request(request) + "\n")
+            sys.stdout.flush()
+
+        sandbox = Sandbox(
+            options, host=host, kakaotalk_port=kakaotalk_port, sms_port=sms_port,
+            on_request=None if quiet else show,
+        )
+        try:
+            sandbox.start()
+        except OSError as exc:
+            _error(f"cannot start the sandbox: {exc}")
+            raise typer.Exit(EXIT_FAILED) from None
+        sys.stderr.write(
+            f"sandbox: KakaoTalk at {sandbox.kakaotalk_url}/kakaotalk-messages, "
+            f"SMS at {sandbox.sms_url}/sms (Ctrl-C to stop)\n"
+        )
+        sys.stderr.flush()
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        try:
+            while not stopped.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sandbox.close()
+            sys.stderr.write(f"sandbox: stopped after {sandbox.count()} request(s)\n")
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@config_app.command("init")
+def config_init(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="Where to write (default $XDG_CONFIG_HOME/msgsend/config.toml).", show_default=False),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented sample configuration (mode 600)."""
+    with _errors_to_exit_codes():
+        from .config import render_sample_config
+
+        if path is None:
+            xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+            path = Path(xdg) / "msgsend" / "config.toml"
+        if path.exists() and not force:
+            _error(f"{path} exists; pass --force to overwrite it")
+            raise typer.Exit(EXIT_USAGE)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(render_sample_config())
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
+        sys.stderr.write(f"wrote {path}\n")
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Print the effective configuration, passwords masked, and where each value came from."""
+    with _errors_to_exit_codes():
+        from .config import effective_items, load_config
+
+        loaded = load_config(config)
+        items = effective_items(loaded)
+        if json_output:
+            _print_json(
+                {
+                    "file": str(loaded.path) if loaded.path else None,
+                    "values": {k: {"value": v, "source": s} for k, v, s in items},
+                }
+            )
+            return
+        import tomli_w
+
+        out = [f"# file: {loaded.path or '(none: built-in defaults)'}"]
+        table = None
+        for key, value, source in items:
+            section, name = key.rsplit(".", 1)
+            if section != table:
+                out.append(f"\n[{section}]")
+                table = section
+            line = tomli_w.dumps({name: value}).strip()
+            out.append(f"{line:<46} # {source}")
+        sys.stdout.write("\n".join(out) + "\n")
+        for warning in loaded.warnings:
+            sys.stderr.write(f"warning: {warning}\n")
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt = None) -> None:
+    """Validate the configuration and open the rate limiter's store (exit 0 or 78)."""
+    with _errors_to_exit_codes():
+        from .client import build_limiter
+        from .config import load_config
+
+        loaded = load_config(config)
+        limiter = build_limiter(loaded)
+        limiter.close()
+        for warning in loaded.warnings:
+            sys.stderr.write(f"warning: {warning}\n")
+        sys.stdout.write(f"configuration OK ({loaded.path or 'built-in defaults'})\n")
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the command line (the ``msgsend`` console script)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--version"]:
+        # The start-up fast path: monitoring calls this often.
+        sys.stdout.write(f"msgsend {__version__}\n")
+        raise SystemExit(0)
+    try:
+        app(args=args, prog_name="msgsend")
+    except KeyboardInterrupt:
+        sys.stderr.write("\nmsgsend: interrupted\n")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    raise SystemExit(0)

@@ -1,0 +1,435 @@
+"""Read and validate bulk CSV files (SPEC §7), streamed so memory stays flat.
+
+Row numbers: row 1 is the first record after the header row. Every record counts, blank ones
+included, so without multi-line messages row N is line N + 1 of the file (its row in a
+spreadsheet). Blank records (no field has any text) are skipped: they are neither sent nor
+recorded, and are not part of ``CsvInfo.total_rows``.
+
+A file is read twice: ``inspect_csv`` decodes and parses it once up front (encoding detection,
+record count for the progress bar, fatal problems found before anything is sent), then
+``CsvSource.rows()`` streams validated ``CsvRow`` objects.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import os
+import string
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from .errors import InputError, InputFileError
+from .models import Channel, normalize_recipient, validate_message
+
+__all__ = [
+    "MESSAGE_COLUMNS",
+    "RECIPIENT_COLUMNS",
+    "VIA_COLUMN",
+    "CsvInfo",
+    "CsvRow",
+    "CsvSource",
+    "compile_template",
+    "inspect_csv",
+]
+
+#: Header names (any case, surrounding whitespace ignored) of the recipient column.
+RECIPIENT_COLUMNS: tuple[str, ...] = ("phone", "recipient", "phoneNumber", "phone_number", "to")
+#: Header names of the message column, used when no template is given.
+MESSAGE_COLUMNS: tuple[str, ...] = ("message", "content")
+#: Header name of the optional per-row channel column.
+VIA_COLUMN = "via"
+
+#: Encoding tried when a file is not valid UTF-8: Korean Excel's export (superset of EUC-KR).
+FALLBACK_ENCODING = "cp949"
+
+_CSV_ERROR_FATAL = "field larger than field limit"
+
+
+@dataclass(frozen=True, slots=True)
+class CsvInfo:
+    """What the up-front pass learnt about a CSV file."""
+
+    path: Path
+    encoding: str
+    #: data records that are not blank: the rows that will be sent or reported
+    total_rows: int
+    columns: tuple[str, ...]
+    #: blank records between data rows (they still use up a row number)
+    blank_rows: int = 0
+    #: the highest row number in the file
+    last_row: int = 0
+    bom: bool = False
+
+
+@dataclass(slots=True)
+class CsvRow:
+    """One record of the input, validated: ``error`` is None when it can be sent."""
+
+    row: int
+    line: int
+    #: normalised number when valid, else the raw value (control characters replaced)
+    recipient: str
+    channel: Channel | None
+    message: str | None
+    error: str | None = None
+    blank: bool = False
+
+
+def _open_text(path: Path, encoding: str) -> TextIO:
+    """Open ``path`` for the csv module, mapping OS errors to InputFileError."""
+    try:
+        return open(path, encoding=encoding, errors="strict", newline="")  # noqa: SIM115
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{path}: is a directory, not a CSV file") from None
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+@dataclass(slots=True)
+class _Record:
+    first_line: int
+    last_line: int
+    fields: list[str] | None
+    error: str | None
+
+
+def _records(path: Path, handle: TextIO) -> Iterator[_Record]:
+    """Yield every csv record with its line span; a recoverable csv error becomes a record."""
+    reader = csv.reader(handle, strict=True)
+    last = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            text = str(exc)
+            if _CSV_ERROR_FATAL in text or reader.line_num == last:
+                raise InputError(
+                    f"{path}: line {last + 1}: unreadable CSV ({text}); an unbalanced quote? "
+                    "fix the file (quote fields that contain commas, quotes or newlines)"
+                ) from None
+            yield _Record(last + 1, reader.line_num, None, text)
+            last = reader.line_num
+            continue
+        yield _Record(last + 1, reader.line_num, fields, None)
+        last = reader.line_num
+
+
+def _is_blank(fields: Sequence[str]) -> bool:
+    return all(not field.strip() for field in fields)
+
+
+def _normal_encoding(path: Path, encoding: str) -> str:
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise InputError(
+            f"{path}: unknown encoding {encoding!r}; try utf-8, cp949 or euc-kr"
+        ) from None
+    # A UTF-8 file from Excel starts with a BOM: decode it away either way.
+    return "utf-8-sig" if name in ("utf-8", "utf-8-sig") else name
+
+
+def _scan(path: Path, encoding: str) -> tuple[tuple[str, ...], int, int, int]:
+    """Decode and parse the whole file: (columns, total rows, blank rows, last row)."""
+    with _open_text(path, encoding) as handle:
+        records = _records(path, handle)
+        header: list[str] | None = None
+        for record in records:
+            if record.error is not None:
+                raise InputError(
+                    f"{path}: line {record.first_line}: the header row is not valid CSV "
+                    f"({record.error})"
+                )
+            assert record.fields is not None
+            if not _is_blank(record.fields):
+                header = record.fields
+                break
+        if header is None:
+            raise InputError(
+                f"{path}: the file is empty: a header row is required "
+                f"(e.g. phone,message)"
+            )
+        if any("\x00" in name for name in header):
+            raise InputError(
+                f"{path}: does not look like a text CSV file (NUL bytes in the first line); "
+                "save it as CSV (UTF-8 or CP949)"
+            )
+        total = blank = last = 0
+        for record in records:
+            last += 1
+            if record.fields is not None and _is_blank(record.fields):
+                blank += 1
+            else:
+                total += 1
+    return tuple(name.strip() for name in header), total, blank, last
+
+
+def _decode_failure(path: Path, exc: UnicodeDecodeError) -> str:
+    return f"undecodable byte {exc.object[exc.start : exc.start + 1]!r}"
+
+
+def inspect_csv(path: str | os.PathLike[str], encoding: str | None = None) -> CsvInfo:
+    """Detect the encoding, read the header and count the rows of a bulk CSV file.
+
+    UTF-8 (with or without BOM) is tried first, then CP949 (EUC-KR), unless ``encoding``
+    names one. Raises InputFileError if the file cannot be read, InputError if it is not a
+    usable CSV file. Example::
+
+        info = inspect_csv("customers.csv")
+        print(info.total_rows, info.encoding)
+    """
+    file = Path(path)
+    try:
+        with open(file, "rb") as raw:
+            head = raw.read(4)
+    except FileNotFoundError:
+        raise InputFileError(f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{file}: is a directory, not a CSV file") from None
+    except OSError as exc:
+        raise InputFileError(f"{file}: cannot read: {exc.strerror or exc}") from None
+    bom = head.startswith(codecs.BOM_UTF8)
+    if encoding is None and head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        raise InputError(
+            f"{file}: looks like UTF-16 text (Excel 'Unicode Text'); save it as "
+            "'CSV UTF-8', or pass --encoding utf-16"
+        )
+    candidates = [_normal_encoding(file, encoding)] if encoding else ["utf-8-sig", FALLBACK_ENCODING]
+    failures: list[str] = []
+    for candidate in candidates:
+        try:
+            columns, total, blank, last = _scan(file, candidate)
+        except UnicodeDecodeError as exc:
+            failures.append(f"{candidate}: {_decode_failure(file, exc)}")
+            continue
+        return CsvInfo(
+            path=file,
+            encoding=candidate,
+            total_rows=total,
+            columns=columns,
+            blank_rows=blank,
+            last_row=last,
+            bom=bom and candidate == "utf-8-sig",
+        )
+    if encoding:
+        raise InputError(
+            f"{file}: cannot be decoded as {encoding} ({failures[0]}); pass the right --encoding"
+        )
+    raise InputError(
+        f"{file}: is neither UTF-8 nor CP949/EUC-KR text ({'; '.join(failures)}); "
+        "save it as CSV UTF-8 or pass --encoding NAME"
+    )
+
+
+def _find_column(
+    path: Path, columns: Sequence[str], names: Sequence[str], what: str
+) -> int | None:
+    wanted = {name.lower() for name in names}
+    found = [i for i, name in enumerate(columns) if name.lower() in wanted]
+    if len(found) > 1:
+        shown = ", ".join(repr(columns[i]) for i in found)
+        raise InputError(f"{path}: several {what} columns ({shown}); keep only one")
+    return found[0] if found else None
+
+
+def _columns_text(columns: Sequence[str]) -> str:
+    return ", ".join(repr(name) for name in columns) or "(none)"
+
+
+def compile_template(template: str, columns: Sequence[str]) -> str:
+    """Check a ``{column}`` template against ``columns``; return a positional format string.
+
+    Only plain column names are allowed: attribute access, indexing, conversions, format
+    specs and positional ``{}`` are refused with InputError, as are unknown columns.
+    ``{{`` and ``}}`` stand for literal braces.
+    """
+    available = _columns_text(columns)
+    if not template.strip():
+        raise InputError("the template is empty: give the message text, e.g. '{name}님 안녕하세요'")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InputError(
+            f"invalid template: {exc}; write literal braces as {{{{ and }}}}"
+        ) from None
+    exact = {name: i for i, name in enumerate(columns)}
+    folded: dict[str, list[int]] = {}
+    for i, name in enumerate(columns):
+        folded.setdefault(name.lower(), []).append(i)
+    out: list[str] = []
+    for literal, field, spec, conversion in parsed:
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is None:
+            continue
+        shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if field == "" or field.isdigit():
+            raise InputError(
+                f"template placeholder {shown} is positional: name a column instead "
+                f"(available: {available})"
+            )
+        if "." in field or "[" in field:
+            raise InputError(
+                f"template placeholder {shown}: only plain column names are allowed, "
+                f"no attributes or indexes (available: {available})"
+            )
+        if conversion:
+            raise InputError(
+                f"template placeholder {shown}: conversions (!r, !s, !a) are not allowed "
+                f"(available: {available})"
+            )
+        if spec:
+            raise InputError(
+                f"template placeholder {shown}: format specs are not allowed "
+                f"(available: {available})"
+            )
+        index = exact.get(field.strip())
+        if index is None:
+            matches = folded.get(field.strip().lower(), [])
+            if len(matches) != 1:
+                raise InputError(
+                    f"template placeholder {shown} names no column of the file "
+                    f"(available: {available})"
+                )
+            index = matches[0]
+        out.append("{" + str(index) + "}")
+    return "".join(out)
+
+
+def _clean(value: str) -> str:
+    """Replace control characters so that a value fits on one line of a results file."""
+    if value.isprintable():
+        return value
+    return "".join(ch if ch.isprintable() else " " for ch in value)
+
+
+class CsvSource:
+    """A bulk CSV file with its columns resolved; ``rows()`` streams validated rows.
+
+    Construction reads the file once (``inspect_csv``) and checks the header and template,
+    so every InputError about the file as a whole is raised before anything is sent.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        template: str | None = None,
+        via: Channel | str = Channel.KAKAOTALK,
+        encoding: str | None = None,
+        info: CsvInfo | None = None,
+    ) -> None:
+        self.info = info if info is not None else inspect_csv(path, encoding)
+        self.path = self.info.path
+        self.via = Channel(via)
+        columns = self.info.columns
+        found = f"columns found: {_columns_text(columns)}"
+        recipient = _find_column(self.path, columns, RECIPIENT_COLUMNS, "recipient")
+        if recipient is None:
+            hint = ""
+            if len(columns) == 1 and any(sep in columns[0] for sep in ";\t|"):
+                hint = "; msgsend reads comma-separated files"
+            else:
+                try:
+                    normalize_recipient(columns[0])
+                    hint = "; the first line must be a header row"
+                except InputError:
+                    pass
+            raise InputError(
+                f"{self.path}: no recipient column: name one of "
+                f"{', '.join(RECIPIENT_COLUMNS)} ({found}{hint})"
+            )
+        self.recipient_index = recipient
+        self.via_index = _find_column(self.path, columns, (VIA_COLUMN,), "via")
+        self.message_index: int | None = None
+        self.format: str | None = None
+        if template is not None:
+            self.format = compile_template(template, columns)
+        else:
+            self.message_index = _find_column(self.path, columns, MESSAGE_COLUMNS, "message")
+            if self.message_index is None:
+                raise InputError(
+                    f"{self.path}: no message column: name one 'message' or 'content', "
+                    f"or pass --template with {{column}} placeholders ({found})"
+                )
+
+    @contextmanager
+    def rows(self) -> Iterator[Iterator[CsvRow]]:
+        """Open the file and yield an iterator of its validated data rows, blank ones included."""
+        with _open_text(self.path, self.info.encoding) as handle:
+            yield self._iterate(handle)
+
+    def _iterate(self, handle: TextIO) -> Iterator[CsvRow]:
+        records = _records(self.path, handle)
+        for record in records:
+            if record.fields is None or not _is_blank(record.fields):
+                break  # the header row
+        width = len(self.info.columns)
+        row = 0
+        try:
+            for record in records:
+                row += 1
+                yield self._validate(row, width, record)
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{self.path}: after row {row}: cannot decode as {self.info.encoding} "
+                f"({_decode_failure(self.path, exc)}); did the file change while being read?"
+            ) from None
+
+    def _validate(self, row: int, width: int, record: _Record) -> CsvRow:
+        span = (
+            f"line {record.first_line}"
+            if record.last_line <= record.first_line
+            else f"lines {record.first_line}-{record.last_line}"
+        )
+        fields = record.fields
+        if fields is None:
+            return CsvRow(
+                row, record.first_line, "", None, None,
+                f"malformed CSV record ({span}): {record.error}; an unbalanced quote?",
+            )
+        raw = _clean(fields[self.recipient_index]) if self.recipient_index < len(fields) else ""
+        if _is_blank(fields):
+            return CsvRow(row, record.first_line, raw, None, None, None, blank=True)
+        if len(fields) != width:
+            reason = f"malformed CSV record ({span}): expected {width} fields, found {len(fields)}"
+            if record.last_line > record.first_line:
+                reason += "; an unbalanced quote?"
+            elif len(fields) > width:
+                reason += "; quote fields that contain commas"
+            return CsvRow(row, record.first_line, raw, None, None, reason)
+        if any("\x00" in field for field in fields):
+            return CsvRow(row, record.first_line, raw, None, None, f"NUL byte in the record ({span})")
+        try:
+            recipient = normalize_recipient(fields[self.recipient_index])
+        except InputError as exc:
+            return CsvRow(row, record.first_line, raw, None, None, _clean(str(exc)))
+        channel = self.via
+        if self.via_index is not None:
+            value = fields[self.via_index].strip().lower()
+            if value:
+                try:
+                    channel = Channel(value)
+                except ValueError:
+                    return CsvRow(
+                        row, record.first_line, recipient, None, None,
+                        f"unknown channel {_clean(fields[self.via_index])!r} in the via column "
+                        "(kakaotalk or sms)",
+                    )
+        if self.format is not None:
+            message = self.format.format(*fields)
+        else:
+            assert self.message_index is not None
+            message = fields[self.message_index]
+        try:
+            validate_message(message, channel)
+        except InputError as exc:
+            return CsvRow(row, record.first_line, recipient, channel, message, _clean(str(exc)))
+        return CsvRow(row, record.first_line, recipient, channel, message)

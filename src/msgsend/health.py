@@ -1,0 +1,74 @@
+"""Health checks: is each provider reachable and does it accept our credentials?
+
+A probe is an authenticated ``POST`` of ``{}``: the provider validates the body after the
+credentials, so 400/422 means up and authenticated while nothing is delivered (SPEC §6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .models import HealthStatus, ProviderHealth
+
+if TYPE_CHECKING:
+    from .client import Sender
+
+__all__ = ["HealthReport", "check_health"]
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The health of the providers checked, and what it means for delivery."""
+
+    providers: list[ProviderHealth]
+
+    @property
+    def overall(self) -> str:
+        """Return ``ok`` (all up), ``degraded`` (some unusable or throttled) or ``critical``."""
+        statuses = [p.status for p in self.providers]
+        if all(s is HealthStatus.UP for s in statuses):
+            return "ok"
+        usable = [s for s in statuses if s in (HealthStatus.UP, HealthStatus.THROTTLED)]
+        return "degraded" if usable and len(statuses) > 1 else "critical"
+
+    @property
+    def exit_code(self) -> int:
+        """Return the exit code of SPEC §8: 0 ok, 1 degraded, 2 critical."""
+        return {"ok": 0, "degraded": 1, "critical": 2}[self.overall]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the ``ping --json`` document."""
+        return {
+            "providers": {
+                p.provider: {
+                    "status": p.status.value,
+                    "latency_ms": p.latency_ms,
+                    "detail": p.detail,
+                }
+                for p in self.providers
+            },
+            "overall": self.overall,
+        }
+
+
+def check_health(sender: Sender, names: Sequence[str] | None = None) -> HealthReport:
+    """Probe ``names`` (default: every provider) in parallel, through the rate limiter.
+
+    Example::
+
+        report = check_health(Sender.from_config(load_config()))
+        report.overall  # "ok"
+    """
+    chosen = list(names) if names else list(sender.providers)
+
+    def probe(name: str) -> ProviderHealth:
+        if sender.limiter is not None:
+            sender.limiter.acquire(name)
+        return sender.providers[name].ping()
+
+    with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
+        results = list(pool.map(probe, chosen))
+    return HealthReport(results)

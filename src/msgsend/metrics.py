@@ -1,0 +1,355 @@
+"""Prometheus metrics for one msgsend run (SPEC §9), in a registry of their own.
+
+Every run gets a fresh ``CollectorRegistry`` (never the process-global one), so a textfile or
+a Pushgateway push holds exactly this run's numbers. prometheus_client is imported when a
+``Metrics`` is created, not when this module is imported, to keep ``msgsend --version`` fast.
+Label values are checked against closed sets and anything unexpected becomes ``other``, so a
+recipient or a message can never end up in a label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+from .errors import (
+    AuthError,
+    CircuitOpenError,
+    ConnectError,
+    InvalidRequestError,
+    MsgsendError,
+    ProviderDisabledError,
+    RateLimitedError,
+    ReadTimeoutError,
+    ServerError,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "CHANNEL_LABELS",
+    "DURATION_BUCKETS",
+    "MESSAGE_OUTCOMES",
+    "REQUEST_RESULTS",
+    "Metrics",
+    "MetricsExportError",
+    "request_result",
+]
+
+CHANNEL_LABELS: Final = ("kakaotalk", "sms", "none")
+MESSAGE_OUTCOMES: Final = ("sent", "failed", "invalid", "duplicate")
+REQUEST_RESULTS: Final = (
+    "success",
+    "connect-error",
+    "read-timeout",
+    "rate-limited",
+    "server-error",
+    "auth-failed",
+    "invalid-request",
+    "circuit-open",
+    "provider-disabled",
+    "error",
+)
+#: 5 ms .. 10 s: a local sandbox answers in milliseconds, a timeout is 5 s (connect) + read.
+DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: results that are not HTTP requests at all: counted, but kept out of the duration histogram
+_NOT_SENT: Final = frozenset({"circuit-open", "provider-disabled"})
+_PROVIDER_LABEL = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
+_OTHER: Final = "other"
+_RESULT_BY_ERROR: Final[tuple[tuple[type[BaseException], str], ...]] = (
+    (ConnectError, "connect-error"),
+    (ReadTimeoutError, "read-timeout"),
+    (RateLimitedError, "rate-limited"),
+    (ServerError, "server-error"),
+    (AuthError, "auth-failed"),
+    (InvalidRequestError, "invalid-request"),
+    (CircuitOpenError, "circuit-open"),
+    (ProviderDisabledError, "provider-disabled"),
+)
+
+
+class MetricsExportError(MsgsendError):
+    """The metrics could not be written or pushed; the run's outcome is unaffected."""
+
+    kind = "metrics"
+
+
+def request_result(exc: BaseException | None) -> str:
+    """Return the ``result`` label for a request that raised ``exc`` (None: success)."""
+    if exc is None:
+        return "success"
+    for error_type, label in _RESULT_BY_ERROR:
+        if isinstance(exc, error_type):
+            return label
+    return "error"
+
+
+def _safe_label(value: str, allowed: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``, else ``other``."""
+    return value if value in allowed else _OTHER
+
+
+def _provider_label(provider: str) -> str:
+    """Return a provider name fit for a label, or ``other``."""
+    return provider if _PROVIDER_LABEL.match(provider) else _OTHER
+
+
+def _safe_url(url: str) -> str:
+    """Return scheme://host[:port] of a URL, without credentials or path."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or '?'}{port}"
+
+
+class Metrics:
+    """The counters, histogram and gauges of one run, in their own registry.
+
+    metrics = Metrics()
+    metrics.observe_request("kakaotalk", "success", 0.042)
+    metrics.finish_run(success=True)
+    metrics.write_textfile(Path("/var/lib/node_exporter/msgsend.prom"))
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        providers: Iterable[str] = ("kakaotalk", "sms"),
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._wall_clock = wall_clock
+        reg = self.registry
+        self.messages_total: Counter = Counter(
+            "msgsend_messages_total",
+            "Messages processed, by the channel that delivered (or last tried) and outcome.",
+            ["channel", "outcome"],
+            registry=reg,
+        )
+        self.requests_total: Counter = Counter(
+            "msgsend_requests_total",
+            "Provider requests, by result (circuit-open: refused without sending).",
+            ["provider", "result"],
+            registry=reg,
+        )
+        self.request_duration_seconds: Histogram = Histogram(
+            "msgsend_request_duration_seconds",
+            "Duration of one HTTP request to a provider.",
+            ["provider"],
+            buckets=DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.retries_total: Counter = Counter(
+            "msgsend_retries_total",
+            "Attempts beyond the first on the same provider.",
+            ["provider"],
+            registry=reg,
+        )
+        self.fallbacks_total: Counter = Counter(
+            "msgsend_fallbacks_total",
+            "Messages that fell back from KakaoTalk to SMS.",
+            registry=reg,
+        )
+        self.rate_limit_wait_seconds_total: Counter = Counter(
+            "msgsend_rate_limit_wait_seconds_total",
+            "Time spent waiting for the client-side rate limiter.",
+            ["provider"],
+            registry=reg,
+        )
+        self.circuit_open_total: Counter = Counter(
+            "msgsend_circuit_open_total",
+            "Times the provider's circuit breaker opened.",
+            ["provider"],
+            registry=reg,
+        )
+        self.last_run_timestamp_seconds: Gauge = Gauge(
+            "msgsend_last_run_timestamp_seconds",
+            "Unix time at which the run finished.",
+            registry=reg,
+        )
+        self.last_run_success: Gauge = Gauge(
+            "msgsend_last_run_success",
+            "1 if every message of the run was delivered, else 0.",
+            registry=reg,
+        )
+        # Series that exist from the start, so rate() and alerts see a 0 rather than nothing.
+        for channel in ("kakaotalk", "sms"):
+            for outcome in ("sent", "failed"):
+                self.messages_total.labels(channel=channel, outcome=outcome)
+        for outcome in ("invalid", "duplicate"):
+            self.messages_total.labels(channel="none", outcome=outcome)
+        for provider in providers:
+            label = _provider_label(provider)
+            self.requests_total.labels(provider=label, result="success")
+            self.retries_total.labels(provider=label)
+            self.rate_limit_wait_seconds_total.labels(provider=label)
+            self.circuit_open_total.labels(provider=label)
+
+    # -- observations ----------------------------------------------------------------------
+
+    def observe_request(self, provider: str, result: str, seconds: float) -> None:
+        """Count one provider request and, if it was sent, its duration."""
+        label = _provider_label(provider)
+        result = _safe_label(result, REQUEST_RESULTS)
+        self.requests_total.labels(provider=label, result=result).inc()
+        if result not in _NOT_SENT:
+            self.request_duration_seconds.labels(provider=label).observe(max(0.0, seconds))
+
+    def observe_error(self, provider: str, exc: BaseException | None, seconds: float) -> None:
+        """Count one provider request by its exception (None: success)."""
+        self.observe_request(provider, request_result(exc), seconds)
+
+    def observe_message(self, channel: str | None, outcome: str) -> None:
+        """Count one message's final outcome (channel None: never sent)."""
+        self.messages_total.labels(
+            channel=_safe_label(channel or "none", CHANNEL_LABELS),
+            outcome=_safe_label(outcome, MESSAGE_OUTCOMES),
+        ).inc()
+
+    def observe_retry(self, provider: str) -> None:
+        """Count one retry on ``provider``."""
+        self.retries_total.labels(provider=_provider_label(provider)).inc()
+
+    def observe_fallback(self) -> None:
+        """Count one KakaoTalk → SMS fallback."""
+        self.fallbacks_total.inc()
+
+    def observe_limiter_wait(self, provider: str, seconds: float) -> None:
+        """Add time spent waiting for ``provider``'s rate limiter."""
+        if seconds > 0:
+            self.rate_limit_wait_seconds_total.labels(provider=_provider_label(provider)).inc(
+                seconds
+            )
+
+    def observe_circuit_open(self, provider: str) -> None:
+        """Count one opening of ``provider``'s circuit."""
+        self.circuit_open_total.labels(provider=_provider_label(provider)).inc()
+
+    def finish_run(self, success: bool) -> None:
+        """Stamp the end of the run and whether every message was delivered."""
+        self.last_run_timestamp_seconds.set(self._wall_clock())
+        self.last_run_success.set(1 if success else 0)
+
+    def sample(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """Return the value of one sample (e.g. ``msgsend_fallbacks_total``), or None."""
+        return self.registry.get_sample_value(name, dict(labels or {}))
+
+    # -- export ----------------------------------------------------------------------------
+
+    def to_text(self) -> str:
+        """Return the metrics in the Prometheus text format."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode("utf-8")
+
+    def write_textfile(self, path: Path) -> None:
+        """Write the metrics to ``path`` atomically (node_exporter textfile collector), mode 0644.
+
+        The temporary file is a hidden ``.NAME.*.tmp`` in the same directory, so the collector,
+        which reads ``*.prom``, never sees a half-written file.
+        """
+        path = Path(path)
+        data = self.to_text().encode("utf-8")
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except OSError as exc:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise MetricsExportError(
+                f"cannot write metrics to {path}: {exc.strerror or exc}; "
+                "check that --metrics-file names a writable directory"
+            ) from exc
+
+    def push(
+        self,
+        gateway_url: str,
+        job: str = "msgsend",
+        timeout: float = 5.0,
+        *,
+        grouping_key: Mapping[str, str] | None = None,
+        replace: bool = True,
+    ) -> None:
+        """Push the metrics to a Pushgateway; raise MetricsExportError if that fails.
+
+        ``replace`` (PUT) swaps the whole group for this run's numbers; otherwise POST
+        replaces only the metric names pushed. The group is ``job`` plus ``grouping_key``,
+        by default ``{"instance": <hostname>}`` so several cron hosts do not overwrite each
+        other; pass ``{}`` for the job alone.
+        """
+        from prometheus_client import push_to_gateway, pushadd_to_gateway
+
+        key = dict(grouping_key) if grouping_key is not None else {"instance": socket.gethostname()}
+        send = push_to_gateway if replace else pushadd_to_gateway
+        where = _safe_url(gateway_url)
+        try:
+            send(
+                gateway_url,
+                job=job,
+                registry=self.registry,
+                grouping_key=key,
+                timeout=timeout,
+                handler=_closing_handler,
+            )
+        except Exception as exc:  # URLError, HTTPError, OSError, ValueError: one clear error
+            reason = _describe(exc)
+            raise MetricsExportError(
+                f"could not push metrics to {where} (job {job!r}): {reason}; "
+                "check --pushgateway and that the Pushgateway is running"
+            ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """Return a short reason for a push failure, without the URL."""
+    import urllib.error
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def _closing_handler(
+    url: str,
+    method: str,
+    timeout: float | None,
+    headers: list[tuple[str, str]],
+    data: bytes,
+) -> Callable[[], None]:
+    """Return a Pushgateway request that closes its response (prometheus_client's leaks it)."""
+    import urllib.error
+    import urllib.request
+
+    def handle() -> None:
+        request = urllib.request.Request(url, data=data, method=method)
+        for name, value in headers:
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise
+
+    return handle

@@ -1,0 +1,166 @@
+"""Value objects shared by every layer: channels, recipients, messages and results."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .errors import InputError
+
+__all__ = [
+    "CHANNELS",
+    "KAKAOTALK_MAX_CHARS",
+    "SMS_MAX_BYTES",
+    "Channel",
+    "DeliveryResult",
+    "HealthStatus",
+    "ProviderHealth",
+    "mask_recipient",
+    "normalize_recipient",
+    "validate_message",
+]
+
+#: KakaoTalk messages are limited in characters, SMS in EUC-KR bytes (SPEC §7).
+KAKAOTALK_MAX_CHARS = 1000
+SMS_MAX_BYTES = 2000
+
+
+class Channel(StrEnum):
+    """A delivery channel, which is also the provider's name."""
+
+    KAKAOTALK = "kakaotalk"
+    SMS = "sms"
+
+
+CHANNELS: tuple[Channel, ...] = (Channel.KAKAOTALK, Channel.SMS)
+
+_SEPARATORS = re.compile(r"[\s\-.()]")
+_MOBILE = re.compile(r"^01([016789])(\d{3,4})(\d{4})$")
+
+
+def normalize_recipient(raw: str) -> str:
+    """Return a Korean mobile number as ``010-1234-5678``; raise InputError if it is not one.
+
+    Accepts hyphens, spaces, dots and the ``+82`` / ``82`` country prefix::
+
+        >>> normalize_recipient("+82 10 1234 5678")
+        '010-1234-5678'
+    """
+    text = _SEPARATORS.sub("", raw.strip())
+    if text.startswith("+82"):
+        text = "0" + text[3:].lstrip("0")
+    elif text.startswith("0082"):
+        text = "0" + text[4:].lstrip("0")
+    elif text.startswith("82") and len(text) in (11, 12):
+        text = "0" + text[2:].lstrip("0")
+    match = _MOBILE.match(text)
+    if match is None:
+        shown = raw.strip() or "(empty)"
+        raise InputError(
+            f"invalid recipient {shown!r}: expected a Korean mobile number "
+            "(010/011/016/017/018/019, e.g. 010-1234-5678 or +82 10-1234-5678)"
+        )
+    prefix, middle, last = match.groups()
+    if prefix == "0" and len(middle) != 4:
+        # 010 numbers always have a four-digit middle part since 2004.
+        shown = raw.strip()
+        raise InputError(
+            f"invalid recipient {shown!r}: 010 numbers have 11 digits (010-1234-5678)"
+        )
+    return f"01{prefix}-{middle}-{last}"
+
+
+def mask_recipient(recipient: str) -> str:
+    """Hide the middle digits of a number for logs, alerts and metrics: ``010-****-5678``."""
+    digits = re.sub(r"\D", "", recipient)
+    if len(digits) < 8:
+        return "***"
+    if recipient.count("-") == 2:
+        head, middle, tail = recipient.split("-")
+        return f"{head}-{'*' * len(middle)}-{tail}"
+    return f"{digits[:3]}-{'*' * (len(digits) - 7)}-{digits[-4:]}"
+
+
+def validate_message(text: str, channel: Channel | str) -> None:
+    """Raise InputError if ``text`` is empty or too long for ``channel`` (SPEC §7)."""
+    if not text or not text.strip():
+        raise InputError("empty message")
+    if Channel(channel) is Channel.KAKAOTALK:
+        if len(text) > KAKAOTALK_MAX_CHARS:
+            raise InputError(
+                f"message too long for KakaoTalk: {len(text)} characters "
+                f"(at most {KAKAOTALK_MAX_CHARS})"
+            )
+        return
+    try:
+        size = len(text.encode("euc-kr"))
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end]
+        raise InputError(
+            f"message cannot be sent by SMS: {bad!r} has no EUC-KR encoding"
+        ) from None
+    if size > SMS_MAX_BYTES:
+        raise InputError(
+            f"message too long for SMS: {size} bytes in EUC-KR (at most {SMS_MAX_BYTES})"
+        )
+
+
+@dataclass(slots=True)
+class DeliveryResult:
+    """What happened to one message: the library's answer to ``Sender.send``."""
+
+    recipient: str
+    status: str  # "sent" | "failed"
+    channel: str | None = None  # the channel that delivered it, or the last one tried
+    fallback: bool = False
+    attempts: int = 0
+    error: str | None = None
+    error_kind: str | None = None
+    latency_ms: float = 0.0
+    #: read timeouts seen: the message may have been delivered more than once
+    uncertain: int = 0
+    retries: int = 0
+    limiter_wait_s: float = 0.0
+    attempts_by_channel: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the message was delivered."""
+        return self.status == "sent"
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the ``send --json`` document (SPEC §6)."""
+        return {
+            "recipient": self.recipient,
+            "status": self.status,
+            "channel": self.channel if self.ok else None,
+            "fallback": self.fallback,
+            "attempts": self.attempts,
+            "error": self.error,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return every field, for reports."""
+        return asdict(self)
+
+
+class HealthStatus(StrEnum):
+    """The health of one provider, as ``ping`` reports it."""
+
+    UP = "up"
+    DOWN = "down"
+    AUTH_FAILED = "auth-failed"
+    THROTTLED = "throttled"
+
+
+@dataclass(slots=True, frozen=True)
+class ProviderHealth:
+    """The answer of one provider's health probe."""
+
+    provider: str
+    status: HealthStatus
+    latency_ms: float | None
+    detail: str = ""
+    status_code: int | None = None

@@ -1,0 +1,63 @@
+"""Shared fixtures: every test runs with a clean MSGSEND_* environment and private dirs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Drop MSGSEND_* variables and point XDG config/state dirs at a private folder."""
+    for name in list(os.environ):
+        if name.startswith("MSGSEND_"):
+            monkeypatch.delenv(name, raising=False)
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    monkeypatch.chdir(home)
+    yield
+
+
+@pytest.fixture
+def sandbox() -> Iterator[object]:
+    """A running fake KakaoTalk + SMS pair on free ports, without rate limits."""
+    from msgsend.sandbox import ProviderOptions, Sandbox, SandboxOptions
+
+    options = SandboxOptions(
+        kakaotalk=ProviderOptions(rate_limit=None), sms=ProviderOptions(rate_limit=None)
+    )
+    with Sandbox(options) as running:
+        yield running
+
+
+@pytest.fixture
+def sandbox_config(sandbox: Any, tmp_path: Path) -> Path:
+    """A config file that points both providers at ``sandbox`` with fast retries."""
+    path = tmp_path / "msgsend.toml"
+    path.write_text(
+        f"""
+[kakaotalk]
+base-url = "{sandbox.kakaotalk_url}"
+timeout = 2.0
+[sms]
+base-url = "{sandbox.sms_url}"
+timeout = 2.0
+[retry]
+backoff-delay = 10
+max-delay = 50
+[limiter]
+store = "memory"
+[circuit-breaker]
+reset-timeout = 1
+""",
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+    return path

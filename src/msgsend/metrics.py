@@ -34,6 +34,8 @@ from .errors import (
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
 
 __all__ = [
     "CHANNEL_LABELS",
@@ -251,7 +253,25 @@ class Metrics:
         """Return the metrics in the Prometheus text format."""
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry).decode("utf-8")
+        return generate_latest(self._exposed()).decode("utf-8")
+
+    def _exposed(self) -> Collector:
+        """Return the registry as exported: without the ``*_created`` series.
+
+        A per-run file has no use for counter creation times, and they double the series;
+        prometheus_client can only switch them off process-wide, so they are filtered here.
+        """
+        from prometheus_client.registry import Collector
+
+        registry = self.registry
+
+        class WithoutCreated(Collector):
+            def collect(self) -> Iterable[Metric]:
+                for family in registry.collect():
+                    family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+                    yield family
+
+        return WithoutCreated()
 
     def write_textfile(self, path: Path) -> None:
         """Write the metrics to ``path`` atomically (node_exporter textfile collector), mode 0644.
@@ -304,7 +324,7 @@ class Metrics:
             send(
                 gateway_url,
                 job=job,
-                registry=self.registry,
+                registry=self._exposed(),
                 grouping_key=key,
                 timeout=timeout,
                 handler=_closing_handler,

@@ -1,0 +1,184 @@
+"""Test doubles for the orchestration layers: no HTTP, no real sleeping, no real clock."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from msgsend.errors import (
+    AuthError,
+    ConnectError,
+    ConnectionLostError,
+    InvalidRequestError,
+    RateLimitedError,
+    ReadTimeoutError,
+    ServerError,
+)
+from msgsend.models import HealthStatus, ProviderHealth
+from msgsend.providers.base import ProviderResponse
+
+__all__ = [
+    "FakeClock",
+    "FakeLimiter",
+    "FakeProvider",
+    "FakeSleep",
+    "auth_error",
+    "connect_error",
+    "connection_lost",
+    "invalid_request",
+    "ok",
+    "rate_limited",
+    "read_timeout",
+    "server_error",
+]
+
+
+def ok(status_code: int = 200) -> ProviderResponse:
+    """Return a successful provider answer."""
+    return ProviderResponse(status_code, 0.0, "")
+
+
+def connect_error(provider: str = "kakaotalk") -> ConnectError:
+    return ConnectError(f"{provider}: cannot connect (Connection refused)", provider=provider)
+
+
+def read_timeout(provider: str = "kakaotalk") -> ReadTimeoutError:
+    return ReadTimeoutError(f"{provider}: no answer within 5 s", provider=provider)
+
+
+def connection_lost(provider: str = "kakaotalk") -> ConnectionLostError:
+    return ConnectionLostError(f"{provider}: connection lost after sending", provider=provider)
+
+
+def rate_limited(provider: str = "kakaotalk", retry_after: float | None = None) -> RateLimitedError:
+    return RateLimitedError(
+        f"{provider} answered 429 Too Many Requests", provider=provider, retry_after=retry_after
+    )
+
+
+def server_error(provider: str = "kakaotalk", status_code: int = 503) -> ServerError:
+    return ServerError(
+        f"{provider} answered HTTP {status_code}", provider=provider, status_code=status_code
+    )
+
+
+def auth_error(provider: str = "kakaotalk", status_code: int = 401) -> AuthError:
+    return AuthError(
+        f"{provider} refused the credentials (HTTP {status_code})",
+        provider=provider,
+        status_code=status_code,
+    )
+
+
+def invalid_request(provider: str = "kakaotalk", status_code: int = 400) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{provider} rejected the message (HTTP {status_code})",
+        provider=provider,
+        status_code=status_code,
+    )
+
+
+class FakeProvider:
+    """A provider whose answers are queued by the test (like llm's ``MockModel``).
+
+    ``enqueue(item, ...)`` queues results (``ProviderResponse``) or exceptions (instances or
+    zero-argument callables returning one), consumed one per ``send``. With the queue empty,
+    ``send`` succeeds with ``default`` (HTTP 200). ``calls`` logs every ``(recipient, text)``.
+    """
+
+    def __init__(
+        self,
+        name: str = "kakaotalk",
+        *,
+        default: ProviderResponse | BaseException | None = None,
+        health: ProviderHealth | None = None,
+    ) -> None:
+        self.name = name
+        self.default = default if default is not None else ok()
+        self.health = health or ProviderHealth(name, HealthStatus.UP, 1.0, "HTTP 400", 400)
+        self.calls: list[tuple[str, str]] = []
+        self.pings = 0
+        self.closed = False
+        self._queue: deque[Any] = deque()
+
+    def __repr__(self) -> str:
+        return f"FakeProvider({self.name!r}, calls={len(self.calls)})"
+
+    def enqueue(self, *items: Any) -> FakeProvider:
+        """Queue the next answers, in order; return self for chaining."""
+        self._queue.extend(items)
+        return self
+
+    @property
+    def pending(self) -> int:
+        """Return how many queued answers were not consumed."""
+        return len(self._queue)
+
+    def send(self, recipient: str, text: str) -> ProviderResponse:
+        self.calls.append((recipient, text))
+        item = self._queue.popleft() if self._queue else self.default
+        if isinstance(item, BaseException):
+            raise item
+        if callable(item):
+            item = item()
+            if isinstance(item, BaseException):
+                raise item
+        return item
+
+    def ping(self) -> ProviderHealth:
+        self.pings += 1
+        return self.health
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (``clock()`` reads it)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeSleep:
+    """Record every wait instead of sleeping; optionally move a ``FakeClock`` along."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.waits: list[float] = []
+        self.clock = clock
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self.clock is not None:
+            self.clock.advance(seconds)
+
+    @property
+    def total(self) -> float:
+        return sum(self.waits)
+
+
+@dataclass
+class FakeLimiter:
+    """A rate limiter that never blocks: ``acquire`` returns ``wait`` and logs the call."""
+
+    wait: float = 0.0
+    acquired: list[str] = field(default_factory=list)
+    throttled: list[tuple[str, float | None]] = field(default_factory=list)
+    closed: bool = False
+
+    def acquire(self, provider: str) -> float:
+        self.acquired.append(provider)
+        return self.wait
+
+    def note_throttled(self, provider: str, retry_after: float | None) -> None:
+        self.throttled.append((provider, retry_after))
+
+    def close(self) -> None:
+        self.closed = True

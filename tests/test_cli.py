@@ -1,0 +1,247 @@
+"""The real CLI (typer's CliRunner) against the real sandbox on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from msgsend.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str, input: str | None = None) -> Any:
+    return runner.invoke(app, list(args), input=input)
+
+
+# ---------------------------------------------------------------------------- send
+
+
+def test_send_delivers_by_kakaotalk(sandbox: Any, sandbox_config: Path) -> None:
+    result = invoke("send", "010-1234-5678", "안녕하세요", "--config", str(sandbox_config))
+    assert result.exit_code == 0, result.output
+    assert "sent" in result.stderr and "010-****-5678" in result.stderr
+    [received] = sandbox.received()
+    assert (received.provider, received.recipient, received.message) == (
+        "kakaotalk", "010-1234-5678", "안녕하세요",
+    )
+
+
+def test_send_json_shape(sandbox: Any, sandbox_config: Path) -> None:
+    result = invoke("send", "+82 10 1234 5678", "hi", "--json", "--config", str(sandbox_config))
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {
+        "recipient": "010-1234-5678",
+        "status": "sent",
+        "channel": "kakaotalk",
+        "fallback": False,
+        "attempts": 1,
+        "error": None,
+    }
+
+
+def test_send_falls_back_to_sms(sandbox: Any, sandbox_config: Path) -> None:
+    sandbox.set_down("kakaotalk")
+    result = invoke("send", "010-1234-5678", "hi", "--json", "--config", str(sandbox_config))
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert document["channel"] == "sms" and document["fallback"] is True
+    assert document["attempts"] == 4  # three on KakaoTalk, one on SMS
+    assert [r.provider for r in sandbox.delivered()] == ["sms"]
+
+
+def test_send_no_fallback_fails_with_exit_1(sandbox: Any, sandbox_config: Path) -> None:
+    sandbox.set_down("kakaotalk")
+    result = invoke(
+        "send", "010-1234-5678", "hi", "--no-fallback", "--json", "--config", str(sandbox_config)
+    )
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    assert document["status"] == "failed" and document["channel"] is None
+    assert "503" in document["error"]
+    assert sandbox.count("sms") == 0
+
+
+def test_send_auth_failure_falls_back_without_retry(sandbox: Any, sandbox_config: Path) -> None:
+    sandbox.set_status("kakaotalk", 401)
+    result = invoke("send", "010-1234-5678", "hi", "--json", "--config", str(sandbox_config))
+    assert result.exit_code == 0
+    assert sandbox.count("kakaotalk") == 1
+    assert "auth-failed" in result.stderr
+    assert "1234" not in result.stderr.replace("010-1234", "")  # no password in the alert
+
+
+def test_send_message_from_stdin(sandbox: Any, sandbox_config: Path) -> None:
+    result = invoke("send", "01012345678", "-", "--config", str(sandbox_config), input="여러 줄\n메시지\n")
+    assert result.exit_code == 0
+    assert sandbox.received()[0].message == "여러 줄\n메시지"
+
+
+@pytest.mark.parametrize(
+    ("recipient", "message", "fragment"),
+    [
+        ("02-123-4567", "hi", "invalid recipient"),
+        ("010-1234-5678", "   ", "empty message"),
+        ("010-1234-5678", "가" * 1001, "too long for KakaoTalk"),
+    ],
+)
+def test_send_bad_input_exits_65(recipient: str, message: str, fragment: str) -> None:
+    result = invoke("send", recipient, message)
+    assert result.exit_code == 65
+    assert fragment in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_send_usage_error_exits_2() -> None:
+    result = invoke("send", "010-1234-5678", "hi", "--via", "fax")
+    assert result.exit_code == 2
+
+
+def test_send_sandbox_flag_runs_end_to_end() -> None:
+    result = invoke("send", "010-2345-0000", "데모", "--sandbox", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["channel"] == "sms" and document["fallback"] is True
+
+
+# ---------------------------------------------------------------------------- config errors
+
+
+def test_wrong_key_names_the_key_and_exits_78(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[kakaotalk]\nbase_url = 'http://x'\n", encoding="utf-8")
+    result = invoke("send", "010-1234-5678", "hi", "--config", str(path))
+    assert result.exit_code == 78
+    assert str(path) in result.stderr and "kakaotalk.base_url" in result.stderr
+    assert "did you mean 'kakaotalk.base-url'" in result.stderr
+
+
+def test_missing_config_file_exits_78(tmp_path: Path) -> None:
+    result = invoke("ping", "--config", str(tmp_path / "nope.toml"))
+    assert result.exit_code == 78
+    assert "no such configuration file" in result.stderr
+
+
+def test_bad_value_from_environment_exits_78(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MSGSEND_RETRY_MAX_ATTEMPTS", "many")
+    result = invoke("send", "010-1234-5678", "hi")
+    assert result.exit_code == 78
+    assert "MSGSEND_RETRY_MAX_ATTEMPTS" in result.stderr and "whole number" in result.stderr
+
+
+# ---------------------------------------------------------------------------- ping
+
+
+def test_ping_all_up(sandbox: Any, sandbox_config: Path) -> None:
+    result = invoke("ping", "--json", "--config", str(sandbox_config))
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert document["overall"] == "ok"
+    assert {p: v["status"] for p, v in document["providers"].items()} == {
+        "kakaotalk": "up",
+        "sms": "up",
+    }
+    assert all(isinstance(v["latency_ms"], float) for v in document["providers"].values())
+    assert sandbox.delivered() == []  # nothing was delivered
+
+
+def test_ping_one_provider_stopped_is_degraded(sandbox: Any, sandbox_config: Path) -> None:
+    sandbox.stop("kakaotalk")
+    result = invoke("ping", "--config", str(sandbox_config))
+    assert result.exit_code == 1
+    assert "degraded" in result.stdout and "down" in result.stdout
+    assert "Connection refused" in result.stdout.replace("\n", " ") or "cannot" in result.stdout
+
+
+def test_ping_both_stopped_is_critical(sandbox: Any, sandbox_config: Path) -> None:
+    sandbox.stop("kakaotalk")
+    sandbox.stop("sms")
+    result = invoke("ping", "--json", "--config", str(sandbox_config))
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["overall"] == "critical"
+
+
+def test_ping_reports_auth_failed_and_throttled(sandbox: Any, sandbox_config: Path) -> None:
+    sandbox.set_status("kakaotalk", 401)
+    sandbox.set_status("sms", 429)
+    result = invoke("ping", "--json", "--config", str(sandbox_config))
+    document = json.loads(result.stdout)
+    assert document["providers"]["kakaotalk"]["status"] == "auth-failed"
+    assert document["providers"]["sms"]["status"] == "throttled"
+    assert result.exit_code == 1
+
+
+def test_ping_single_provider(sandbox: Any, sandbox_config: Path) -> None:
+    sandbox.stop("kakaotalk")
+    result = invoke("ping", "--provider", "sms", "--json", "--config", str(sandbox_config))
+    assert result.exit_code == 0
+    assert list(json.loads(result.stdout)["providers"]) == ["sms"]
+
+
+# ---------------------------------------------------------------------------- config commands
+
+
+def test_config_init_show_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "conf" / "msgsend.toml"
+    assert invoke("config", "init", str(path)).exit_code == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert invoke("config", "init", str(path)).exit_code == 2  # never overwrites silently
+
+    monkeypatch.setenv("MSGSEND_SMS_AUTH_PASSWORD", "s3cret")
+    shown = invoke("config", "show", "--config", str(path))
+    assert shown.exit_code == 0
+    assert "s3cret" not in shown.stdout and "1234" not in shown.stdout
+    assert 'password = "****"' in shown.stdout
+    assert "MSGSEND_SMS_AUTH_PASSWORD" in shown.stdout
+    assert f"file {path}" in shown.stdout
+
+    as_json = json.loads(invoke("config", "show", "--json", "--config", str(path)).stdout)
+    assert as_json["values"]["sms.auth.password"] == {
+        "value": "****",
+        "source": "MSGSEND_SMS_AUTH_PASSWORD",
+    }
+
+    monkeypatch.setenv("MSGSEND_LIMITER_STORE", "memory")
+    checked = invoke("config", "check", "--config", str(path))
+    assert checked.exit_code == 0, checked.output
+    assert "configuration OK" in checked.stdout
+
+
+def test_sample_config_in_repository_is_current() -> None:
+    from msgsend.config import render_sample_config
+
+    sample = Path(__file__).resolve().parents[1] / "sample-config.toml"
+    assert sample.read_text(encoding="utf-8") == render_sample_config()
+
+
+def test_config_warns_about_readable_password_file(tmp_path: Path) -> None:
+    path = tmp_path / "msgsend.toml"
+    path.write_text('[sms.auth]\npassword = "x"\n', encoding="utf-8")
+    path.chmod(0o644)
+    result = invoke("config", "show", "--config", str(path))
+    assert result.exit_code == 0
+    assert "chmod 600" in result.stderr
+
+
+# ---------------------------------------------------------------------------- process level
+
+
+def test_python_dash_m_and_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "msgsend", "--version"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("msgsend ")
+
+
+def test_unknown_command_is_usage_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "msgsend", "fly"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2

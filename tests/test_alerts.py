@@ -65,8 +65,8 @@ def serve(mode: str) -> Iterator[Webhook]:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    host, port = server.server_address[:2]
-    hook = Webhook(url=f"http://{host}:{port}/services/T000/B000/SECRETTOKEN")
+    port = server.server_address[1]
+    hook = Webhook(url=f"http://127.0.0.1:{port}/services/T000/B000/SECRETTOKEN")
     state["hook"] = hook
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()

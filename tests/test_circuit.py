@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -32,6 +33,11 @@ class FakeClock:
         self.now += seconds
 
 
+def state(breaker: CircuitBreaker) -> CircuitState:
+    """Read the state through a call, so that mypy does not narrow it between steps."""
+    return breaker.state
+
+
 def outage() -> ServerError:
     return ServerError("kakaotalk answered HTTP 503", provider="kakaotalk", status_code=503)
 
@@ -47,7 +53,9 @@ def changes() -> list[tuple[str, CircuitState, CircuitState, str]]:
 
 
 @pytest.fixture
-def breaker(clock, changes) -> CircuitBreaker:
+def breaker(
+    clock: FakeClock, changes: list[tuple[str, CircuitState, CircuitState, str]]
+) -> CircuitBreaker:
     return CircuitBreaker(
         "kakaotalk",
         failure_threshold=3,
@@ -67,11 +75,11 @@ def test_opens_after_threshold_consecutive_outage_failures(breaker, changes):
     for expected in (1, 2):
         breaker.before_request()
         breaker.record_failure(outage())
-        assert breaker.state is CircuitState.CLOSED
+        assert state(breaker) is CircuitState.CLOSED
         assert breaker.consecutive_failures == expected
     breaker.before_request()
     breaker.record_failure(ConnectError("refused", provider="kakaotalk"))
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
     assert breaker.opened_count == 1
     [(provider, old, new, reason)] = changes
     assert (provider, old, new) == ("kakaotalk", CircuitState.CLOSED, CircuitState.OPEN)
@@ -98,7 +106,7 @@ def test_success_resets_the_count(breaker):
     assert breaker.consecutive_failures == 0
     breaker.record_failure(outage())
     breaker.record_failure(outage())
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 @pytest.mark.parametrize(
@@ -115,9 +123,9 @@ def test_non_outage_errors_neither_count_nor_reset(breaker, exc):
     for _ in range(5):
         breaker.record_failure(exc)
     assert breaker.consecutive_failures == 2
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
     breaker.record_failure(outage())
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
 
 
 def test_open_fails_fast_until_reset_timeout(breaker, clock):
@@ -135,11 +143,11 @@ def test_half_open_admits_one_trial_then_success_closes(breaker, clock, changes)
     trip(breaker)
     clock.advance(30.0)
     breaker.before_request()  # the trial
-    assert breaker.state is CircuitState.HALF_OPEN
+    assert state(breaker) is CircuitState.HALF_OPEN
     with pytest.raises(CircuitOpenError, match="trial"):
         breaker.before_request()  # the same thread again: still one trial in flight
     breaker.record_success()
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
     assert breaker.consecutive_failures == 0
     assert [(old, new) for _, old, new, _ in changes] == [
         (CircuitState.CLOSED, CircuitState.OPEN),
@@ -154,7 +162,7 @@ def test_trial_failure_reopens_and_restarts_the_timer(breaker, clock, changes):
     clock.advance(30.0)
     breaker.before_request()
     breaker.record_failure(ReadTimeoutError("read timeout", provider="kakaotalk"))
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
     assert breaker.opened_count == 2
     assert changes[-1][1:3] == (CircuitState.HALF_OPEN, CircuitState.OPEN)
     clock.advance(29.0)
@@ -162,7 +170,7 @@ def test_trial_failure_reopens_and_restarts_the_timer(breaker, clock, changes):
         breaker.before_request()
     clock.advance(1.0)
     breaker.before_request()
-    assert breaker.state is CircuitState.HALF_OPEN
+    assert state(breaker) is CircuitState.HALF_OPEN
 
 
 @pytest.mark.parametrize(
@@ -173,7 +181,7 @@ def test_any_http_answer_to_the_trial_closes(breaker, clock, exc):
     clock.advance(30.0)
     breaker.before_request()
     breaker.record_failure(exc)
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 def test_trial_that_says_nothing_frees_the_slot(breaker, clock):
@@ -181,7 +189,7 @@ def test_trial_that_says_nothing_frees_the_slot(breaker, clock):
     clock.advance(30.0)
     breaker.before_request()
     breaker.record_failure(KeyboardInterrupt())
-    assert breaker.state is CircuitState.HALF_OPEN
+    assert state(breaker) is CircuitState.HALF_OPEN
     breaker.before_request()  # a new trial straight away
 
 
@@ -195,7 +203,7 @@ def test_unreported_trial_expires(breaker, clock):
     clock.advance(1.0)
     breaker.before_request()  # the permit expired: a new trial
     breaker.record_success()
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 def test_reports_from_other_threads_do_not_decide_the_trial(breaker, clock):
@@ -205,16 +213,16 @@ def test_reports_from_other_threads_do_not_decide_the_trial(breaker, clock):
     stale = threading.Thread(target=breaker.record_success)
     stale.start()
     stale.join()
-    assert breaker.state is CircuitState.HALF_OPEN
+    assert state(breaker) is CircuitState.HALF_OPEN
     breaker.record_success()
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 def test_reports_while_open_are_ignored(breaker):
     trip(breaker)
     breaker.record_success()
     breaker.record_failure(outage())
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
     assert breaker.opened_count == 1
 
 
@@ -226,7 +234,7 @@ def test_disable_is_permanent(breaker, clock, changes):
         clock.advance(3600)
     breaker.record_success()
     breaker.disable("again")  # idempotent: no second transition
-    assert breaker.state is CircuitState.DISABLED
+    assert state(breaker) is CircuitState.DISABLED
     assert breaker.disabled_reason == "kakaotalk refused the credentials (HTTP 401)"
     assert [(old, new) for _, old, new, _ in changes] == [
         (CircuitState.CLOSED, CircuitState.DISABLED)
@@ -236,7 +244,7 @@ def test_disable_is_permanent(breaker, clock, changes):
 def test_auth_error_disables(breaker):
     breaker.before_request()
     breaker.record_failure(AuthError("401", provider="kakaotalk", status_code=401))
-    assert breaker.state is CircuitState.DISABLED
+    assert state(breaker) is CircuitState.DISABLED
     with pytest.raises(ProviderDisabledError):
         breaker.before_request()
 
@@ -260,7 +268,7 @@ def test_a_failing_callback_does_not_break_the_breaker(clock, caplog):
 
     breaker = CircuitBreaker("sms", failure_threshold=1, clock=clock, on_change=explode)
     breaker.record_failure(outage())
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
     assert "on_change callback failed" in caplog.text
 
 
@@ -271,7 +279,7 @@ def test_rejects_bad_settings():
         CircuitBreaker("sms", reset_timeout=0)
 
 
-def run_threads(count: int, target) -> None:
+def run_threads(count: int, target: Callable[[], object]) -> None:
     barrier = threading.Barrier(count)
 
     def worker() -> None:
@@ -296,7 +304,7 @@ def test_concurrent_failures_are_all_counted(clock):
 
     run_threads(16, fail_many)
     assert breaker.consecutive_failures == 800
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
 
 
 def test_concurrent_opening_happens_once(clock, changes):
@@ -307,7 +315,7 @@ def test_concurrent_opening_happens_once(clock, changes):
         on_change=lambda *args: changes.append(args),
     )
     run_threads(16, lambda: breaker.record_failure(outage()))
-    assert breaker.state is CircuitState.OPEN
+    assert state(breaker) is CircuitState.OPEN
     assert breaker.opened_count == 1
     assert len(changes) == 1
 
@@ -339,5 +347,5 @@ def test_concurrent_half_open_admits_exactly_one_trial(breaker, clock, changes):
     run_threads(16, attempt)
     assert len(admitted) == 1
     assert len(refused) == 15
-    assert breaker.state is CircuitState.CLOSED
+    assert state(breaker) is CircuitState.CLOSED
     assert [new for _, _, new, _ in changes].count(CircuitState.CLOSED) == 1

@@ -20,6 +20,7 @@ from msgsend.errors import (
     AuthError,
     CircuitOpenError,
     ConnectError,
+    ConnectionLostError,
     RateLimitedError,
     ReadTimeoutError,
     ServerError,
@@ -141,6 +142,7 @@ def test_no_recipient_or_free_text_in_labels():
         (None, "success"),
         (ConnectError("x"), "connect-error"),
         (ReadTimeoutError("x"), "read-timeout"),
+        (ConnectionLostError("x"), "connection-lost"),
         (RateLimitedError("x"), "rate-limited"),
         (ServerError("x", status_code=503), "server-error"),
         (AuthError("x", status_code=401), "auth-failed"),
@@ -150,6 +152,16 @@ def test_no_recipient_or_free_text_in_labels():
 )
 def test_request_result(exc, label):
     assert request_result(exc) == label
+
+
+def test_error_kinds_are_accepted_as_results():
+    m = Metrics()
+    m.observe_request("kakaotalk", ConnectError("x").kind, 0.1)
+    m.observe_request("kakaotalk", ServerError("x").kind, 0.1)
+    m.observe_request("kakaotalk", "transport", 0.1)
+    assert m.sample("msgsend_requests_total", {"provider": "kakaotalk", "result": "connect-error"})
+    assert m.sample("msgsend_requests_total", {"provider": "kakaotalk", "result": "server-error"})
+    assert m.sample("msgsend_requests_total", {"provider": "kakaotalk", "result": "error"})
 
 
 def test_observe_error_maps_exceptions():
@@ -174,12 +186,12 @@ def test_write_textfile_is_atomic_and_world_readable(metrics, tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
-def test_write_textfile_failure_is_clear_and_leaves_nothing(metrics, tmp_path):
-    with pytest.raises(MetricsExportError, match="--metrics-file"):
+def test_write_textfile_failure_raises_oserror_and_leaves_nothing(metrics, tmp_path):
+    with pytest.raises(FileNotFoundError):
         metrics.write_textfile(tmp_path / "missing-dir" / "msgsend.prom")
     target_dir = tmp_path / "is-a-dir.prom"
     target_dir.mkdir()
-    with pytest.raises(MetricsExportError):
+    with pytest.raises(OSError):
         metrics.write_textfile(target_dir)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["is-a-dir.prom"]
 
@@ -211,9 +223,9 @@ def serve(status: int) -> Iterator[tuple[str, Recorder]]:
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
-    host, port = server.server_address[:2]
+    port = server.server_address[1]
     try:
-        yield f"http://{host}:{port}", recorder
+        yield f"http://127.0.0.1:{port}", recorder
     finally:
         server.shutdown()
         server.server_close()

@@ -298,6 +298,10 @@ def _flatten(table: Mapping[str, Any], prefix: str, source: str, out: dict[str, 
             _flatten(value, key + ".", source, out)
         else:
             if key not in SCHEMA:
+                if any(k.startswith(key + ".") for k in SCHEMA):
+                    raise ConfigError(
+                        f"expected a table ([{key}]), got {value!r}", source=source, key=key
+                    )
                 raise ConfigError(_unknown_key_message(key), source=source, key=key)
             out[key] = value
 
@@ -565,6 +569,9 @@ def render_sample_config() -> str:
             text = tomli_w.dumps({name: DEFAULTS[key]}).strip()
         else:
             example = {
+                f"{table}.connect-timeout": 5.0,
+                f"{table}.read-timeout": 5.0,
+                f"{table}.requests-per-second": 2,
                 "limiter.path": "~/.local/state/msgsend/ratelimit.sqlite",
                 "limiter.redis-url": "redis://localhost:6379/0",
                 "alerts.webhook-url": "https://hooks.example.com/services/...",

@@ -79,10 +79,21 @@ class CsvRow:
     blank: bool = False
 
 
+def _invalid(
+    row: int,
+    record: _Record,
+    recipient: str,
+    reason: str,
+    channel: Channel | None = None,
+    message: str | None = None,
+) -> CsvRow:
+    return CsvRow(row, record.first_line, recipient, channel, message, reason)
+
+
 def _open_text(path: Path, encoding: str) -> TextIO:
     """Open ``path`` for the csv module, mapping OS errors to InputFileError."""
     try:
-        return open(path, encoding=encoding, errors="strict", newline="")  # noqa: SIM115
+        return open(path, encoding=encoding, errors="strict", newline="")
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -123,7 +134,7 @@ def _records(path: Path, handle: TextIO) -> Iterator[_Record]:
 
 
 def _is_blank(fields: Sequence[str]) -> bool:
-    return all(not field.strip() for field in fields)
+    return not "".join(fields).strip()
 
 
 def _normal_encoding(path: Path, encoding: str) -> str:
@@ -154,8 +165,7 @@ def _scan(path: Path, encoding: str) -> tuple[tuple[str, ...], int, int, int]:
                 break
         if header is None:
             raise InputError(
-                f"{path}: the file is empty: a header row is required "
-                f"(e.g. phone,message)"
+                f"{path}: the file is empty: a header row is required (e.g. phone,message)"
             )
         if any("\x00" in name for name in header):
             raise InputError(
@@ -202,7 +212,9 @@ def inspect_csv(path: str | os.PathLike[str], encoding: str | None = None) -> Cs
             f"{file}: looks like UTF-16 text (Excel 'Unicode Text'); save it as "
             "'CSV UTF-8', or pass --encoding utf-16"
         )
-    candidates = [_normal_encoding(file, encoding)] if encoding else ["utf-8-sig", FALLBACK_ENCODING]
+    candidates = (
+        [_normal_encoding(file, encoding)] if encoding else ["utf-8-sig", FALLBACK_ENCODING]
+    )
     failures: list[str] = []
     for candidate in candidates:
         try:
@@ -229,9 +241,7 @@ def inspect_csv(path: str | os.PathLike[str], encoding: str | None = None) -> Cs
     )
 
 
-def _find_column(
-    path: Path, columns: Sequence[str], names: Sequence[str], what: str
-) -> int | None:
+def _find_column(path: Path, columns: Sequence[str], names: Sequence[str], what: str) -> int | None:
     wanted = {name.lower() for name in names}
     found = [i for i, name in enumerate(columns) if name.lower() in wanted]
     if len(found) > 1:
@@ -269,7 +279,9 @@ def compile_template(template: str, columns: Sequence[str]) -> str:
         out.append(literal.replace("{", "{{").replace("}", "}}"))
         if field is None:
             continue
-        shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        conv = f"!{conversion}" if conversion else ""
+        fmt = f":{spec}" if spec else ""
+        shown = f"{{{field}{conv}{fmt}}}"
         if field == "" or field.isdigit():
             raise InputError(
                 f"template placeholder {shown} is positional: name a column instead "
@@ -391,10 +403,8 @@ class CsvSource:
         )
         fields = record.fields
         if fields is None:
-            return CsvRow(
-                row, record.first_line, "", None, None,
-                f"malformed CSV record ({span}): {record.error}; an unbalanced quote?",
-            )
+            reason = f"malformed CSV record ({span}): {record.error}; an unbalanced quote?"
+            return _invalid(row, record, "", reason)
         raw = _clean(fields[self.recipient_index]) if self.recipient_index < len(fields) else ""
         if _is_blank(fields):
             return CsvRow(row, record.first_line, raw, None, None, None, blank=True)
@@ -404,13 +414,18 @@ class CsvSource:
                 reason += "; an unbalanced quote?"
             elif len(fields) > width:
                 reason += "; quote fields that contain commas"
-            return CsvRow(row, record.first_line, raw, None, None, reason)
+            return _invalid(row, record, raw, reason)
         if any("\x00" in field for field in fields):
-            return CsvRow(row, record.first_line, raw, None, None, f"NUL byte in the record ({span})")
+            return _invalid(row, record, raw, f"NUL byte in the record ({span})")
+        if self.format is not None:
+            message = self.format.format(*fields)
+        else:
+            assert self.message_index is not None
+            message = fields[self.message_index]
         try:
             recipient = normalize_recipient(fields[self.recipient_index])
         except InputError as exc:
-            return CsvRow(row, record.first_line, raw, None, None, _clean(str(exc)))
+            return _invalid(row, record, raw, _clean(str(exc)), None, message)
         channel = self.via
         if self.via_index is not None:
             value = fields[self.via_index].strip().lower()
@@ -418,18 +433,11 @@ class CsvSource:
                 try:
                     channel = Channel(value)
                 except ValueError:
-                    return CsvRow(
-                        row, record.first_line, recipient, None, None,
-                        f"unknown channel {_clean(fields[self.via_index])!r} in the via column "
-                        "(kakaotalk or sms)",
-                    )
-        if self.format is not None:
-            message = self.format.format(*fields)
-        else:
-            assert self.message_index is not None
-            message = fields[self.message_index]
+                    shown = _clean(fields[self.via_index])
+                    reason = f"unknown channel {shown!r} in the via column (kakaotalk or sms)"
+                    return _invalid(row, record, recipient, reason, None, message)
         try:
             validate_message(message, channel)
         except InputError as exc:
-            return CsvRow(row, record.first_line, recipient, channel, message, _clean(str(exc)))
+            return _invalid(row, record, recipient, _clean(str(exc)), channel, message)
         return CsvRow(row, record.first_line, recipient, channel, message)

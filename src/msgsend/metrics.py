@@ -24,6 +24,7 @@ from .errors import (
     AuthError,
     CircuitOpenError,
     ConnectError,
+    ConnectionLostError,
     InvalidRequestError,
     MsgsendError,
     ProviderDisabledError,
@@ -53,6 +54,7 @@ REQUEST_RESULTS: Final = (
     "success",
     "connect-error",
     "read-timeout",
+    "connection-lost",
     "rate-limited",
     "server-error",
     "auth-failed",
@@ -67,9 +69,17 @@ DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 _NOT_SENT: Final = frozenset({"circuit-open", "provider-disabled"})
 _PROVIDER_LABEL = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
 _OTHER: Final = "other"
+#: ``MsgsendError.kind`` values that differ from their result label
+_RESULT_ALIASES: Final = {
+    "connect": "connect-error",
+    "transport": "error",
+    "http": "error",
+    "provider": "error",
+}
 _RESULT_BY_ERROR: Final[tuple[tuple[type[BaseException], str], ...]] = (
     (ConnectError, "connect-error"),
     (ReadTimeoutError, "read-timeout"),
+    (ConnectionLostError, "connection-lost"),
     (RateLimitedError, "rate-limited"),
     (ServerError, "server-error"),
     (AuthError, "auth-failed"),
@@ -80,7 +90,7 @@ _RESULT_BY_ERROR: Final[tuple[tuple[type[BaseException], str], ...]] = (
 
 
 class MetricsExportError(MsgsendError):
-    """The metrics could not be written or pushed; the run's outcome is unaffected."""
+    """The metrics could not be pushed; the run's outcome is unaffected."""
 
     kind = "metrics"
 
@@ -201,9 +211,13 @@ class Metrics:
     # -- observations ----------------------------------------------------------------------
 
     def observe_request(self, provider: str, result: str, seconds: float) -> None:
-        """Count one provider request and, if it was sent, its duration."""
+        """Count one provider request and, if it was sent, its duration.
+
+        ``result`` is a label of ``REQUEST_RESULTS`` or an error's ``kind`` (``connect`` is
+        counted as ``connect-error``); anything else is counted as ``other``.
+        """
         label = _provider_label(provider)
-        result = _safe_label(result, REQUEST_RESULTS)
+        result = _safe_label(_RESULT_ALIASES.get(result, result), REQUEST_RESULTS)
         self.requests_total.labels(provider=label, result=result).inc()
         if result not in _NOT_SENT:
             self.request_duration_seconds.labels(provider=label).observe(max(0.0, seconds))
@@ -277,27 +291,23 @@ class Metrics:
         """Write the metrics to ``path`` atomically (node_exporter textfile collector), mode 0644.
 
         The temporary file is a hidden ``.NAME.*.tmp`` in the same directory, so the collector,
-        which reads ``*.prom``, never sees a half-written file.
+        which reads ``*.prom``, never sees a half-written file. Raises ``OSError`` (with
+        ``strerror`` and ``filename``) if the directory is missing or not writable.
         """
         path = Path(path)
         data = self.to_text().encode("utf-8")
-        tmp: str | None = None
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
-        except OSError as exc:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            raise MetricsExportError(
-                f"cannot write metrics to {path}: {exc.strerror or exc}; "
-                "check that --metrics-file names a writable directory"
-            ) from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def push(
         self,

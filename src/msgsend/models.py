@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -37,7 +38,7 @@ class Channel(StrEnum):
 CHANNELS: tuple[Channel, ...] = (Channel.KAKAOTALK, Channel.SMS)
 
 _SEPARATORS = re.compile(r"[\s\-.()]")
-_MOBILE = re.compile(r"^01([016789])(\d{3,4})(\d{4})$")
+_MOBILE = re.compile(r"^01([016789])(\d{3,4})(\d{4})$", re.ASCII)
 
 
 def normalize_recipient(raw: str) -> str:
@@ -48,7 +49,8 @@ def normalize_recipient(raw: str) -> str:
         >>> normalize_recipient("+82 10 1234 5678")
         '010-1234-5678'
     """
-    text = _SEPARATORS.sub("", raw.strip())
+    # NFKC turns full-width digits, hyphen and plus (as a Korean IME types them) into ASCII.
+    text = _SEPARATORS.sub("", unicodedata.normalize("NFKC", raw).strip())
     if text.startswith("+82"):
         text = "0" + text[3:].lstrip("0")
     elif text.startswith("0082"):
@@ -95,7 +97,9 @@ def validate_message(text: str, channel: Channel | str) -> None:
             )
         return
     try:
-        size = len(text.encode("euc-kr"))
+        # CP949, the EUC-KR that carriers count: every Hangul syllable is 2 bytes (Python's
+        # "euc-kr" spells the 8,822 outside KS X 1001 as 8-byte composition sequences).
+        size = len(text.encode("cp949"))
     except UnicodeEncodeError as exc:
         bad = text[exc.start : exc.end]
         raise InputError(

@@ -1,0 +1,188 @@
+"""Tests for msgsend.errors: the hierarchy, the decision attributes and error_for_status."""
+
+from __future__ import annotations
+
+import datetime as dt
+from email.utils import format_datetime
+
+import pytest
+
+from msgsend import errors
+from msgsend.errors import (
+    AllProvidersFailedError,
+    AuthError,
+    CircuitOpenError,
+    ConfigError,
+    ConnectError,
+    ConnectionLostError,
+    HTTPStatusError,
+    InputError,
+    InputFileError,
+    InvalidRequestError,
+    MsgsendError,
+    ProviderDisabledError,
+    ProviderError,
+    RateLimitedError,
+    ReadTimeoutError,
+    ServerError,
+    TransportError,
+    error_for_status,
+)
+
+
+def test_all_is_sorted_and_complete():
+    assert errors.__all__ == sorted(errors.__all__)
+    for name in errors.__all__:
+        assert hasattr(errors, name)
+
+
+@pytest.mark.parametrize(
+    ("cls", "parent"),
+    [
+        (ConfigError, MsgsendError),
+        (InputError, MsgsendError),
+        (InputFileError, InputError),
+        (ProviderError, MsgsendError),
+        (TransportError, ProviderError),
+        (ConnectError, TransportError),
+        (ReadTimeoutError, TransportError),
+        (ConnectionLostError, TransportError),
+        (HTTPStatusError, ProviderError),
+        (RateLimitedError, HTTPStatusError),
+        (ServerError, HTTPStatusError),
+        (AuthError, HTTPStatusError),
+        (InvalidRequestError, HTTPStatusError),
+        (CircuitOpenError, MsgsendError),
+        (ProviderDisabledError, MsgsendError),
+        (AllProvidersFailedError, MsgsendError),
+    ],
+)
+def test_hierarchy(cls, parent):
+    assert issubclass(cls, parent)
+
+
+# (class, retryable, fallback, outage, uncertain): SPEC §3, one row per outcome.
+DECISIONS = [
+    (ConnectError, True, True, True, False),
+    (ReadTimeoutError, True, True, True, True),
+    (ConnectionLostError, True, True, True, True),
+    (RateLimitedError, True, True, False, False),
+    (ServerError, True, True, True, False),
+    (AuthError, False, True, False, False),
+    (InvalidRequestError, False, False, False, False),
+    (CircuitOpenError, False, True, False, False),
+    (ProviderDisabledError, False, True, False, False),
+    (ConfigError, False, False, False, False),
+    (InputError, False, False, False, False),
+    (AllProvidersFailedError, False, False, False, False),
+]
+
+
+@pytest.mark.parametrize(("cls", "retryable", "fallback", "outage", "uncertain"), DECISIONS)
+def test_decision_attributes(cls, retryable, fallback, outage, uncertain):
+    assert (cls.retryable, cls.fallback, cls.outage, cls.uncertain) == (
+        retryable,
+        fallback,
+        outage,
+        uncertain,
+    )
+
+
+def test_kinds_are_distinct():
+    classes = [row[0] for row in DECISIONS] + [InputFileError, TransportError, HTTPStatusError]
+    kinds = [cls.kind for cls in classes]
+    assert len(kinds) == len(set(kinds))
+
+
+def test_error_carries_provider_and_status():
+    exc = ServerError("boom", provider="sms", status_code=502)
+    assert (str(exc), exc.provider, exc.status_code) == ("boom", "sms", 502)
+
+
+def test_config_error_names_source_and_key():
+    exc = ConfigError("expected a number", source="/etc/msgsend.toml", key="sms.timeout")
+    assert str(exc) == "/etc/msgsend.toml: sms.timeout: expected a number"
+    assert (exc.source, exc.key) == ("/etc/msgsend.toml", "sms.timeout")
+    assert str(ConfigError("plain")) == "plain"
+
+
+def test_all_providers_failed_lists_each_error():
+    exc = AllProvidersFailedError(
+        [ServerError("HTTP 503", provider="kakaotalk", status_code=503),
+         ConnectError("refused", provider="sms")]
+    )
+    assert str(exc) == "every provider failed (kakaotalk: HTTP 503; sms: refused)"
+    assert exc.provider == "sms"
+    assert len(exc.errors) == 2
+    assert str(AllProvidersFailedError([])) == "no provider was available"
+
+
+# (status, class, status_code kept)
+STATUS_TABLE = [
+    (400, InvalidRequestError),
+    (404, InvalidRequestError),
+    (409, InvalidRequestError),
+    (422, InvalidRequestError),
+    (401, AuthError),
+    (403, AuthError),
+    (429, RateLimitedError),
+    (500, ServerError),
+    (502, ServerError),
+    (503, ServerError),
+    (504, ServerError),
+    (507, ServerError),
+]
+
+
+@pytest.mark.parametrize(("status", "cls"), STATUS_TABLE)
+def test_error_for_status(status, cls):
+    exc = error_for_status("kakaotalk", status, '{"error": "x"}')
+    assert type(exc) is cls
+    assert exc.status_code == status
+    assert exc.provider == "kakaotalk"
+    assert exc.body == '{"error": "x"}'
+
+
+def test_auth_error_names_the_fix():
+    exc = error_for_status("sms", 401)
+    assert "[sms.auth]" in str(exc)
+    assert "MSGSEND_SMS_AUTH_PASSWORD" in str(exc)
+
+
+def test_error_message_includes_a_short_body_snippet():
+    exc = error_for_status("sms", 400, "bad\nphone" + "x" * 500)
+    assert "bad phone" in str(exc)
+    assert len(str(exc)) < 300
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("-3", 0.0),
+        ("soon", None),
+        ("inf", None),
+        ("nan", None),
+    ],
+)
+def test_retry_after_seconds(header, expected):
+    exc = error_for_status("kakaotalk", 429, "", header)
+    assert isinstance(exc, RateLimitedError)
+    assert exc.retry_after == expected
+
+
+def test_retry_after_http_date():
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)
+    exc = error_for_status("kakaotalk", 429, "", format_datetime(when, usegmt=True))
+    assert isinstance(exc, RateLimitedError)
+    assert exc.retry_after is not None
+    assert 100 <= exc.retry_after <= 121
+
+
+def test_retry_after_http_date_in_the_past_is_zero():
+    exc = error_for_status("kakaotalk", 429, "", "Wed, 21 Oct 2015 07:28:00 GMT")
+    assert isinstance(exc, RateLimitedError)
+    assert exc.retry_after == 0.0

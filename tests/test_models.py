@@ -1,0 +1,207 @@
+"""Tests for msgsend.models: recipients, message limits and result documents."""
+
+from __future__ import annotations
+
+import pytest
+
+from msgsend import models
+from msgsend.errors import InputError
+from msgsend.models import (
+    KAKAOTALK_MAX_CHARS,
+    SMS_MAX_BYTES,
+    Channel,
+    DeliveryResult,
+    mask_recipient,
+    normalize_recipient,
+    validate_message,
+)
+
+
+def _isort_key(name: str) -> tuple[int, str]:
+    # ruff RUF022 order: CONSTANTS, then Classes, then functions
+    return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
+
+
+def test_all_is_sorted_and_complete():
+    assert models.__all__ == sorted(models.__all__, key=_isort_key)
+    for name in models.__all__:
+        assert hasattr(models, name)
+
+
+def test_limits_match_the_spec():
+    assert (KAKAOTALK_MAX_CHARS, SMS_MAX_BYTES) == (1000, 2000)
+    assert [c.value for c in models.CHANNELS] == ["kakaotalk", "sms"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("010-1234-5678", "010-1234-5678"),
+        ("01012345678", "010-1234-5678"),
+        ("010 1234 5678", "010-1234-5678"),
+        ("010.1234.5678", "010-1234-5678"),
+        ("(010) 1234-5678", "010-1234-5678"),
+        ("  010-1234-5678\n", "010-1234-5678"),
+        ("+82 10-1234-5678", "010-1234-5678"),
+        ("+821012345678", "010-1234-5678"),
+        ("+82 010-1234-5678", "010-1234-5678"),
+        ("+82 (0)10 1234 5678", "010-1234-5678"),
+        ("82-10-1234-5678", "010-1234-5678"),
+        ("821012345678", "010-1234-5678"),
+        ("0082-10-1234-5678", "010-1234-5678"),
+        ("011-123-4567", "011-123-4567"),
+        ("011-1234-5678", "011-1234-5678"),
+        ("0161234567", "016-123-4567"),
+        ("016-1234-5678", "016-1234-5678"),
+        ("017-123-4567", "017-123-4567"),
+        ("018-1234-5678", "018-1234-5678"),
+        ("019-123-4567", "019-123-4567"),
+        ("+82 19-123-4567", "019-123-4567"),
+        ("82-11-123-4567", "011-123-4567"),
+        # full-width digits and hyphen, as a Korean IME may type them
+        ("０１０－１２３４－５６７８", "010-1234-5678"),
+    ],
+)
+def test_normalize_recipient_accepts(raw, expected):
+    assert normalize_recipient(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "   ",
+        "02-123-4567",  # Seoul landline
+        "02-1234-5678",
+        "031-123-4567",  # Gyeonggi landline
+        "012-1234-5678",  # not a mobile prefix
+        "015-1234-5678",
+        "010-123-4567",  # 010 needs a four-digit middle
+        "010-1234-567",  # too short
+        "010-1234-56789",  # too long
+        "0101234567890",
+        "010-abcd-5678",
+        "010-1234-567a",
+        "phone",
+        "+82",
+        "+1 010-1234-5678",
+        "10-1234-5678",
+        "٠١٠١٢٣٤٥٦٧٨",  # Arabic-Indic digits are digits to \\d, not to a provider
+    ],
+)
+def test_normalize_recipient_refuses(raw):
+    with pytest.raises(InputError) as info:
+        normalize_recipient(raw)
+    assert "recipient" in str(info.value)
+
+
+def test_refusal_shows_the_input_and_an_example():
+    with pytest.raises(InputError, match=r"'02-123-4567'.*010-1234-5678"):
+        normalize_recipient("02-123-4567")
+    with pytest.raises(InputError, match=r"\(empty\)"):
+        normalize_recipient("")
+
+
+def test_normalized_number_is_ascii():
+    assert normalize_recipient("０１０１２３４５６７８").isascii()
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [
+        ("010-1234-5678", "010-****-5678"),
+        ("011-123-4567", "011-***-4567"),
+        ("01012345678", "010-****-5678"),
+        ("0111234567", "011-***-4567"),
+        ("123", "***"),
+        ("", "***"),
+    ],
+)
+def test_mask_recipient(number, masked):
+    assert mask_recipient(number) == masked
+
+
+def test_mask_never_shows_the_middle_digits():
+    assert "1234" not in mask_recipient(normalize_recipient("+82 10 1234 5678"))
+
+
+# ---------------------------------------------------------------------- messages
+
+
+@pytest.mark.parametrize("channel", ["kakaotalk", "sms", Channel.KAKAOTALK, Channel.SMS])
+@pytest.mark.parametrize("text", ["", " ", "\n\t "])
+def test_empty_message_refused(channel, text):
+    with pytest.raises(InputError, match="empty message"):
+        validate_message(text, channel)
+
+
+@pytest.mark.parametrize(
+    ("text", "channel", "ok"),
+    [
+        ("a" * 1000, Channel.KAKAOTALK, True),
+        ("가" * 1000, Channel.KAKAOTALK, True),  # characters, not bytes
+        ("😀" * 1000, Channel.KAKAOTALK, True),
+        ("a" * 1001, Channel.KAKAOTALK, False),
+        ("가" * 1001, Channel.KAKAOTALK, False),
+        ("a" * 2000, Channel.SMS, True),
+        ("가" * 1000, Channel.SMS, True),  # Korean is two bytes each
+        ("똠" * 1000, Channel.SMS, True),  # also outside the 2,350 KS X 1001 syllables
+        ("뷁" * 999 + "ab", Channel.SMS, True),
+        ("a" * 2001, Channel.SMS, False),
+        ("가" * 1000 + "a", Channel.SMS, False),
+        ("가" * 1001, Channel.SMS, False),
+        ("안녕하세요, 홍길동님. 주문 #1234 배송 완료!", Channel.SMS, True),
+    ],
+    ids=lambda v: f"{len(v)}x{v[:1]!a}" if isinstance(v, str) and len(v) > 20 else None,
+)
+def test_message_length_limits(text, channel, ok):
+    if ok:
+        validate_message(text, channel)
+    else:
+        with pytest.raises(InputError, match="too long"):
+            validate_message(text, channel)
+
+
+def test_too_long_message_says_the_size_and_the_limit():
+    with pytest.raises(InputError, match=r"1001 characters \(at most 1000\)"):
+        validate_message("가" * 1001, "kakaotalk")
+    with pytest.raises(InputError, match=r"2002 bytes in EUC-KR \(at most 2000\)"):
+        validate_message("가" * 1001, "sms")
+
+
+@pytest.mark.parametrize("text", ["안녕 😀", "\U0001f44d", "naïve ✓"])
+def test_sms_refuses_characters_without_euc_kr_encoding(text):
+    validate_message(text, "kakaotalk")
+    with pytest.raises(InputError, match="no EUC-KR encoding"):
+        validate_message(text, "sms")
+
+
+def test_unknown_channel_is_refused():
+    with pytest.raises(ValueError):
+        validate_message("hi", "email")
+
+
+# ---------------------------------------------------------------------- results
+
+
+def test_delivery_result_json_shape():
+    result = DeliveryResult(
+        "010-1234-5678", "sent", channel="sms", fallback=True, attempts=4, uncertain=1
+    )
+    assert result.ok
+    assert result.to_json() == {
+        "recipient": "010-1234-5678",
+        "status": "sent",
+        "channel": "sms",
+        "fallback": True,
+        "attempts": 4,
+        "error": None,
+    }
+
+
+def test_failed_result_has_no_channel_in_json():
+    result = DeliveryResult("010-1234-5678", "failed", channel="kakaotalk", attempts=1, error="x")
+    assert not result.ok
+    assert result.to_json()["channel"] is None
+    assert result.to_json()["error"] == "x"
+    assert result.as_dict()["channel"] == "kakaotalk"

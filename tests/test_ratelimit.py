@@ -1,0 +1,758 @@
+"""Tests for msgsend.ratelimit.
+
+First the exact admit/deny sequences of each strategy on a fake clock, for every store; then
+real time with small windows (20 per second): threads, separate processes sharing one SQLite
+file, processes sharing a real redis-server. Real-time checks read the request timestamps a
+local HTTP server recorded, as a provider would see them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis_server import RedisServer, start_or_skip
+
+from msgsend.ratelimit import (
+    RATE_LIMIT_EVENT,
+    STORES,
+    STRATEGIES,
+    Limit,
+    LimiterError,
+    LimiterStats,
+    RateLimiter,
+    check_limiter_settings,
+    default_guard,
+    default_state_path,
+    limit_from_settings,
+)
+
+#: server-side timestamps may sit this much closer together than the limiter meant (clock
+#: resolution and the scheduling jitter between a granted slot and the request arriving)
+TOLERANCE = 0.005
+#: the real-time tests' limit: 20 per second
+RATE = Limit(20, 1.0)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """Seconds as a float, kept in whole microseconds so millisecond edges stay exact."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.us = round(start * 1_000_000)
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.us / 1_000_000
+
+    def at(self, offset_ms: int) -> None:
+        self.us = 1_000_000_000 + offset_ms * 1000
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.us += round(seconds * 1_000_000)
+
+
+@dataclass
+class Events:
+    seen: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def __call__(self, event: str, provider: str, message: str) -> None:
+        self.seen.append((event, provider, message))
+
+
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Never touch the real ~/.local/state, whatever a test forgets to pass.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_or_skip(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+def store_options(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    if store == "sqlite":
+        return {"path": tmp_path / "limits.sqlite"}
+    if store == "redis":
+        return {"redis_url": request.getfixturevalue("redis_url")}
+    return {}
+
+
+def sequence(limiter: RateLimiter, clock: FakeClock, steps: list[tuple[int, float]]) -> list[Any]:
+    """Run (offset ms, expected) steps; expected 0 = admitted, else the seconds to wait."""
+    seen = []
+    for offset_ms, _ in steps:
+        clock.at(offset_ms)
+        seen.append((offset_ms, round(limiter.try_acquire("p"), 6)))
+    return seen
+
+
+# --- settings and construction ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("store", STORES)
+def test_every_strategy_store_pair_is_supported(strategy: str, store: str) -> None:
+    assert check_limiter_settings(strategy, store) is None
+
+
+@pytest.mark.parametrize(
+    ("strategy", "store", "expected"),
+    [
+        ("leaky", "sqlite", "unknown strategy 'leaky'; expected one of \"sliding-window\""),
+        ("sliding-window", "etcd", "unknown store 'etcd'; expected one of \"memory\", \"sqlite\""),
+    ],
+)
+def test_unknown_strategy_or_store_is_refused(strategy: str, store: str, expected: str) -> None:
+    message = check_limiter_settings(strategy, store)
+    assert message is not None and message.startswith(expected)
+    with pytest.raises(LimiterError, match=r"^\[limiter\] unknown"):
+        RateLimiter({"p": RATE}, strategy=strategy, store=store)
+
+
+@pytest.mark.parametrize(
+    ("per_minute", "per_second", "expected"),
+    [
+        (100, 20, "either requests-per-minute or requests-per-second, not both"),
+        (None, None, "give one of requests-per-minute or requests-per-second"),
+        (0, None, "requests-per-minute must be a positive whole number, not 0"),
+        (None, -5, "requests-per-second must be a positive whole number, not -5"),
+        (None, 2.5, "requests-per-second must be a positive whole number, not 2.5"),
+        (True, None, "requests-per-minute must be a positive whole number, not True"),
+    ],
+)
+def test_limit_settings_errors(per_minute: Any, per_second: Any, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        limit_from_settings(per_minute, per_second)
+
+
+def test_limit_from_settings() -> None:
+    assert limit_from_settings(requests_per_minute=100) == Limit(100, 60.0)
+    assert limit_from_settings(requests_per_second=20) == Limit(20, 1.0)
+    assert Limit(500, 60.0).per_second == pytest.approx(500 / 60)
+    assert str(Limit(100, 60.0)) == "100/minute"
+    assert str(Limit(20, 1)) == "20/second"
+
+
+@pytest.mark.parametrize(
+    ("count", "period"), [(0, 1.0), (-1, 1.0), (1, 0.0), (1, -1.0), (1, math.nan), (1.5, 1.0)]
+)
+def test_limit_rejects_non_positive_values(count: Any, period: Any) -> None:
+    with pytest.raises(ValueError):
+        Limit(count, period)
+
+
+def test_default_state_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert default_state_path() == tmp_path / "msgsend" / "ratelimit.sqlite"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/dir")
+    assert default_state_path() == Path.home() / ".local/state/msgsend/ratelimit.sqlite"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert default_state_path() == Path.home() / ".local/state/msgsend/ratelimit.sqlite"
+
+
+def test_sqlite_is_the_default_store_in_the_state_directory(tmp_path: Path) -> None:
+    with RateLimiter({"p": RATE}) as limiter:
+        assert limiter.store == "sqlite" and limiter.strategy == "sliding-window"
+        assert limiter.path == tmp_path / "state" / "msgsend" / "ratelimit.sqlite"
+        limiter.acquire("p")
+    assert limiter.path.exists()
+
+
+def test_unusable_sqlite_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(LimiterError, match=r"^\[limiter\] path .*a-file/x\.sqlite: cannot use it"):
+        RateLimiter({"p": RATE}, path=blocker / "x.sqlite")
+
+
+def test_corrupt_sqlite_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "limits.sqlite"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(LimiterError, match="delete the file to reset it"):
+        RateLimiter({"p": RATE}, path=path)
+
+
+def test_redis_store_needs_a_url() -> None:
+    with pytest.raises(LimiterError, match=r'^\[limiter\] redis-url: required when store = "redis"'):
+        RateLimiter({"p": RATE}, store="redis")
+
+
+def test_refused_redis_connection_fails_at_once() -> None:
+    port = _closed_port()
+    started = time.monotonic()
+    with pytest.raises(LimiterError) as caught:
+        RateLimiter({"p": RATE}, store="redis", redis_url=f"redis://:secret@127.0.0.1:{port}/0")
+    assert time.monotonic() - started < 2.5
+    assert str(caught.value) == (
+        f"[limiter] redis-url redis://:****@127.0.0.1:{port}/0: cannot connect (Connection refused)"
+    )
+
+
+@pytest.mark.slow
+def test_silent_redis_is_an_error_not_a_hang() -> None:
+    # Accepts the connection (the kernel does), never answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        started = time.monotonic()
+        with pytest.raises(LimiterError, match=r"cannot connect \(no answer within 2 s\)"):
+            RateLimiter({"p": RATE}, store="redis", redis_url=url)
+        assert time.monotonic() - started < 4.0
+
+
+def test_bad_redis_url_is_a_clear_error() -> None:
+    with pytest.raises(LimiterError, match=r"^\[limiter\] redis-url http://x: .*redis://"):
+        RateLimiter({"p": RATE}, store="redis", redis_url="http://x")
+
+
+def test_construction_checks_arguments() -> None:
+    with pytest.raises(ValueError, match="at least one provider"):
+        RateLimiter({}, store="memory")
+    with pytest.raises(ValueError, match="invalid provider name"):
+        RateLimiter({"no spaces; please": RATE}, store="memory")
+    with pytest.raises(ValueError, match="guard"):
+        RateLimiter({"p": RATE}, store="memory", guard=-1)
+
+
+def test_unknown_provider_and_closed_limiter() -> None:
+    limiter = RateLimiter({"p": RATE}, store="memory")
+    with pytest.raises(KeyError, match="no rate limit configured for provider 'q'"):
+        limiter.acquire("q")
+    assert limiter.limit("p") == RATE
+    assert limiter.providers == ("p",)
+    limiter.close()
+    limiter.close()
+    with pytest.raises(LimiterError, match="closed"):
+        limiter.acquire("p")
+
+
+def test_default_guard() -> None:
+    assert default_guard(Limit(3, 0.1)) == 0.005
+    assert default_guard(Limit(20, 1.0)) == 0.02
+    assert default_guard(Limit(100, 60.0)) == 0.1
+
+
+# --- exact sequences on a fake clock ---------------------------------------------------------
+
+SLIDING = [
+    (0, 0), (200, 0), (400, 0),
+    (999, 0.002),       # the entry at 0 frees its slot at 1001: the window [t-1000, t] is closed
+    (1000, 0.001),
+    (1001, 0),
+    (1001, 0.2),        # now the entry at 200 is the one to wait for
+    (1200, 0.001),
+    (1201, 0),
+    (1401, 0),
+    (1401, 0.601),      # full again: 1001, 1201, 1401
+    (5000, 0), (5000, 0), (5000, 0), (5000, 1.001),
+]  # fmt: skip
+
+FIXED = [
+    (700, 0), (800, 0), (900, 0),
+    (999, 0.001),       # this window ends at 1000
+    (1000, 0), (1000, 0), (1000, 0),   # a new window: 6 within 300 ms across the edge
+    (1000, 1.0),
+    (1999, 0.001),
+    (2000, 0),
+]  # fmt: skip
+
+TOKEN = [
+    (0, 0), (0, 0), (0, 0),      # the burst
+    (0, 0.334),                  # refill: one token per 333.334 ms (rounded up to whole ms)
+    (333, 0.001),
+    (334, 0),
+    (334, 0.333),
+    (667, 0),
+    (5000, 0), (5000, 0), (5000, 0),   # the bucket refills to the burst, not beyond
+    (5000, 0.334),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize(
+    ("strategy", "steps"),
+    [("sliding-window", SLIDING), ("fixed-window", FIXED), ("token-bucket", TOKEN)],
+)
+def test_exact_sequence_on_fake_clock(
+    strategy: str, steps: list[tuple[int, float]], store: str, tmp_path: Path, request: Any
+) -> None:
+    clock = FakeClock()
+    with RateLimiter(
+        {"p": Limit(3, 1.0)},
+        strategy=strategy,
+        store=store,
+        clock=clock,
+        sleep=clock.sleep,
+        guard=0,
+        **store_options(store, tmp_path, request),
+    ) as limiter:
+        assert sequence(limiter, clock, steps) == steps
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_sliding_window_guard_widens_the_window(
+    store: str, tmp_path: Path, request: Any
+) -> None:
+    clock = FakeClock()
+    steps = [(0, 0), (0, 0), (0, 0), (1001, 0.02), (1020, 0.001), (1021, 0)]
+    options = store_options(store, tmp_path, request)
+    with RateLimiter({"p": Limit(3, 1.0)}, store=store, clock=clock, **options) as limiter:
+        assert sequence(limiter, clock, steps) == steps
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_two_limiters_on_one_store_share_the_budget(
+    strategy: str, store: str, tmp_path: Path, request: Any
+) -> None:
+    clock = FakeClock()
+    options = store_options(store, tmp_path, request)
+    limits = {"p": Limit(3, 1.0), "other": Limit(1, 1.0)}
+    with ExitStack() as stack:
+        first, second = (
+            stack.enter_context(
+                RateLimiter(limits, strategy=strategy, store=store, clock=clock, guard=0, **options)
+            )
+            for _ in range(2)
+        )
+        clock.at(0)
+        assert [first.try_acquire("p"), second.try_acquire("p"), first.try_acquire("p")] == [0] * 3
+        assert second.try_acquire("p") > 0
+        assert first.try_acquire("p") > 0
+        # Each provider has its own table / key: a full "p" leaves "other" alone.
+        assert second.try_acquire("other") == 0
+        assert first.try_acquire("other") > 0
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_blocking_acquire_sleeps_exactly_and_reports_waits(
+    store: str, tmp_path: Path, request: Any
+) -> None:
+    clock = FakeClock()
+    events = Events()
+    options = store_options(store, tmp_path, request)
+    with RateLimiter(
+        {"p": Limit(2, 1.0)},
+        store=store,
+        clock=clock,
+        sleep=clock.sleep,
+        guard=0,
+        on_event=events,
+        **options,
+    ) as limiter:
+        waits = [round(limiter.acquire("p"), 6) for _ in range(5)]
+        assert waits == [0, 0, 1.001, 0, 1.001]
+        assert clock.sleeps == [1.001, 1.001]
+        assert limiter.stats("p") == LimiterStats(
+            acquired=5, waits=2, wait_seconds=pytest.approx(2.002), max_wait=pytest.approx(1.001)
+        )
+        # Saturated once: the second wait belongs to the same episode.
+        assert [(event, provider) for event, provider, _ in events.seen] == [
+            (RATE_LIMIT_EVENT, "p")
+        ]
+        assert "client-side rate limit 2/second reached" in events.seen[0][2]
+
+        # A quiet period ends the episode; the next wait raises the event again.
+        clock.sleep(5)
+        assert limiter.acquire("p") == 0
+        assert limiter.acquire("p") == 0
+        assert limiter.acquire("p") > 0
+        assert len(events.seen) == 2
+
+
+def test_note_throttled_raises_the_event_and_pauses(tmp_path: Path) -> None:
+    clock = FakeClock()
+    events = Events()
+    with RateLimiter(
+        {"p": Limit(5, 10.0), "q": Limit(5, 10.0)},
+        store="memory",
+        clock=clock,
+        sleep=clock.sleep,
+        on_event=events,
+    ) as limiter:
+        limiter.note_throttled("p", 2.5)
+        assert events.seen == [
+            (
+                "rate-limit",
+                "p",
+                "p answered 429 Too Many Requests despite the client-side limit 5 per 10 s; "
+                "pausing its sends for 2.5 s",
+            )
+        ]
+        assert limiter.try_acquire("p") == pytest.approx(2.5)
+        assert limiter.try_acquire("q") == 0  # only the throttled provider pauses
+        assert limiter.acquire("p") == pytest.approx(2.5)
+        assert clock.sleeps == [2.5]
+        assert len(events.seen) == 1  # the pause is not a second alert
+        stats = limiter.stats("p")
+        assert (stats.throttled, stats.waits) == (1, 1)
+
+        limiter.note_throttled("p", 3600)  # capped at one period of the limit
+        assert limiter.try_acquire("p") == pytest.approx(10.0)
+        clock.sleep(10)
+        limiter.note_throttled("p", None)  # no Retry-After: alert, no pause
+        assert events.seen[-1][2].endswith("despite the client-side limit 5 per 10 s")
+        assert limiter.try_acquire("p") == 0
+
+
+def test_a_failing_alert_hook_never_fails_a_send(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(event: str, provider: str, message: str) -> None:
+        raise RuntimeError("webhook down")
+
+    clock = FakeClock()
+    with RateLimiter(
+        {"p": Limit(1, 1.0)}, store="memory", clock=clock, sleep=clock.sleep, on_event=broken
+    ) as limiter:
+        limiter.acquire("p")
+        assert limiter.acquire("p") > 0
+        limiter.note_throttled("p", 1)
+    assert "rate-limit alert hook failed" in caplog.text
+
+
+# --- real time -------------------------------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    url: str
+    times: list[float]
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        arrived = time.time()
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.times.append(arrived)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHandler)
+    server.daemon_threads = True
+    server.times = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield Recorder(f"http://127.0.0.1:{server.server_address[1]}/sms", server.times)  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def post(url: str) -> None:
+    request = urllib.request.Request(url, data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+def most_in_window(times: list[float], width: float) -> int:
+    """The most timestamps in any half-open window [t, t + width)."""
+    ordered = sorted(times)
+    most = first = 0
+    for last, at in enumerate(ordered):
+        while ordered[first] <= at - width:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def assert_sliding_window_held(times: list[float], limit: Limit) -> None:
+    assert most_in_window(times, limit.period - TOLERANCE) <= limit.count
+
+
+def assert_token_bucket_held(times: list[float], limit: Limit) -> None:
+    """Between any two requests: at most the burst plus what refilled in between."""
+    ordered = sorted(times)
+    refill = limit.period / limit.count
+    for i, start in enumerate(ordered):
+        for j in range(i, len(ordered)):
+            allowed = limit.count + math.floor((ordered[j] - start + TOLERANCE) / refill)
+            assert j - i + 1 <= allowed, (i, j, ordered[j] - start)
+
+
+def send_from_threads(limiter: RateLimiter, url: str, total: int, threads: int) -> None:
+    """Like a bulk send: worker threads take jobs from one queue, acquire, then POST."""
+    jobs: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for job in range(total):
+        jobs.put(job)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while True:
+                try:
+                    jobs.get_nowait()
+                except queue.Empty:
+                    return
+                limiter.acquire("p")
+                post(url)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+
+
+@pytest.mark.slow
+def test_threads_hammering_one_limiter(recorder: Recorder) -> None:
+    with RateLimiter({"p": RATE}, store="memory") as limiter:
+        started = time.time()
+        send_from_threads(limiter, recorder.url, total=60, threads=12)
+        elapsed = time.time() - started
+        stats = limiter.stats("p")
+    assert len(recorder.times) == 60
+    assert_sliding_window_held(recorder.times, RATE)
+    assert stats.acquired == 60 and stats.waits > 0
+    assert elapsed < 2.0 * 1.25  # ideal: 20 at once, at 1 s and at 2 s
+
+
+WORKER = r"""
+import json, sys, threading, urllib.request
+from pathlib import Path
+from msgsend.ratelimit import Limit, RateLimiter
+
+cfg = json.loads(sys.argv[1])
+limiter = RateLimiter(
+    {"p": Limit(cfg["count"], cfg["period"])},
+    strategy=cfg["strategy"],
+    store=cfg["store"],
+    path=Path(cfg["path"]) if cfg["path"] else None,
+    redis_url=cfg["redis_url"],
+)
+print("ready", flush=True)
+sys.stdin.readline()
+
+def work():
+    for _ in range(cfg["per_thread"]):
+        limiter.acquire("p")
+        request = urllib.request.Request(cfg["url"], data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+threads = [threading.Thread(target=work) for _ in range(cfg["threads"])]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+stats = limiter.stats("p")
+limiter.close()
+print(json.dumps({"acquired": stats.acquired, "waits": stats.waits}), flush=True)
+"""
+
+
+def run_processes(
+    processes: int,
+    *,
+    url: str,
+    store: str,
+    strategy: str = "sliding-window",
+    path: Path | None = None,
+    redis_url: str | None = None,
+    per_thread: int,
+    threads: int = 2,
+) -> float:
+    """Start worker processes, let them go at once, return the seconds until all finished."""
+    config = {
+        "count": RATE.count,
+        "period": RATE.period,
+        "strategy": strategy,
+        "store": store,
+        "path": str(path) if path else None,
+        "redis_url": redis_url,
+        "url": url,
+        "per_thread": per_thread,
+        "threads": threads,
+    }
+    with ExitStack() as stack:
+        workers = [
+            stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-c", WORKER, json.dumps(config)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            for _ in range(processes)
+        ]
+        for worker in workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            if line.strip() != "ready":
+                worker.kill()
+                _, stderr = worker.communicate(timeout=10)
+                pytest.fail(f"worker did not start: {line!r} {stderr}")
+        started = time.time()
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = [worker.communicate(timeout=60) for worker in workers]
+        elapsed = time.time() - started
+    for worker, (stdout, stderr) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, stderr
+        assert json.loads(stdout)["acquired"] == per_thread * threads
+    return elapsed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("processes", "strategy"),
+    [(2, "sliding-window"), (4, "sliding-window"), (2, "token-bucket")],
+)
+def test_processes_share_one_sqlite_file(
+    processes: int, strategy: str, recorder: Recorder, tmp_path: Path
+) -> None:
+    total = 60
+    elapsed = run_processes(
+        processes,
+        url=recorder.url,
+        store="sqlite",
+        strategy=strategy,
+        path=tmp_path / "shared.sqlite",
+        per_thread=total // processes // 2,
+    )
+    assert len(recorder.times) == total
+    if strategy == "token-bucket":
+        assert_token_bucket_held(recorder.times, RATE)
+    else:
+        assert_sliding_window_held(recorder.times, RATE)
+    assert elapsed < 2.0 * 1.25 + 0.5  # ideal 2 s: no process starved, no lock polling
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["sliding-window", "token-bucket"])
+def test_processes_share_one_redis(strategy: str, recorder: Recorder, redis_url: str) -> None:
+    total = 60
+    elapsed = run_processes(
+        2, url=recorder.url, store="redis", strategy=strategy, redis_url=redis_url, per_thread=15
+    )
+    assert len(recorder.times) == total
+    if strategy == "token-bucket":
+        assert_token_bucket_held(recorder.times, RATE)
+    else:
+        assert_sliding_window_held(recorder.times, RATE)
+    assert elapsed < 2.0 * 1.25 + 0.5
+
+
+def ideal_finish(strategy: str, started: float, total: int, limit: Limit) -> float:
+    """Seconds from ``started`` until the last of ``total`` sends may go, pacing perfectly."""
+    batches = math.ceil(total / limit.count) - 1
+    if strategy == "fixed-window":
+        first_edge = math.ceil(started / limit.period) * limit.period - started
+        return first_edge + (batches - 1) * limit.period
+    if strategy == "token-bucket":
+        return (total - limit.count) * limit.period / limit.count
+    return batches * limit.period
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_utilisation_100_sends_at_20_per_second(
+    strategy: str, recorder: Recorder, tmp_path: Path
+) -> None:
+    options = {"path": tmp_path / "limits.sqlite"}
+    with RateLimiter({"p": RATE}, strategy=strategy, **options) as limiter:
+        started = time.time()
+        send_from_threads(limiter, recorder.url, total=100, threads=8)
+    ideal = ideal_finish(strategy, started, 100, RATE)
+    took = max(recorder.times) - started
+    assert ideal - TOLERANCE <= took <= ideal * 1.10, (ideal, took)
+    if strategy == "sliding-window":
+        assert_sliding_window_held(recorder.times, RATE)
+
+
+# --- small things ----------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_fair_lock_serves_threads_in_arrival_order() -> None:
+    from msgsend.ratelimit import _FairLock
+
+    lock = _FairLock()
+    order: list[int] = []
+    lock.acquire()
+    threads = []
+    for number in range(5):
+        thread = threading.Thread(target=_take_and_record, args=(lock, order, number))
+        thread.start()
+        threads.append(thread)
+        _wait_until(lambda n=number: len(lock._waiters) == n + 1)  # type: ignore[misc]
+    lock.release()
+    for thread in threads:
+        thread.join()
+    assert order == [0, 1, 2, 3, 4]
+
+
+def _take_and_record(lock: Any, order: list[int], number: int) -> None:
+    lock.acquire()
+    order.append(number)
+    lock.release()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
+def test_module_does_not_import_the_libraries() -> None:
+    code = (
+        "import sys, msgsend.ratelimit; "
+        "print(any(m.split('.')[0] in ('pyrate_limiter', 'redis', 'filelock') for m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert result.stdout.strip() == "False"

@@ -29,7 +29,9 @@ def test_send_delivers_by_kakaotalk(sandbox: Any, sandbox_config: Path) -> None:
     assert "sent" in result.stderr and "010-****-5678" in result.stderr
     [received] = sandbox.received()
     assert (received.provider, received.recipient, received.message) == (
-        "kakaotalk", "010-1234-5678", "안녕하세요",
+        "kakaotalk",
+        "010-1234-5678",
+        "안녕하세요",
     )
 
 
@@ -78,7 +80,9 @@ def test_send_auth_failure_falls_back_without_retry(sandbox: Any, sandbox_config
 
 
 def test_send_message_from_stdin(sandbox: Any, sandbox_config: Path) -> None:
-    result = invoke("send", "01012345678", "-", "--config", str(sandbox_config), input="여러 줄\n메시지\n")
+    result = invoke(
+        "send", "01012345678", "-", "--config", str(sandbox_config), input="여러 줄\n메시지\n"
+    )
     assert result.exit_code == 0
     assert sandbox.received()[0].message == "여러 줄\n메시지"
 

@@ -115,7 +115,9 @@ def four_files(tmp_path, monkeypatch) -> dict[str, Path]:
     """One config file in each place of SPEC §5, each with its own kakaotalk base-url."""
     xdg = Path(os.environ["XDG_CONFIG_HOME"])
     files = {
-        "explicit": write(tmp_path / "explicit.toml", '[kakaotalk]\nbase-url = "http://explicit"\n'),
+        "explicit": write(
+            tmp_path / "explicit.toml", '[kakaotalk]\nbase-url = "http://explicit"\n'
+        ),
         "env": write(tmp_path / "env.toml", '[kakaotalk]\nbase-url = "http://env"\n'),
         "cwd": write(Path.cwd() / "msgsend.toml", '[kakaotalk]\nbase-url = "http://cwd"\n'),
         "xdg": write(xdg / "msgsend" / "config.toml", '[kakaotalk]\nbase-url = "http://xdg"\n'),
@@ -305,9 +307,7 @@ def test_both_rates_in_the_environment(monkeypatch):
 
 
 def test_separate_timeouts(tmp_path):
-    path = write(
-        tmp_path / "c.toml", "[sms]\ntimeout = 4\nconnect-timeout = 1.5\n"
-    )
+    path = write(tmp_path / "c.toml", "[sms]\ntimeout = 4\nconnect-timeout = 1.5\n")
     config = load_config(path)
     assert (config.sms.connect_timeout, config.sms.read_timeout) == (1.5, 4.0)
 
@@ -340,7 +340,8 @@ def test_redis_store_needs_a_url(tmp_path):
 # TOML text, dotted key, words of the expectation
 ERROR_TABLE = [
     # unknown key, with a did-you-mean
-    ('[kakaotalk]\nbase_url = "http://x"\n', "kakaotalk.base_url", "did you mean 'kakaotalk.base-url'"),
+    ('[kakaotalk]\nbase_url = "http://x"\n', "kakaotalk.base_url",
+     "did you mean 'kakaotalk.base-url'"),
     ("[retry]\nmax_attempts = 3\n", "retry.max_attempts", "did you mean 'retry.max-attempts'"),
     ("[retry]\nbogus = 3\n", "retry.bogus", "unknown key"),
     # unknown table
@@ -382,7 +383,8 @@ ERROR_TABLE = [
      "kakaotalk.rate-limit.requests-per-minute", "greater than 0"),
     ("[sms.rate-limit]\nrequests-per-second = -2\n",
      "sms.rate-limit.requests-per-second", "greater than 0"),
-    ("[circuit-breaker]\nfailure-threshold = 0\n", "circuit-breaker.failure-threshold", "1 or more"),
+    ("[circuit-breaker]\nfailure-threshold = 0\n", "circuit-breaker.failure-threshold",
+     "1 or more"),
     ("[circuit-breaker]\nreset-timeout = 0\n", "circuit-breaker.reset-timeout", "greater than 0"),
     ("[bulk]\nconcurrency = 0\n", "bulk.concurrency", "from 1 to 256"),
     ("[bulk]\nconcurrency = 1000\n", "bulk.concurrency", "from 1 to 256"),
@@ -390,7 +392,9 @@ ERROR_TABLE = [
 
 
 @pytest.mark.parametrize(
-    ("text", "key", "words"), ERROR_TABLE, ids=[row[1] + f"-{i}" for i, row in enumerate(ERROR_TABLE)]
+    ("text", "key", "words"),
+    ERROR_TABLE,
+    ids=[row[1] + f"-{i}" for i, row in enumerate(ERROR_TABLE)],
 )
 def test_config_errors_name_file_key_and_expectation(tmp_path, text, key, words):
     error = config_error(tmp_path, text)
@@ -416,7 +420,7 @@ def test_duplicate_key_is_bad_toml(tmp_path):
 
 def test_non_utf8_file(tmp_path):
     path = tmp_path / "msgsend.toml"
-    path.write_bytes('# 메시지 설정\n[bulk]\nconcurrency = 2\n'.encode("euc-kr"))
+    path.write_bytes("# 메시지 설정\n[bulk]\nconcurrency = 2\n".encode("euc-kr"))
     with pytest.raises(ConfigError, match="not UTF-8") as info:
         load_config(path)
     assert str(path) in str(info.value)
@@ -427,12 +431,32 @@ def test_utf8_file_with_korean_comments(tmp_path):
     assert load_config(path).bulk.concurrency == 2
 
 
-def test_unreadable_file(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file")
-    path = write(tmp_path / "c.toml", "", mode=0o000)
-    with pytest.raises(ConfigError, match="cannot read"):
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = write(tmp_path / "c.toml", "")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(ConfigError, match="cannot read the file") as info:
         load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_passwords_keep_their_spaces(tmp_path, monkeypatch):
+    path = write(tmp_path / "c.toml", '[sms.auth]\npassword = " pass word "\n')
+    monkeypatch.setenv("MSGSEND_KAKAOTALK_AUTH_PASSWORD", "secret ")
+    config = load_config(path)
+    assert config.sms.password == " pass word "
+    assert config.kakaotalk.password == "secret "
+
+
+def test_urls_and_choices_are_stripped(monkeypatch):
+    monkeypatch.setenv("MSGSEND_SMS_BASE_URL", " http://sms.local:9000 ")
+    monkeypatch.setenv("MSGSEND_LIMITER_STORE", "memory\n")
+    config = load_config()
+    assert config.sms.base_url == "http://sms.local:9000"
+    assert config.limiter.store == "memory"
 
 
 # environment variable, value, words

@@ -108,8 +108,10 @@ def test_config_error_names_source_and_key():
 
 def test_all_providers_failed_lists_each_error():
     exc = AllProvidersFailedError(
-        [ServerError("HTTP 503", provider="kakaotalk", status_code=503),
-         ConnectError("refused", provider="sms")]
+        [
+            ServerError("HTTP 503", provider="kakaotalk", status_code=503),
+            ConnectError("refused", provider="sms"),
+        ]
     )
     assert str(exc) == "every provider failed (kakaotalk: HTTP 503; sms: refused)"
     assert exc.provider == "sms"
@@ -141,6 +143,14 @@ def test_error_for_status(status, cls):
     assert exc.status_code == status
     assert exc.provider == "kakaotalk"
     assert exc.body == '{"error": "x"}'
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_redirect_is_an_invalid_request_naming_base_url(status):
+    exc = error_for_status("kakaotalk", status, "", location="https://new.example.com/")
+    assert type(exc) is InvalidRequestError
+    assert "https://new.example.com/" in str(exc)
+    assert "[kakaotalk] base-url" in str(exc)
 
 
 def test_auth_error_names_the_fix():

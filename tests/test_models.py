@@ -17,6 +17,11 @@ from msgsend.models import (
 )
 
 
+def _full_width(text: str) -> str:
+    """Return ``text`` with full-width digits and hyphen (U+FF10..., U+FF0D)."""
+    return "".join(chr(ord(c) + 0xFEE0) for c in text)
+
+
 def _isort_key(name: str) -> tuple[int, str]:
     # ruff RUF022 order: CONSTANTS, then Classes, then functions
     return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)
@@ -59,7 +64,7 @@ def test_limits_match_the_spec():
         ("+82 19-123-4567", "019-123-4567"),
         ("82-11-123-4567", "011-123-4567"),
         # full-width digits and hyphen, as a Korean IME may type them
-        ("０１０－１２３４－５６７８", "010-1234-5678"),
+        (_full_width("010-1234-5678"), "010-1234-5678"),
     ],
 )
 def test_normalize_recipient_accepts(raw, expected):
@@ -103,7 +108,7 @@ def test_refusal_shows_the_input_and_an_example():
 
 
 def test_normalized_number_is_ascii():
-    assert normalize_recipient("０１０１２３４５６７８").isascii()
+    assert normalize_recipient(_full_width("01012345678")).isascii()
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,7 @@ def reset_after_sending() -> requests.exceptions.ConnectionError:
 
 
 def test_registry():
-    assert PROVIDERS == {"kakaotalk": KakaoTalkProvider, "sms": SmsProvider}
+    assert {"kakaotalk": KakaoTalkProvider, "sms": SmsProvider} == PROVIDERS
     assert get_provider("kakaotalk") is KakaoTalkProvider
     assert get_provider("sms") is SmsProvider
 
@@ -144,7 +144,8 @@ def test_request(provider, spec, url, mock):
     assert request.method == "POST"
     assert request.url == url
     recipient_field, text_field = spec[4]
-    assert json.loads(request.body.decode("utf-8")) == {recipient_field: RECIPIENT, text_field: TEXT}
+    body = json.loads(request.body.decode("utf-8"))
+    assert body == {recipient_field: RECIPIENT, text_field: TEXT}
     # UTF-8 on the wire, not \\uXXXX escapes
     assert TEXT.encode("utf-8") in request.body
     assert request.headers["Content-Type"].startswith("application/json")
@@ -215,6 +216,45 @@ def test_pool_size(spec, size):
             assert adapter._pool_maxsize >= size
     finally:
         client.close()
+
+
+def test_one_session_shared_by_both_providers_keeps_each_password(mock):
+    with requests.Session() as session:
+        kakao = KakaoTalkProvider("http://k", "autoever", "1234", session=session)
+        sms = SmsProvider("http://s", "autoever", "5678", session=session)
+        mock.post("http://k/kakaotalk-messages", status_code=200)
+        mock.post("http://s/sms", status_code=200)
+        kakao.send(RECIPIENT, TEXT)
+        sms.send(RECIPIENT, TEXT)
+        kakao_request, sms_request = mock.request_history
+        assert (
+            kakao_request.headers["Authorization"]
+            == "Basic " + base64.b64encode(b"autoever:1234").decode()
+        )
+        assert (
+            sms_request.headers["Authorization"]
+            == "Basic " + base64.b64encode(b"autoever:5678").decode()
+        )
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirect_is_not_followed_nor_counted_as_delivered(provider, url, mock, status):
+    mock.post(url, status_code=status, headers={"Location": "http://login.example.com/"})
+    mock.register_uri(requests_mock.ANY, "http://login.example.com/", text="login page")
+    with pytest.raises(InvalidRequestError) as info:
+        provider.send(RECIPIENT, TEXT)
+    assert mock.call_count == 1
+    assert info.value.status_code == status
+    assert "http://login.example.com/" in str(info.value)
+    assert f"[{provider.name}] base-url" in str(info.value)
+
+
+def test_redirect_means_down_for_ping(provider, url, mock):
+    mock.post(url, status_code=301, headers={"Location": "https://elsewhere/"})
+    result = provider.ping()
+    assert result.status is HealthStatus.DOWN
+    assert "base-url" in result.detail
+    assert mock.call_count == 1
 
 
 def test_borrowed_session_is_not_closed(spec, mock):
@@ -326,6 +366,8 @@ EXCEPTION_TABLE = [
     (refused, ConnectError, "Connection refused"),
     (requests.exceptions.ReadTimeout, ReadTimeoutError, "no answer within 7 s"),
     (reset_after_sending, ConnectionLostError, "may have been delivered"),
+    (requests.exceptions.SSLError, ConnectError, "cannot connect"),
+    (requests.exceptions.ProxyError, ConnectError, "cannot connect"),
     (requests.exceptions.ChunkedEncodingError, TransportError, "request failed"),
 ]
 

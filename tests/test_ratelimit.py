@@ -130,7 +130,7 @@ def test_every_strategy_store_pair_is_supported(strategy: str, store: str) -> No
     ("strategy", "store", "expected"),
     [
         ("leaky", "sqlite", "unknown strategy 'leaky'; expected one of \"sliding-window\""),
-        ("sliding-window", "etcd", "unknown store 'etcd'; expected one of \"memory\", \"sqlite\""),
+        ("sliding-window", "etcd", 'unknown store \'etcd\'; expected one of "memory", "sqlite"'),
     ],
 )
 def test_unknown_strategy_or_store_is_refused(strategy: str, store: str, expected: str) -> None:
@@ -204,7 +204,9 @@ def test_corrupt_sqlite_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_redis_store_needs_a_url() -> None:
-    with pytest.raises(LimiterError, match=r'^\[limiter\] redis-url: required when store = "redis"'):
+    with pytest.raises(
+        LimiterError, match=r'^\[limiter\] redis-url: required when store = "redis"'
+    ):
         RateLimiter({"p": RATE}, store="redis")
 
 
@@ -322,9 +324,7 @@ def test_exact_sequence_on_fake_clock(
 
 
 @pytest.mark.parametrize("store", STORES)
-def test_sliding_window_guard_widens_the_window(
-    store: str, tmp_path: Path, request: Any
-) -> None:
+def test_sliding_window_guard_widens_the_window(store: str, tmp_path: Path, request: Any) -> None:
     clock = FakeClock()
     steps = [(0, 0), (0, 0), (0, 0), (1001, 0.02), (1020, 0.001), (1021, 0)]
     options = store_options(store, tmp_path, request)
@@ -454,7 +454,8 @@ class _RecordingHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         arrived = time.time()
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.times.append(arrived)  # type: ignore[attr-defined]
+        if not self.path.endswith("/warm-up"):
+            self.server.times.append(arrived)  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -463,15 +464,24 @@ class _RecordingHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _RecordingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 drops the SYNs of a dozen senders at once; the kernel resends
+    # them a second later, which would look like requests the limiter let through late.
+    request_queue_size = 128
+
+
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHandler)
-    server.daemon_threads = True
+    server = _RecordingServer(("127.0.0.1", 0), _RecordingHandler)
     server.times = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/sms"
+    # urllib's first request pays one-off set-up; keep it out of the measured ones.
+    post(url + "/warm-up")
     try:
-        yield Recorder(f"http://127.0.0.1:{server.server_address[1]}/sms", server.times)  # type: ignore[attr-defined]
+        yield Recorder(url, server.times)  # type: ignore[attr-defined]
     finally:
         server.shutdown()
         server.server_close()
@@ -546,7 +556,7 @@ def test_threads_hammering_one_limiter(recorder: Recorder) -> None:
     assert len(recorder.times) == 60
     assert_sliding_window_held(recorder.times, RATE)
     assert stats.acquired == 60 and stats.waits > 0
-    assert elapsed < 2.0 * 1.25  # ideal: 20 at once, at 1 s and at 2 s
+    assert elapsed < 2.0 * 1.25, elapsed  # ideal: 20 at once, at 1 s and at 2 s
 
 
 WORKER = r"""
@@ -562,15 +572,20 @@ limiter = RateLimiter(
     path=Path(cfg["path"]) if cfg["path"] else None,
     redis_url=cfg["redis_url"],
 )
+
+def post(url):
+    request = urllib.request.Request(url, data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+post(cfg["url"] + "/warm-up")
 print("ready", flush=True)
 sys.stdin.readline()
 
 def work():
     for _ in range(cfg["per_thread"]):
         limiter.acquire("p")
-        request = urllib.request.Request(cfg["url"], data=b"{}", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
+        post(cfg["url"])
 
 threads = [threading.Thread(target=work) for _ in range(cfg["threads"])]
 for thread in threads:
@@ -592,7 +607,7 @@ def run_processes(
     path: Path | None = None,
     redis_url: str | None = None,
     per_thread: int,
-    threads: int = 2,
+    threads: int = 3,
 ) -> float:
     """Start worker processes, let them go at once, return the seconds until all finished."""
     config = {
@@ -654,7 +669,7 @@ def test_processes_share_one_sqlite_file(
         store="sqlite",
         strategy=strategy,
         path=tmp_path / "shared.sqlite",
-        per_thread=total // processes // 2,
+        per_thread=total // processes // 3,
     )
     assert len(recorder.times) == total
     if strategy == "token-bucket":
@@ -669,7 +684,7 @@ def test_processes_share_one_sqlite_file(
 def test_processes_share_one_redis(strategy: str, recorder: Recorder, redis_url: str) -> None:
     total = 60
     elapsed = run_processes(
-        2, url=recorder.url, store="redis", strategy=strategy, redis_url=redis_url, per_thread=15
+        2, url=recorder.url, store="redis", strategy=strategy, redis_url=redis_url, per_thread=10
     )
     assert len(recorder.times) == total
     if strategy == "token-bucket":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from fakes import (
     FakeSleep,
     auth_error,
@@ -15,7 +16,6 @@ from fakes import (
     read_timeout,
     server_error,
 )
-
 from msgsend.errors import CircuitOpenError, MsgsendError, ProviderDisabledError
 from msgsend.retry import RetryPolicy, call_with_retry
 

@@ -8,18 +8,22 @@ one line per row, in the order rows finish::
 
     row,recipient,status,channel,fallback,attempts,error,latency_ms,finished_at
 
-``status`` is ``sent``, ``failed``, ``invalid`` or ``duplicate``. Every line is written with a
-single unbuffered ``write`` as soon as its row is settled (and fsynced at least once a second),
-so a ``kill -9`` loses at most the rows whose send was in flight. Values never contain newlines,
-so each line is one record. An existing results file is never overwritten (``ResultsExistError``);
-with ``resume=True`` it is read back: only complete lines count (a torn last line is ignored and
-a newline is written before appending), rows whose latest status is ``sent``, ``invalid`` or
-``duplicate`` are skipped (``sent`` is never downgraded), ``failed`` rows and rows without a line
-are processed again. The duplicate index is rebuilt from the whole input, so a repeat of a row
-sent in an earlier run is still a duplicate. Before anything is sent, the recorded recipients are
-compared with the input's rows; a mismatch means the results belong to another file
-(InputError). The results file is locked (``flock``) while a run uses it, so two runs cannot
-send the same rows.
+``status`` is ``sent``, ``failed``, ``invalid`` or ``duplicate``; ``error`` holds the reason,
+or for a ``sent`` row a note when a read timeout means it may have arrived twice. Each line is
+handed to the OS with one unbuffered ``write`` as soon as its row is settled, so a ``kill -9``
+loses only rows whose send was in flight; the file is fsynced at most once a second (per row
+would cap the rate on slow disks) and on close. Values never contain newlines, so each line is
+one record.
+
+An existing results file is never overwritten (``ResultsExistError``). With ``resume=True`` it
+is read back: only complete lines count (a torn last line is ignored and a newline is written
+before appending); rows whose latest status is ``sent``, ``invalid`` or ``duplicate`` are
+skipped (``sent`` is never downgraded); ``failed`` rows and rows without a line are processed
+again. The duplicate index is rebuilt from the whole input, so a repeat of a row sent in an
+earlier run is still a duplicate. Before anything is sent, the recorded recipients are compared
+with the input's rows: a mismatch means the results belong to another file (InputError). The
+results file is locked (``flock``) while a run uses it, so overlapping runs cannot send the same
+rows (``ResultsInUseError``).
 
 A dry run sends nothing and writes a preview (``FILE.preview.csv``, UTF-8 with BOM for Excel)
 with the same columns plus ``message`` and status ``ready``, ``invalid`` or ``duplicate``; resume
@@ -366,16 +370,16 @@ class _Clock:
     """ISO-8601 UTC timestamps with milliseconds, formatting the date part once a second."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._cache = (-1, "")  # one attribute, replaced whole: safe across threads
 
     def now(self) -> str:
         stamp = time.time()
         second = int(stamp)
-        if second != self._second:
-            moment = datetime.fromtimestamp(second, UTC)
-            self._second, self._prefix = second, moment.strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{int((stamp - second) * 1000):03d}+00:00"
+        cached, prefix = self._cache
+        if second != cached:
+            prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._cache = (second, prefix)
+        return f"{prefix}.{int((stamp - second) * 1000):03d}+00:00"
 
 
 class _Sink(Protocol):
@@ -574,9 +578,10 @@ def _open_preview(path: Path) -> _PreviewWriter:
                 "choose another file with --results"
             )
     try:
-        handle = open(path, "w", encoding="utf-8-sig", newline="")  # noqa: SIM115
+        handle = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
     except OSError as exc:
         raise InputFileError(f"{path}: cannot write the preview: {exc.strerror or exc}") from None
+    handle.write("\ufeff")  # a BOM, so that Excel shows Korean text correctly
     writer = _PreviewWriter(handle)
     writer.write(PREVIEW_COLUMNS)
     return writer

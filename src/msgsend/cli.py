@@ -154,7 +154,7 @@ def _errors_to_exit_codes() -> Iterator[None]:
     """Map every error to a message on stderr and the exit code of SPEC §8, in one place."""
     try:
         yield
-    except typer.Exit:
+    except (typer.Exit, typer.BadParameter):
         raise
     except MsgsendError as exc:
         if _raise_errors():
@@ -188,7 +188,12 @@ def _run(common: Common, *, need_config: bool = True, overrides: dict[str, Any] 
     from .logs import setup_logging
 
     _check_common(common)
-    setup_logging(common.verbose, log_file=common.log_file, log_format=common.log_format)
+    try:
+        setup_logging(common.verbose, log_file=common.log_file, log_format=common.log_format)
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot write {common.log_file}: {exc.strerror or exc}", param_hint="--log-file"
+        ) from None
     run = Run(common=common, console=_stderr_console())
     success = False
     try:

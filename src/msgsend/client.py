@@ -132,7 +132,7 @@ class Sender:
 
         def close_owned() -> None:
             if owned_limiter is not None:
-                owned_limiter.close()  # type: ignore[attr-defined]
+                owned_limiter.close()
 
         sender = cls(
             providers,
@@ -247,7 +247,14 @@ class Sender:
 
         def attempt() -> None:
             if breaker is not None:
-                breaker.before_request()
+                try:
+                    breaker.before_request()
+                except MsgsendError as exc:
+                    # Nothing was sent: counted, but not as a request with a duration.
+                    self.stats.request(provider_name, exc.kind, None)
+                    if self.metrics is not None:
+                        self.metrics.observe_request(provider_name, exc.kind, 0.0)
+                    raise
             if self.limiter is not None:
                 waited = self._acquire(provider_name)
                 result.limiter_wait_s += waited
@@ -333,13 +340,17 @@ class Sender:
             if breaker is not None:
                 breaker.disable(str(exc))
             self._alert("auth-failed", provider_name, f"{exc}; {provider_name} is disabled for this run")
-        elif isinstance(exc, RateLimitedError):
-            if self.limiter is not None:
-                self.limiter.note_throttled(provider_name, exc.retry_after)
-            else:
-                self._alert("rate-limit", provider_name, f"{provider_name} answered 429 Too Many Requests")
-        elif breaker is not None:
-            breaker.record_failure(exc)
+        else:
+            if isinstance(exc, RateLimitedError):
+                if self.limiter is not None:
+                    self.limiter.note_throttled(provider_name, exc.retry_after)
+                else:
+                    self._alert(
+                        "rate-limit", provider_name, f"{provider_name} answered 429 Too Many Requests"
+                    )
+            if breaker is not None:
+                # Only outages count; any HTTP answer ends a half-open trial.
+                breaker.record_failure(exc)
 
     def _observe_request(self, provider_name: str, result: str, seconds: float) -> None:
         self.stats.request(provider_name, result, seconds)

@@ -360,7 +360,8 @@ def _coerce(key: str, raw: Any, source: str, from_env: bool) -> Any:
     else:
         if not isinstance(raw, str):
             raise wrong
-        value = raw.strip()
+        # A password or user name is taken as written: spaces may be part of it.
+        value = raw if spec.kind == "str" else raw.strip()
         if spec.kind == "choice" and value not in spec.choices:
             raise wrong
         if spec.kind == "url":

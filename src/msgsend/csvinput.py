@@ -182,8 +182,20 @@ def _scan(path: Path, encoding: str) -> tuple[tuple[str, ...], int, int, int]:
     return tuple(name.strip() for name in header), total, blank, last
 
 
-def _decode_failure(path: Path, exc: UnicodeDecodeError) -> str:
-    return f"undecodable byte {exc.object[exc.start : exc.start + 1]!r}"
+def _decode_failure(path: Path, encoding: str) -> str:
+    """Describe the first undecodable byte of ``path`` and its line."""
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    line = 1
+    with open(path, "rb") as raw:
+        while chunk := raw.read(1 << 16):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                data = exc.object
+                line += bytes(data[: exc.start]).count(b"\n")
+                return f"line {line}: undecodable byte {bytes(data[exc.start : exc.start + 1])!r}"
+            line += chunk.count(b"\n")
+    return "undecodable bytes"
 
 
 def inspect_csv(path: str | os.PathLike[str], encoding: str | None = None) -> CsvInfo:
@@ -219,8 +231,8 @@ def inspect_csv(path: str | os.PathLike[str], encoding: str | None = None) -> Cs
     for candidate in candidates:
         try:
             columns, total, blank, last = _scan(file, candidate)
-        except UnicodeDecodeError as exc:
-            failures.append(f"{candidate}: {_decode_failure(file, exc)}")
+        except UnicodeDecodeError:
+            failures.append(f"{candidate}: {_decode_failure(file, candidate)}")
             continue
         return CsvInfo(
             path=file,
@@ -236,7 +248,7 @@ def inspect_csv(path: str | os.PathLike[str], encoding: str | None = None) -> Cs
             f"{file}: cannot be decoded as {encoding} ({failures[0]}); pass the right --encoding"
         )
     raise InputError(
-        f"{file}: is neither UTF-8 nor CP949/EUC-KR text ({'; '.join(failures)}); "
+        f"{file}: not UTF-8 or CP949/EUC-KR text ({'; '.join(failures)}); "
         "save it as CSV UTF-8 or pass --encoding NAME"
     )
 
@@ -340,7 +352,7 @@ class CsvSource:
     ) -> None:
         self.info = info if info is not None else inspect_csv(path, encoding)
         self.path = self.info.path
-        self.via = Channel(via)
+        self.via = Channel(str(via).strip().lower())
         columns = self.info.columns
         found = f"columns found: {_columns_text(columns)}"
         recipient = _find_column(self.path, columns, RECIPIENT_COLUMNS, "recipient")
@@ -389,10 +401,10 @@ class CsvSource:
             for record in records:
                 row += 1
                 yield self._validate(row, width, record)
-        except UnicodeDecodeError as exc:
+        except UnicodeDecodeError:
             raise InputError(
-                f"{self.path}: after row {row}: cannot decode as {self.info.encoding} "
-                f"({_decode_failure(self.path, exc)}); did the file change while being read?"
+                f"{self.path}: after row {row}: cannot decode as {self.info.encoding}; "
+                "did the file change while being read?"
             ) from None
 
     def _validate(self, row: int, width: int, record: _Record) -> CsvRow:
@@ -406,7 +418,8 @@ class CsvSource:
             reason = f"malformed CSV record ({span}): {record.error}; an unbalanced quote?"
             return _invalid(row, record, "", reason)
         raw = _clean(fields[self.recipient_index]) if self.recipient_index < len(fields) else ""
-        if _is_blank(fields):
+        joined = "".join(fields)
+        if not joined.strip():
             return CsvRow(row, record.first_line, raw, None, None, None, blank=True)
         if len(fields) != width:
             reason = f"malformed CSV record ({span}): expected {width} fields, found {len(fields)}"
@@ -415,7 +428,7 @@ class CsvSource:
             elif len(fields) > width:
                 reason += "; quote fields that contain commas"
             return _invalid(row, record, raw, reason)
-        if any("\x00" in field for field in fields):
+        if "\x00" in joined:
             return _invalid(row, record, raw, f"NUL byte in the record ({span})")
         if self.format is not None:
             message = self.format.format(*fields)

@@ -249,7 +249,11 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 def error_for_status(
-    provider: str, status_code: int, body: str = "", retry_after: str | None = None
+    provider: str,
+    status_code: int,
+    body: str = "",
+    retry_after: str | None = None,
+    location: str | None = None,
 ) -> HTTPStatusError:
     """Return the exception of SPEC §3 for a non-2xx ``status_code``."""
     snippet = body.strip().replace("\n", " ")[:200]
@@ -266,6 +270,14 @@ def error_for_status(
             f"{provider} refused the credentials (HTTP {status_code}); "
             f"check [{provider}.auth] username/password or "
             f"MSGSEND_{provider.upper()}_AUTH_PASSWORD",
+            provider=provider,
+            status_code=status_code,
+            body=body,
+        )
+    if 300 <= status_code < 400:
+        return InvalidRequestError(
+            f"{provider} answered a redirect (HTTP {status_code}) to "
+            f"{location or 'nowhere'}: check [{provider}] base-url",
             provider=provider,
             status_code=status_code,
             body=body,

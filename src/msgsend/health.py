@@ -32,7 +32,8 @@ class HealthReport:
         if all(s is HealthStatus.UP for s in statuses):
             return "ok"
         usable = [s for s in statuses if s in (HealthStatus.UP, HealthStatus.THROTTLED)]
-        return "degraded" if usable and len(statuses) > 1 else "critical"
+        # A throttled provider still delivers (later): only none usable is critical.
+        return "degraded" if usable else "critical"
 
     @property
     def exit_code(self) -> int:

@@ -893,10 +893,14 @@ def _redis_log_bucket(
 
     bucket = RedisBucket(rates, client, key, script_hash, algorithm)
     ttl_ms = 2 * max(rate.interval for rate in rates)
-    leak = bucket.leak
 
-    def leak_and_expire(current_timestamp: int | None = None) -> Any:
-        removed = leak(current_timestamp)
+    def leak_and_expire(current_timestamp: int | None = None) -> int:
+        # RedisBucket.leak removes scores up to the bound *inclusive*, dropping an entry that
+        # sits exactly on the window's start while it still counts (the other buckets keep
+        # it). "(" makes the bound exclusive.
+        assert current_timestamp is not None
+        bound = algorithm.leak_bound(bucket.rates, current_timestamp)
+        removed = int(client.zremrangebyscore(key, "-inf", f"({bound}"))
         client.pexpire(key, ttl_ms)
         return removed
 

@@ -6,6 +6,7 @@ read timeouts (possible duplicates), and the time spent waiting for the rate lim
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,10 @@ def percentile(values: list[float], fraction: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    # Nearest rank is ceil(fraction * n); the epsilon keeps 0.55 * 100 = 55.000000000000007
+    # at rank 55. (round(x + 0.5) was one rank too high whenever fraction * n was whole.)
+    rank = math.ceil(fraction * len(ordered) - 1e-9)
+    index = max(0, min(len(ordered) - 1, rank - 1))
     return ordered[index]
 
 

@@ -57,6 +57,9 @@ def map_requests_errors(provider: str, timeout: tuple[float, float]) -> Iterator
             "delivered)",
             provider=provider,
         ) from exc
+    except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
+        # Both fail before the request reaches the provider: nothing was delivered.
+        raise ConnectError(f"{provider}: cannot connect ({exc})", provider=provider) from exc
     except requests.exceptions.ConnectionError as exc:
         if _is_connect_failure(exc):
             raise ConnectError(
@@ -126,7 +129,8 @@ class Provider(ABC):
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.auth = (username, password)
+        # Per request, not on the session: an injected session may serve both providers.
+        self._auth = (username, password)
         self.session.headers.update(
             {"User-Agent": f"msgsend/{__version__}", "Content-Type": "application/json; charset=utf-8"}
         )
@@ -141,7 +145,11 @@ class Provider(ABC):
     def _post(self, body: dict[str, Any]) -> requests.Response:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         with map_requests_errors(self.name, self.timeout):
-            return self.session.post(self.url, data=data, timeout=self.timeout)
+            # No redirects: requests turns a POST answered 301/302/303 into a GET, and that
+            # GET's 200 would count as delivered.
+            return self.session.post(
+                self.url, data=data, timeout=self.timeout, auth=self._auth, allow_redirects=False
+            )
 
     def send(self, recipient: str, text: str) -> ProviderResponse:
         """Make one attempt to deliver ``text`` to ``recipient``; raise ProviderError on failure."""
@@ -152,7 +160,11 @@ class Provider(ABC):
         if 200 <= response.status_code < 300:
             return ProviderResponse(response.status_code, elapsed, body)
         raise error_for_status(
-            self.name, response.status_code, body, response.headers.get("Retry-After")
+            self.name,
+            response.status_code,
+            body,
+            response.headers.get("Retry-After"),
+            response.headers.get("Location"),
         )
 
     def ping(self) -> ProviderHealth:
@@ -167,7 +179,9 @@ class Provider(ABC):
         code = response.status_code
         if code in (400, 422) or 200 <= code < 300:
             return ProviderHealth(self.name, HealthStatus.UP, latency, f"HTTP {code}", code)
-        error: HTTPStatusError = error_for_status(self.name, code, response.text)
+        error: HTTPStatusError = error_for_status(
+            self.name, code, response.text, location=response.headers.get("Location")
+        )
         if code in (401, 403):
             return ProviderHealth(self.name, HealthStatus.AUTH_FAILED, latency, str(error), code)
         if code == 429:

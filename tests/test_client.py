@@ -1,0 +1,643 @@
+"""Tests for msgsend.client.Sender: retry, fallback and breakers over FakeProviders.
+
+No HTTP and no sleeping: providers are ``FakeProvider``s with queued outcomes, waits are
+recorded by ``FakeSleep`` and breakers run on a ``FakeClock``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from fakes import (
+    FakeClock,
+    FakeLimiter,
+    FakeProvider,
+    FakeSleep,
+    auth_error,
+    connect_error,
+    connection_lost,
+    invalid_request,
+    ok,
+    rate_limited,
+    read_timeout,
+    server_error,
+)
+from msgsend.circuit import CircuitBreaker, CircuitState
+from msgsend.client import Sender
+from msgsend.errors import InputError, MsgsendError
+from msgsend.models import DeliveryResult
+from msgsend.report import RunStats
+from msgsend.retry import RetryPolicy
+
+RECIPIENT = "010-1234-5678"
+TEXT = "안녕하세요, 배송이 시작되었습니다."
+
+
+@dataclass
+class FakeAlerter:
+    alerts: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+    def emit(self, type: str, provider: str | None, message: str) -> bool:
+        self.alerts.append((type, provider, message))
+        return True
+
+    @property
+    def kinds(self) -> list[tuple[str, str | None]]:
+        return [(kind, provider) for kind, provider, _ in self.alerts]
+
+
+@dataclass
+class Rig:
+    """A Sender over two FakeProviders, with its fake sleep, clock, limiter and alerter."""
+
+    kakao: FakeProvider
+    sms: FakeProvider
+    sleep: FakeSleep
+    clock: FakeClock
+    alerter: FakeAlerter
+    sender: Sender
+    changes: list[tuple[str, Any, Any, str]]
+
+    def send(self, recipient: str = RECIPIENT, text: str = TEXT, **kwargs: Any) -> DeliveryResult:
+        return self.sender.send(recipient, text, **kwargs)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.sender.stats.to_json()
+
+
+def make_rig(
+    *,
+    retry: RetryPolicy | None = None,
+    fallback: bool = True,
+    limiter: FakeLimiter | None = None,
+    breakers: bool = False,
+    failure_threshold: int = 5,
+    reset_timeout: float = 30.0,
+) -> Rig:
+    kakao, sms = FakeProvider("kakaotalk"), FakeProvider("sms")
+    clock = FakeClock()
+    sleep = FakeSleep(clock)
+    alerter = FakeAlerter()
+    changes: list[tuple[str, Any, Any, str]] = []
+    sender_box: list[Sender] = []
+
+    def on_change(provider: str, old: Any, new: Any, reason: str) -> None:
+        changes.append((provider, old, new, reason))
+        sender_box[0]._circuit_changed(provider, old, new, reason)  # as from_config wires it
+
+    breaker_map = (
+        {
+            name: CircuitBreaker(
+                name, failure_threshold, reset_timeout, clock=clock, on_change=on_change
+            )
+            for name in ("kakaotalk", "sms")
+        }
+        if breakers
+        else None
+    )
+    sender = Sender(
+        {"kakaotalk": kakao, "sms": sms},  # type: ignore[dict-item]
+        retry=retry or RetryPolicy(),
+        fallback=fallback,
+        limiter=limiter,
+        breakers=breaker_map,
+        alerter=alerter,  # type: ignore[arg-type]
+        sleep=sleep,
+    )
+    sender_box.append(sender)
+    return Rig(kakao, sms, sleep, clock, alerter, sender, changes)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return make_rig()
+
+
+def repeat(make: Callable[[], MsgsendError], times: int = 3) -> list[MsgsendError]:
+    return [make() for _ in range(times)]
+
+
+# ---------------------------------------------------------------------- SPEC §3 on KakaoTalk
+
+# id, KakaoTalk outcome (each attempt), KakaoTalk attempts, waits, falls back, uncertain
+SPEC_TABLE: list[tuple[str, Callable[[], MsgsendError], int, list[float], bool, int]] = [
+    ("connect-error", connect_error, 3, [1.0, 2.0], True, 0),
+    ("read-timeout", read_timeout, 3, [1.0, 2.0], True, 3),
+    ("connection-lost", connection_lost, 3, [1.0, 2.0], True, 3),
+    ("429", rate_limited, 3, [1.0, 2.0], True, 0),
+    ("429-retry-after-longer", lambda: rate_limited(retry_after=5.0), 3, [5.0, 5.0], True, 0),
+    ("429-retry-after-shorter", lambda: rate_limited(retry_after=0.5), 3, [1.0, 2.0], True, 0),
+    ("500", lambda: server_error(status_code=500), 3, [1.0, 2.0], True, 0),
+    ("502", lambda: server_error(status_code=502), 3, [1.0, 2.0], True, 0),
+    ("503", lambda: server_error(status_code=503), 3, [1.0, 2.0], True, 0),
+    ("504", lambda: server_error(status_code=504), 3, [1.0, 2.0], True, 0),
+    ("401", lambda: auth_error(status_code=401), 1, [], True, 0),
+    ("403", lambda: auth_error(status_code=403), 1, [], True, 0),
+    ("400", lambda: invalid_request(status_code=400), 1, [], False, 0),
+    ("404", lambda: invalid_request(status_code=404), 1, [], False, 0),
+    ("422", lambda: invalid_request(status_code=422), 1, [], False, 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("make_error", "kakao_attempts", "waits", "falls_back", "uncertain"),
+    [row[1:] for row in SPEC_TABLE],
+    ids=[row[0] for row in SPEC_TABLE],
+)
+def test_kakaotalk_outcome_then_sms_succeeds(
+    rig, make_error, kakao_attempts, waits, falls_back, uncertain
+):
+    last = make_error()
+    rig.kakao.enqueue(*repeat(make_error, kakao_attempts - 1), last)
+    result = rig.send()
+    assert len(rig.kakao.calls) == kakao_attempts
+    assert rig.kakao.calls[0] == (RECIPIENT, TEXT)
+    assert rig.sleep.waits == waits
+    assert result.uncertain == uncertain
+    assert result.retries == kakao_attempts - 1
+    if falls_back:
+        assert rig.sms.calls == [(RECIPIENT, TEXT)]
+        assert result.to_json() == {
+            "recipient": RECIPIENT,
+            "status": "sent",
+            "channel": "sms",
+            "fallback": True,
+            "attempts": kakao_attempts + 1,
+            "error": None,
+        }
+        assert result.attempts_by_channel == {"kakaotalk": kakao_attempts, "sms": 1}
+        assert ("fallback", "kakaotalk") in rig.alerter.kinds
+    else:
+        assert rig.sms.calls == []
+        assert result.to_json() == {
+            "recipient": RECIPIENT,
+            "status": "failed",
+            "channel": None,
+            "fallback": False,
+            "attempts": 1,
+            "error": str(last),
+        }
+        assert result.channel == "kakaotalk"  # the channel tried last
+        assert result.error_kind == "invalid-request"
+        assert ("fallback", "kakaotalk") not in rig.alerter.kinds
+
+
+@pytest.mark.parametrize(
+    ("make_error", "kakao_attempts", "waits", "falls_back", "uncertain"),
+    [row[1:] for row in SPEC_TABLE if row[4]],
+    ids=[row[0] for row in SPEC_TABLE if row[4]],
+)
+def test_kakaotalk_outcome_and_sms_fails_too(
+    rig, make_error, kakao_attempts, waits, falls_back, uncertain
+):
+    rig.kakao.enqueue(*repeat(make_error, kakao_attempts))
+    sms_errors = repeat(lambda: server_error("sms", 503))
+    rig.sms.enqueue(*sms_errors)
+    result = rig.send()
+    assert len(rig.kakao.calls) == kakao_attempts
+    assert len(rig.sms.calls) == 3
+    assert rig.sleep.waits == [*waits, 1.0, 2.0]  # SMS has its own attempts
+    assert result.status == "failed"
+    assert result.channel == "sms"
+    assert result.fallback is True
+    assert result.attempts == kakao_attempts + 3
+    assert result.error is not None
+    assert result.error.startswith("every provider failed (kakaotalk: ")
+    assert "; sms: sms answered HTTP 503" in result.error
+    assert result.error_kind == "server-error"
+    assert result.to_json()["channel"] is None
+
+
+def test_success_at_once(rig):
+    result = rig.send()
+    assert (result.status, result.channel, result.fallback, result.attempts) == (
+        "sent",
+        "kakaotalk",
+        False,
+        1,
+    )
+    assert result.error is None
+    assert rig.sms.calls == []
+    assert rig.sleep.waits == []
+
+
+@pytest.mark.parametrize("make_error", [connect_error, read_timeout, rate_limited, server_error])
+def test_transient_error_then_success_on_kakaotalk(rig, make_error):
+    rig.kakao.enqueue(make_error(), ok(201))
+    result = rig.send()
+    assert (result.status, result.channel, result.fallback, result.attempts) == (
+        "sent",
+        "kakaotalk",
+        False,
+        2,
+    )
+    assert rig.sleep.waits == [1.0]
+    assert rig.sms.calls == []
+
+
+def test_recipient_is_sent_normalized(rig):
+    result = rig.send("+82 10 1234 5678")
+    assert result.recipient == "010-1234-5678"
+    assert rig.kakao.calls == [("010-1234-5678", TEXT)]
+
+
+def test_max_attempts_and_backoff_from_the_policy():
+    rig = make_rig(retry=RetryPolicy(total=5, backoff_factor=0.5, multiplier=3.0, backoff_max=4.0))
+    rig.kakao.enqueue(*repeat(server_error, 5))
+    result = rig.send()
+    assert len(rig.kakao.calls) == 5
+    assert rig.sleep.waits == [0.5, 1.5, 4.0, 4.0]
+    assert result.attempts == 6
+    assert result.channel == "sms"
+
+
+# ---------------------------------------------------------------------- no fallback
+
+
+@pytest.mark.parametrize("how", ["sender", "call"])
+def test_no_fallback(how):
+    rig = make_rig(fallback=how != "sender")
+    last = server_error()
+    rig.kakao.enqueue(server_error(), server_error(), last)
+    result = rig.send(fallback=False) if how == "call" else rig.send()
+    assert rig.sms.calls == []
+    assert result.to_json() == {
+        "recipient": RECIPIENT,
+        "status": "failed",
+        "channel": None,
+        "fallback": False,
+        "attempts": 3,
+        "error": str(last),
+    }
+    assert rig.sleep.waits == [1.0, 2.0]
+
+
+def test_no_fallback_after_auth_error():
+    rig = make_rig(fallback=False)
+    rig.kakao.enqueue(auth_error())
+    result = rig.send()
+    assert (result.status, result.attempts, result.error_kind) == ("failed", 1, "auth-failed")
+    assert rig.sms.calls == []
+
+
+def test_call_can_turn_fallback_on():
+    rig = make_rig(fallback=False)
+    rig.kakao.enqueue(auth_error())
+    assert rig.send(fallback=True).channel == "sms"
+
+
+def test_via_sms_has_no_fallback(rig):
+    last = server_error("sms", 502)
+    rig.sms.enqueue(server_error("sms"), server_error("sms"), last)
+    result = rig.send(via="sms")
+    assert rig.kakao.calls == []
+    assert len(rig.sms.calls) == 3
+    assert (result.status, result.channel, result.fallback, result.attempts) == (
+        "failed",
+        "sms",
+        False,
+        3,
+    )
+    assert result.error == str(last)
+
+
+def test_via_sms_success(rig):
+    result = rig.send(via="sms")
+    assert (result.status, result.channel, result.fallback, result.attempts) == (
+        "sent",
+        "sms",
+        False,
+        1,
+    )
+    assert rig.kakao.calls == []
+
+
+def test_without_an_sms_provider_there_is_no_fallback():
+    kakao = FakeProvider("kakaotalk").enqueue(auth_error())
+    sender = Sender({"kakaotalk": kakao}, sleep=FakeSleep())  # type: ignore[dict-item]
+    result = sender.send(RECIPIENT, TEXT)
+    assert (result.status, result.fallback, result.attempts) == ("failed", False, 1)
+
+
+# ---------------------------------------------------------------------- auth and breakers
+
+
+def test_auth_error_alerts_at_once(rig):
+    rig.kakao.enqueue(auth_error())
+    rig.send()
+    assert rig.alerter.kinds[0] == ("auth-failed", "kakaotalk")
+
+
+def test_auth_error_without_breakers_disables_nothing(rig):
+    rig.kakao.enqueue(auth_error())
+    first = rig.send()
+    second = rig.send()
+    assert first.channel == "sms"
+    assert (second.channel, second.fallback) == ("kakaotalk", False)
+    assert len(rig.kakao.calls) == 2
+
+
+def test_auth_error_with_a_breaker_skips_kakaotalk_for_the_next_message():
+    rig = make_rig(breakers=True)
+    rig.kakao.enqueue(auth_error())
+    first = rig.send()
+    assert (first.status, first.channel, first.fallback, first.attempts) == ("sent", "sms", True, 2)
+    assert rig.sender.breakers["kakaotalk"].state is CircuitState.DISABLED
+    second = rig.send()
+    assert len(rig.kakao.calls) == 1  # KakaoTalk not called again
+    assert (second.status, second.channel, second.fallback, second.attempts) == (
+        "sent",
+        "sms",
+        True,
+        1,
+    )
+    assert second.attempts_by_channel == {"sms": 1}
+    assert rig.sleep.waits == []
+    # still disabled much later: for the rest of the process
+    rig.clock.advance(3600)
+    assert rig.send().channel == "sms"
+    assert len(rig.kakao.calls) == 1
+
+
+def test_disabled_kakaotalk_with_no_fallback_fails_fast():
+    rig = make_rig(breakers=True, fallback=False)
+    rig.kakao.enqueue(auth_error())
+    rig.send()
+    result = rig.send()
+    assert (result.status, result.attempts, result.error_kind) == ("failed", 0, "provider-disabled")
+    assert "disabled" in (result.error or "")
+    assert len(rig.kakao.calls) == 1
+
+
+def test_outages_open_the_circuit_and_kakaotalk_is_skipped():
+    rig = make_rig(breakers=True, failure_threshold=2)
+    rig.kakao.enqueue(*repeat(server_error, 10))
+    first = rig.send()
+    # two failures open the circuit; the third attempt fails fast and the message falls back
+    assert len(rig.kakao.calls) == 2
+    assert (first.status, first.channel, first.fallback) == ("sent", "sms", True)
+    assert first.attempts_by_channel == {"kakaotalk": 2, "sms": 1}
+    assert rig.sender.breakers["kakaotalk"].state is CircuitState.OPEN
+    assert ("provider-down", "kakaotalk") in rig.alerter.kinds
+    waits_before = list(rig.sleep.waits)
+    second = rig.send()
+    assert len(rig.kakao.calls) == 2
+    assert (second.channel, second.fallback, second.attempts) == ("sms", True, 1)
+    assert rig.sleep.waits == waits_before  # no retry waits on an open circuit
+    assert rig.stats["providers"]["kakaotalk"]["circuit_opened"] == 1
+
+
+def test_circuit_half_open_trial_recovers():
+    rig = make_rig(breakers=True, failure_threshold=1, reset_timeout=30.0)
+    rig.kakao.enqueue(server_error())
+    rig.send()
+    assert rig.sender.breakers["kakaotalk"].state is CircuitState.OPEN
+    rig.clock.advance(31)
+    result = rig.send()  # the trial goes through and succeeds
+    assert (result.channel, result.fallback) == ("kakaotalk", False)
+    assert rig.sender.breakers["kakaotalk"].state is CircuitState.CLOSED
+    assert ("provider-recovered", "kakaotalk") in rig.alerter.kinds
+
+
+def test_sms_circuit_open_fails_fast():
+    rig = make_rig(breakers=True, failure_threshold=1)
+    rig.sms.enqueue(server_error("sms"))
+    rig.send(via="sms")
+    result = rig.send(via="sms")
+    assert (result.status, result.attempts, result.error_kind) == ("failed", 0, "circuit-open")
+    assert len(rig.sms.calls) == 1
+
+
+def test_half_open_trial_answered_429_closes_the_circuit():
+    rig = make_rig(breakers=True, failure_threshold=1, reset_timeout=30.0)
+    rig.kakao.enqueue(server_error())
+    rig.send()
+    rig.clock.advance(31)
+    rig.kakao.enqueue(rate_limited(), ok())
+    result = rig.send()
+    # the provider answered: it is up, only throttling; the retry goes to KakaoTalk again
+    assert rig.sender.breakers["kakaotalk"].state is CircuitState.CLOSED
+    assert (result.channel, result.fallback) == ("kakaotalk", False)
+
+
+def test_rate_limited_does_not_open_the_circuit():
+    rig = make_rig(breakers=True, failure_threshold=1)
+    rig.kakao.enqueue(*repeat(rate_limited))
+    rig.send()
+    assert rig.sender.breakers["kakaotalk"].state is CircuitState.CLOSED
+
+
+def test_invalid_request_does_not_open_the_circuit():
+    rig = make_rig(breakers=True, failure_threshold=1)
+    rig.kakao.enqueue(invalid_request())
+    rig.send()
+    assert rig.sender.breakers["kakaotalk"].state is CircuitState.CLOSED
+
+
+# ---------------------------------------------------------------------- input errors
+
+
+@pytest.mark.parametrize(
+    ("recipient", "text", "kwargs", "words"),
+    [
+        ("02-123-4567", TEXT, {}, "invalid recipient"),
+        ("010-1234", TEXT, {}, "invalid recipient"),
+        ("", TEXT, {}, "invalid recipient"),
+        (RECIPIENT, "", {}, "empty message"),
+        (RECIPIENT, "   ", {"via": "sms"}, "empty message"),
+        (RECIPIENT, "가" * 1001, {}, "too long for KakaoTalk"),
+        (RECIPIENT, "가" * 1001, {"via": "sms"}, "too long for SMS"),
+        (RECIPIENT, "축하해요 🎉", {"via": "sms"}, "no EUC-KR encoding"),
+    ],
+)
+def test_input_errors_before_any_request(rig, recipient, text, kwargs, words):
+    with pytest.raises(InputError, match=words):
+        rig.send(recipient, text, **kwargs)
+    assert rig.kakao.calls == []
+    assert rig.sms.calls == []
+    assert rig.stats == {"providers": {}, "fallbacks": 0}
+
+
+def test_unknown_channel_is_refused(rig):
+    with pytest.raises(ValueError):
+        rig.send(via="email")
+
+
+def test_longest_kakaotalk_message_still_fits_sms(rig):
+    # 1,000 Korean characters are 2,000 bytes in EUC-KR: exactly the SMS limit
+    text = "똠" * 1000
+    rig.kakao.enqueue(auth_error())
+    result = rig.send(text=text)
+    assert (result.status, result.channel, result.fallback) == ("sent", "sms", True)
+    assert rig.sms.calls == [(RECIPIENT, text)]
+
+
+def test_message_sms_cannot_carry_means_no_fallback(rig):
+    # Fine for KakaoTalk, impossible by SMS: KakaoTalk's failure is final, and says why.
+    text = "가" * 990 + " 🎉"
+    rig.kakao.enqueue(*repeat(server_error))
+    result = rig.send(text=text)
+    assert rig.sms.calls == []
+    assert (result.status, result.fallback, result.attempts) == ("failed", False, 3)
+    assert result.error is not None
+    assert "no fallback" in result.error
+    assert "cannot be sent by SMS" in result.error
+    assert "HTTP 503" in result.error  # and why KakaoTalk failed
+    assert rig.stats["fallbacks"] == 0
+
+
+def test_emoji_means_no_fallback(rig):
+    rig.kakao.enqueue(auth_error())
+    result = rig.send(text="감사합니다 🙏")
+    assert rig.sms.calls == []
+    assert result.status == "failed"
+    assert "no EUC-KR encoding" in (result.error or "")
+
+
+# ---------------------------------------------------------------------- limiter
+
+
+def test_limiter_is_asked_before_every_attempt():
+    limiter = FakeLimiter(wait=0.25)
+    rig = make_rig(limiter=limiter)
+    rig.kakao.enqueue(server_error(), server_error(), server_error())
+    result = rig.send()
+    assert limiter.acquired == ["kakaotalk"] * 3 + ["sms"]
+    assert result.limiter_wait_s == pytest.approx(1.0)
+    stats = rig.stats["providers"]
+    assert stats["kakaotalk"]["limiter"] == {"waits": 3, "wait_seconds": 0.75,
+                                             "max_wait_seconds": 0.25}  # fmt: skip
+    assert stats["sms"]["limiter"]["waits"] == 1
+
+
+def test_429_is_reported_to_the_limiter():
+    limiter = FakeLimiter()
+    rig = make_rig(limiter=limiter)
+    rig.kakao.enqueue(rate_limited(retry_after=3.0))
+    rig.send()
+    assert limiter.throttled == [("kakaotalk", 3.0)]
+    assert ("rate-limit", "kakaotalk") not in rig.alerter.kinds  # the limiter alerts
+
+
+def test_429_without_limiter_alerts(rig):
+    rig.kakao.enqueue(rate_limited())
+    rig.send()
+    assert ("rate-limit", "kakaotalk") in rig.alerter.kinds
+
+
+def test_broken_limiter_fails_the_message_not_the_run():
+    class Broken(FakeLimiter):
+        def acquire(self, provider: str) -> float:
+            raise OSError("database is locked")
+
+    rig = make_rig(limiter=Broken())
+    result = rig.send()
+    assert result.status == "failed"
+    assert "rate limiter for kakaotalk failed" in (result.error or "")
+    assert rig.kakao.calls == []
+
+
+# ---------------------------------------------------------------------- stats
+
+
+def test_read_timeouts_are_counted_as_uncertain(rig):
+    rig.kakao.enqueue(read_timeout(), connection_lost(), ok())
+    result = rig.send()
+    assert (result.status, result.channel, result.uncertain) == ("sent", "kakaotalk", 2)
+    assert rig.stats["providers"]["kakaotalk"]["uncertain"] == 2
+
+
+def test_run_stats_match_the_messages():
+    stats = RunStats()
+    rig = make_rig()
+    rig.sender.stats = stats
+    rig.kakao.enqueue(
+        *repeat(server_error),  # message 1: three failures, then SMS
+        ok(),  # message 2
+        invalid_request(),  # message 3: refused, no fallback
+        read_timeout(), ok(),  # message 4: one uncertain retry
+    )  # fmt: skip
+    results = [rig.send() for _ in range(4)]
+    assert [(r.status, r.channel) for r in results] == [
+        ("sent", "sms"),
+        ("sent", "kakaotalk"),
+        ("failed", "kakaotalk"),
+        ("sent", "kakaotalk"),
+    ]
+    report = stats.to_json()
+    kakao, sms = report["providers"]["kakaotalk"], report["providers"]["sms"]
+    assert report["fallbacks"] == 1
+    assert kakao["requests"] == 7
+    assert kakao["results"] == {"invalid-request": 1, "read-timeout": 1, "server-error": 3,
+                                "success": 2}  # fmt: skip
+    assert kakao["success_rate"] == round(2 / 7, 4)
+    assert (kakao["delivered"], kakao["failed"]) == (2, 1)
+    assert kakao["retries"] == 3
+    assert kakao["fallbacks_from"] == 1
+    assert kakao["uncertain"] == 1
+    assert kakao["latency_ms"]["p50"] is not None
+    assert sms["requests"] == 1
+    assert sms["results"] == {"success": 1}
+    assert (sms["delivered"], sms["failed"], sms["retries"]) == (1, 0, 0)
+    assert sum(r.retries for r in results) == 3
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "expected"),
+    [(1, 0.5, 1), (2, 0.5, 1), (4, 0.5, 2), (10, 0.5, 5), (20, 0.95, 19), (100, 0.95, 95),
+     (100, 0.55, 55), (3, 0.0, 1), (3, 1.0, 3), (0, 0.5, None)],
+)  # fmt: skip
+def test_run_report_percentiles_are_nearest_rank(n, fraction, expected):
+    # (percentile lives in report.py; kept here beside the RunStats numbers it feeds)
+    from msgsend.report import percentile
+
+    assert percentile([float(v) for v in range(n, 0, -1)], fraction) == expected
+
+
+def test_close_closes_providers(rig):
+    closed = []
+    rig.sender._on_close = lambda: closed.append(True)
+    with rig.sender:
+        pass
+    assert rig.kakao.closed and rig.sms.closed
+    assert closed == [True]
+
+
+# ---------------------------------------------------------------------- from_config
+
+
+def test_from_config_wires_retry_fallback_and_breakers():
+    from msgsend.config import load_config
+
+    config = load_config(
+        overrides={
+            "retry.max-attempts": 4,
+            "retry.backoff-delay": 0,
+            "circuit-breaker.failure-threshold": 2,
+            "fallback.enabled": False,
+        }
+    )
+    limiter = FakeLimiter()
+    sender = Sender.from_config(config, limiter=limiter)
+    with sender:
+        assert sender.retry.total == 4
+        assert sender.retry.backoff_factor == 0.0
+        assert sender.fallback is False
+        assert sender.limiter is limiter
+        assert set(sender.breakers) == {"kakaotalk", "sms"}
+        assert sender.breakers["kakaotalk"].failure_threshold == 2
+        for provider in sender.providers.values():
+            provider.close()
+        kakao = FakeProvider("kakaotalk").enqueue(*repeat(server_error, 4))
+        sender.providers = {"kakaotalk": kakao, "sms": FakeProvider("sms")}  # type: ignore[dict-item]
+        result = sender.send(RECIPIENT, TEXT)
+        assert len(kakao.calls) == 2  # the circuit opened after two
+        assert result.status == "failed"
+        assert result.error_kind == "circuit-open"
+        assert sender.stats.to_json()["providers"]["kakaotalk"]["circuit_opened"] == 1
+    assert limiter.closed is False  # a borrowed limiter is not closed

@@ -1,0 +1,348 @@
+"""Tests for msgsend.csvinput: encodings, headers, templates and row validation."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+import pytest
+
+from msgsend.csvinput import CsvRow, CsvSource, compile_template, inspect_csv
+from msgsend.errors import InputError, InputFileError
+from msgsend.models import Channel
+
+KOREAN = "안녕하세요 고객님 주문하신 상품이 발송되었습니다."
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def rows_of(source: CsvSource) -> list[CsvRow]:
+    with source.rows() as rows:
+        return list(rows)
+
+
+# -- encodings --------------------------------------------------------------------------------
+
+
+def test_utf8_with_bom(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", f"phone,message\n010-1234-5678,{KOREAN}\n", "utf-8-sig")
+    info = inspect_csv(path)
+    assert info.bom is True
+    assert info.columns == ("phone", "message")  # no '\ufeffphone'
+    assert info.total_rows == 1
+    (row,) = rows_of(CsvSource(path))
+    assert row.error is None
+    assert row.message == KOREAN
+
+
+def test_utf8_without_bom(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", f"phone,message\n010-1234-5678,{KOREAN}\n")
+    info = inspect_csv(path)
+    assert (info.encoding, info.bom) == ("utf-8-sig", False)
+
+
+def test_cp949_detected(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "excel.csv", f"이름,phone,message\n김철수,010-1234-5678,{KOREAN}\n", "cp949"
+    )
+    info = inspect_csv(path)
+    assert info.encoding == "cp949"
+    assert info.columns == ("이름", "phone", "message")
+    (row,) = rows_of(CsvSource(path, template="{이름}님, {message}"))
+    assert row.message == f"김철수님, {KOREAN}"
+
+
+def test_cp949_detected_late_in_file(tmp_path: Path) -> None:
+    # The first non-ASCII byte comes after many ASCII rows: the decoder must not guess early.
+    lines = ["phone,message"] + [f"010-1234-{i:04d},hello" for i in range(2000)]
+    lines.append(f"010-9999-0000,{KOREAN}")
+    path = write(tmp_path / "late.csv", "\n".join(lines) + "\n", "cp949")
+    info = inspect_csv(path)
+    assert info.encoding == "cp949"
+    assert rows_of(CsvSource(path))[-1].message == KOREAN
+
+
+def test_encoding_argument_honoured(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", f"phone,message\n010-1234-5678,{KOREAN}\n", "euc-kr")
+    info = inspect_csv(path, encoding="euc-kr")
+    assert codecs.lookup(info.encoding).name == "euc_kr"
+    assert rows_of(CsvSource(path, encoding="euc-kr"))[0].message == KOREAN
+
+
+def test_wrong_encoding_argument_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", f"phone,message\n010-1234-5678,{KOREAN}\n", "cp949")
+    with pytest.raises(InputError, match="cannot be decoded as utf-8"):
+        inspect_csv(path, encoding="utf-8")
+
+
+def test_unknown_encoding_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,message\n")
+    with pytest.raises(InputError, match="unknown encoding 'klingon'"):
+        inspect_csv(path, encoding="klingon")
+
+
+def test_utf16_refused_with_hint(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,message\n010-1234-5678,hi\n", "utf-16")
+    with pytest.raises(InputError, match="UTF-16"):
+        inspect_csv(path)
+    assert inspect_csv(path, encoding="utf-16").total_rows == 1
+
+
+# -- file-level errors --------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="no such file"):
+        inspect_csv(tmp_path / "nope.csv")
+
+
+def test_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="directory"):
+        inspect_csv(tmp_path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "empty.csv", "")
+    with pytest.raises(InputError, match=r"empty\.csv.*header row is required"):
+        inspect_csv(path)
+
+
+def test_binary_file(tmp_path: Path) -> None:
+    path = tmp_path / "image.csv"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00\xff\xfe\xfd")
+    with pytest.raises(InputError, match=r"image\.csv"):
+        CsvSource(path)
+
+
+def test_header_only(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,message\n")
+    assert inspect_csv(path).total_rows == 0
+    assert rows_of(CsvSource(path)) == []
+
+
+def test_no_recipient_column(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "name,message\nkim,hi\n")
+    with pytest.raises(InputError) as info:
+        CsvSource(path)
+    text = str(info.value)
+    assert "a.csv" in text and "no recipient column" in text and "'name'" in text
+
+
+def test_first_line_is_data(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "010-1234-5678,hi\n010-1234-5679,hi\n")
+    with pytest.raises(InputError, match="must be a header row"):
+        CsvSource(path)
+
+
+def test_semicolon_file_hint(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone;message\n010-1234-5678;hi\n")
+    with pytest.raises(InputError, match="comma-separated"):
+        CsvSource(path)
+
+
+def test_no_message_column_and_no_template(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,name\n010-1234-5678,kim\n")
+    with pytest.raises(InputError, match=r"a\.csv.*no message column.*--template"):
+        CsvSource(path)
+
+
+def test_ambiguous_recipient_columns(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,to,message\n010-1234-5678,010-1234-5679,hi\n")
+    with pytest.raises(InputError, match="several recipient columns"):
+        CsvSource(path)
+
+
+@pytest.mark.parametrize(
+    ("recipient", "message"),
+    [
+        ("phone", "message"),
+        ("PHONE", "Message"),
+        (" phoneNumber ", "content"),
+        ("PhoneNumber", "CONTENT"),
+        ("phone_number", " message "),
+        ("Recipient", "message"),
+        ("TO", "content"),
+    ],
+)
+def test_header_aliases(tmp_path: Path, recipient: str, message: str) -> None:
+    path = write(tmp_path / "a.csv", f"id,{recipient},{message}\n7,01012345678,hi\n")
+    (row,) = rows_of(CsvSource(path))
+    assert (row.recipient, row.message, row.error) == ("010-1234-5678", "hi", None)
+
+
+# -- templates ----------------------------------------------------------------------------------
+
+
+COLUMNS = ("phone", "name", "item")
+
+
+def test_template_renders(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,name,item\n010-1234-5678,김철수,{책}\n")
+    source = CsvSource(path, template="{name}님, {{주문}} {item} 발송 ({phone})")
+    (row,) = rows_of(source)
+    assert row.message == "김철수님, {주문} {책} 발송 (010-1234-5678)"
+
+
+def test_template_wins_over_message_column(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,message,name\n010-1234-5678,column,kim\n")
+    assert rows_of(CsvSource(path, template="hi {name}"))[0].message == "hi kim"
+
+
+def test_template_column_names_fall_back_to_any_case() -> None:
+    assert compile_template("{NAME}", COLUMNS) == "{1}"
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{name.upper}", r"\{name\.upper\}: only plain column names"),
+        ("{name[0]}", r"\{name\[0\]\}: only plain column names"),
+        ("{name:>10}", r"\{name:>10\}: format specs are not allowed"),
+        ("{name!r}", r"\{name!r\}: conversions"),
+        ("{}", r"\{\} is positional"),
+        ("{0}", r"\{0\} is positional"),
+        ("{nickname}", r"\{nickname\} names no column"),
+        ("{name:{item}}", r"format specs are not allowed"),
+        ("hello {name", r"invalid template"),
+        ("hello }", r"invalid template"),
+        ("  ", r"template is empty"),
+    ],
+)
+def test_template_refused(template: str, expected: str) -> None:
+    with pytest.raises(InputError, match=expected) as info:
+        compile_template(template, COLUMNS)
+    if "{" in template and "invalid" not in expected:
+        assert "available: 'phone', 'name', 'item'" in str(info.value)
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+
+def test_row_numbers_count_blank_records_and_quoted_newlines(tmp_path: Path) -> None:
+    text = (
+        "phone,message\n"
+        "010-1234-0001,one\n"
+        "\n"
+        '010-1234-0003,"three\nlines\nlong"\n'
+        ",\n"
+        "010-1234-0005,five\n"
+    )
+    path = write(tmp_path / "a.csv", text)
+    info = inspect_csv(path)
+    assert (info.total_rows, info.blank_rows, info.last_row) == (3, 2, 5)
+    rows = rows_of(CsvSource(path))
+    assert [(r.row, r.blank) for r in rows] == [
+        (1, False),
+        (2, True),
+        (3, False),
+        (4, True),
+        (5, False),
+    ]
+    assert rows[2].message == "three\nlines\nlong"
+    assert rows[4].line == 8
+
+
+def test_via_column(tmp_path: Path) -> None:
+    text = (
+        "phone,message,VIA\n"
+        "010-1234-0001,a,sms\n"
+        "010-1234-0002,b,SMS \n"
+        "010-1234-0003,c,\n"
+        "010-1234-0004,d,KakaoTalk\n"
+        "010-1234-0005,e,fax\n"
+    )
+    rows = rows_of(CsvSource(write(tmp_path / "a.csv", text), via="sms"))
+    assert [r.channel for r in rows[:4]] == [
+        Channel.SMS,
+        Channel.SMS,
+        Channel.SMS,
+        Channel.KAKAOTALK,
+    ]
+    rows = rows_of(CsvSource(write(tmp_path / "a.csv", text)))
+    assert [r.channel for r in rows[:4]] == [
+        Channel.SMS,
+        Channel.SMS,
+        Channel.KAKAOTALK,
+        Channel.KAKAOTALK,
+    ]
+    assert rows[4].error == "unknown channel 'fax' in the via column (kakaotalk or sms)"
+
+
+def test_validation_reasons(tmp_path: Path) -> None:
+    long_kakao = "가" * 1001
+    long_sms = "가" * 1001  # 2002 bytes in EUC-KR
+    text = (
+        "phone,message,via\n"
+        "02-123-4567,landline,\n"
+        "010-1234-0002,,\n"
+        "010-1234-0003,   ,\n"
+        f"010-1234-0004,{long_kakao},\n"
+        f"010-1234-0005,{long_sms},sms\n"
+        "010-1234-0006,emoji 😀,sms\n"
+        f"010-1234-0007,{'가' * 1000},\n"
+        "+82 10-1234-0008,ok,\n"
+    )
+    rows = rows_of(CsvSource(write(tmp_path / "a.csv", text)))
+    reasons = [r.error for r in rows]
+    assert reasons[0] is not None and reasons[0].startswith("invalid recipient '02-123-4567'")
+    assert rows[0].recipient == "02-123-4567"  # the raw value when invalid
+    assert reasons[1] == reasons[2] == "empty message"
+    assert reasons[3] is not None and "too long for KakaoTalk: 1001 characters" in reasons[3]
+    assert reasons[4] is not None and "too long for SMS: 2002 bytes" in reasons[4]
+    assert reasons[5] is not None and "no EUC-KR encoding" in reasons[5]
+    assert reasons[6] is None and reasons[7] is None
+    assert rows[7].recipient == "010-1234-0008"
+
+
+def test_malformed_records_are_invalid_and_reading_goes_on(tmp_path: Path) -> None:
+    text = (
+        "phone,message\n"
+        "010-1234-0001,one\n"
+        "010-1234-0002,two,extra\n"  # an unquoted comma
+        "010-1234-0003\n"  # a missing field
+        '010-1234-0004,"four"x\n'  # junk after a closing quote
+        "010-1234-0005,fi\x00ve\n"  # a NUL byte
+        "010-1234-0006,six\n"
+    )
+    rows = rows_of(CsvSource(write(tmp_path / "a.csv", text)))
+    assert [r.row for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r.error is None for r in rows] == [True, False, False, False, False, True]
+    assert rows[1].error == (
+        "malformed CSV record (line 3): expected 2 fields, found 3; "
+        "quote fields that contain commas"
+    )
+    assert rows[1].recipient == "010-1234-0002"
+    assert rows[2].error == "malformed CSV record (line 4): expected 2 fields, found 1"
+    assert rows[3].error is not None and "malformed CSV record (line 5)" in rows[3].error
+    assert rows[4].error == "NUL byte in the record (line 6)"
+
+
+def test_unbalanced_quote_swallowing_rows_is_reported(tmp_path: Path) -> None:
+    text = (
+        "phone,message\n"
+        '010-1234-0001,"one\n'  # the quote is never closed before row 2's quote
+        '010-1234-0002,"two"\n'
+        "010-1234-0003,three\n"
+    )
+    rows = rows_of(CsvSource(write(tmp_path / "a.csv", text)))
+    assert rows[0].error is not None
+    assert "lines 2-3" in rows[0].error and "unbalanced quote" in rows[0].error
+    assert rows[-1].error is None and rows[-1].message == "three"
+
+
+def test_unbalanced_quote_at_the_end(tmp_path: Path) -> None:
+    text = 'phone,message\n010-1234-0001,one\n010-1234-0002,"two\n010-1234-0003,three\n'
+    path = write(tmp_path / "a.csv", text)
+    assert inspect_csv(path).total_rows == 2
+    rows = rows_of(CsvSource(path))
+    assert rows[0].error is None
+    assert rows[1].error is not None and "unexpected end of data" in rows[1].error
+
+
+def test_runaway_field_stops_before_anything(tmp_path: Path) -> None:
+    text = 'phone,message\n010-1234-0001,"' + "x" * 200_000 + "\n010-1234-0002,two\n"
+    with pytest.raises(InputError, match=r"line 2: unreadable CSV.*unbalanced quote"):
+        inspect_csv(write(tmp_path / "a.csv", text))

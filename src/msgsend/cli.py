@@ -136,6 +136,11 @@ def _error(message: str) -> None:
 
 
 def _exit_code_for(exc: MsgsendError) -> int:
+    kind = type(exc).__name__
+    if kind == "ResultsExistError":  # the run needs --resume or another --results
+        return EXIT_USAGE
+    if kind == "ResultsInUseError":  # another run is writing the same results file
+        return EXIT_FAILED
     if isinstance(exc, ConfigError):
         return EXIT_CONFIG
     if isinstance(exc, InputFileError):
@@ -399,8 +404,8 @@ def _provider_table(report: dict[str, Any], bulk: dict[str, Any] | None = None) 
     from rich.table import Table
 
     table = Table(title="per provider", title_justify="left")
-    for column in ("provider", "sent", "failed", "requests", "retries", "fallbacks",
-                   "p50 ms", "p95 ms", "max ms", "limiter wait s"):
+    for column in ("provider", "sent", "failed", "req", "retries", "fallback",
+                   "p50 ms", "p95 ms", "max ms", "wait s"):
         table.add_column(column, justify="left" if column == "provider" else "right")
     for name, stats in report["providers"].items():
         latency = stats["latency_ms"]
@@ -535,7 +540,7 @@ def bulk(
             sender = None if dry_run else _build_sender(run, pool_size=workers)
             code = _bulk(run, sender, file, info, template=template, via=channel,
                          fallback=False if no_fallback else None, concurrency=workers,
-                         results=results, resume=resume, dry_run=dry_run,
+                         results_path=results, resume=resume, dry_run=dry_run,
                          encoding=info.encoding, allow_duplicates=allow_duplicates,
                          json_output=json_output)
     raise typer.Exit(code)

@@ -121,13 +121,16 @@ class Run:
 def _stderr_console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    # Not a terminal (cron mail, a log file): wide enough that tables are not squeezed.
+    width = None if sys.stderr.isatty() else 120
+    return Console(stderr=True, highlight=False, soft_wrap=True, width=width)
 
 
 def _stdout_console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    width = None if sys.stdout.isatty() else 120
+    return Console(highlight=False, soft_wrap=True, width=width)
 
 
 def _error(message: str) -> None:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ VerboseOpt = Annotated[
     int, typer.Option("--verbose", "-v", count=True, help="-v: every attempt; -vv: debug.")
 ]
 LogFileOpt = Annotated[
-    Path | None, typer.Option("--log-file", help="Also write the log to this file.", show_default=False)
+    Path | None,
+    typer.Option("--log-file", help="Also write the log to this file.", show_default=False),
 ]
 LogFormatOpt = Annotated[
     str, typer.Option("--log-format", help="Log format: text or json.", metavar="text|json")
@@ -80,7 +82,9 @@ MetricsFileOpt = Annotated[
 ]
 PushgatewayOpt = Annotated[
     str | None,
-    typer.Option("--pushgateway", help="Push metrics to this Pushgateway URL at exit.", show_default=False),
+    typer.Option(
+        "--pushgateway", help="Push metrics to this Pushgateway URL at exit.", show_default=False
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 SandboxOpt = Annotated[
@@ -89,7 +93,9 @@ SandboxOpt = Annotated[
         "--sandbox", help="Start fake providers in-process on free ports and send to them."
     ),
 ]
-ViaOpt = Annotated[str, typer.Option("--via", help="Channel: kakaotalk or sms.", metavar="kakaotalk|sms")]
+ViaOpt = Annotated[
+    str, typer.Option("--via", help="Channel: kakaotalk or sms.", metavar="kakaotalk|sms")
+]
 NoFallbackOpt = Annotated[bool, typer.Option("--no-fallback", help="Do not fall back to SMS.")]
 
 
@@ -190,8 +196,14 @@ def _check_common(common: Common) -> None:
 
 
 @contextmanager
-def _run(common: Common, *, need_config: bool = True, overrides: dict[str, Any] | None = None,
-         sandbox: bool = False, json_output: bool = False) -> Iterator[Run]:
+def _run(
+    common: Common,
+    *,
+    need_config: bool = True,
+    overrides: dict[str, Any] | None = None,
+    sandbox: bool = False,
+    json_output: bool = False,
+) -> Iterator[Run]:
     """Set up logging, configuration, alerts and metrics; tear them down at exit."""
     from .logs import setup_logging
 
@@ -321,7 +333,9 @@ def _version_callback(value: bool) -> None:
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """Send text messages to Korean mobile numbers: KakaoTalk first, SMS as the fallback."""
@@ -356,7 +370,9 @@ def send(
         validate_message(text, channel)
         with _run(common, sandbox=sandbox) as run:
             sender = _build_sender(run, pool_size=2)
-            result = sender.send(recipient, text, via=channel, fallback=False if no_fallback else None)
+            result = sender.send(
+                recipient, text, via=channel, fallback=False if no_fallback else None
+            )
             report = sender.stats.to_json()
             if json_output:
                 document = result.to_json()
@@ -407,8 +423,18 @@ def _provider_table(report: dict[str, Any], bulk: dict[str, Any] | None = None) 
     from rich.table import Table
 
     table = Table(title="per provider", title_justify="left")
-    for column in ("provider", "sent", "failed", "req", "retries", "fallback",
-                   "p50 ms", "p95 ms", "max ms", "wait s"):
+    for column in (
+        "provider",
+        "sent",
+        "failed",
+        "req",
+        "retries",
+        "fallback",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        "wait s",
+    ):
         table.add_column(column, justify="left" if column == "provider" else "right")
     for name, stats in report["providers"].items():
         latency = stats["latency_ms"]
@@ -495,17 +521,31 @@ def bulk(
     no_fallback: NoFallbackOpt = False,
     concurrency: Annotated[
         int | None,
-        typer.Option("--concurrency", min=1, max=256, help="Parallel sends (default [bulk] concurrency).", show_default=False),
+        typer.Option(
+            "--concurrency",
+            min=1,
+            max=256,
+            help="Parallel sends (default [bulk] concurrency).",
+            show_default=False,
+        ),
     ] = None,
     results: Annotated[
         Path | None,
-        typer.Option("--results", help="Results file (default FILE.results.csv).", show_default=False),
+        typer.Option(
+            "--results", help="Results file (default FILE.results.csv).", show_default=False
+        ),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a run: skip settled rows, retry failed ones.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and render only; send nothing.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue a run: skip settled rows, retry failed ones.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and render only; send nothing.")
+    ] = False,
     encoding: Annotated[
         str | None,
-        typer.Option("--encoding", help="Input encoding (default: UTF-8, else CP949).", show_default=False),
+        typer.Option(
+            "--encoding", help="Input encoding (default: UTF-8, else CP949).", show_default=False
+        ),
     ] = None,
     allow_duplicates: Annotated[
         bool, typer.Option("--allow-duplicates", help="Send repeated recipient+message rows again.")
@@ -531,7 +571,9 @@ def bulk(
         try:
             codecs.lookup(encoding)
         except LookupError:
-            raise typer.BadParameter(f"unknown encoding {encoding!r}", param_hint="--encoding") from None
+            raise typer.BadParameter(
+                f"unknown encoding {encoding!r}", param_hint="--encoding"
+            ) from None
     with _errors_to_exit_codes():
         from .bulk import inspect_csv
 
@@ -541,11 +583,22 @@ def bulk(
             assert run.config is not None
             workers = run.config.bulk.concurrency
             sender = None if dry_run else _build_sender(run, pool_size=workers)
-            code = _bulk(run, sender, file, info, template=template, via=channel,
-                         fallback=False if no_fallback else None, concurrency=workers,
-                         results_path=results, resume=resume, dry_run=dry_run,
-                         encoding=info.encoding, allow_duplicates=allow_duplicates,
-                         json_output=json_output)
+            code = _bulk(
+                run,
+                sender,
+                file,
+                info,
+                template=template,
+                via=channel,
+                fallback=False if no_fallback else None,
+                concurrency=workers,
+                results_path=results,
+                resume=resume,
+                dry_run=dry_run,
+                encoding=info.encoding,
+                allow_duplicates=allow_duplicates,
+                json_output=json_output,
+            )
     raise typer.Exit(code)
 
 
@@ -560,7 +613,7 @@ def _bulk(run: Run, sender: Sender | None, file: Path, info: Any, **options: Any
         with progress:
             report = send_bulk(
                 file,
-                sender,  # type: ignore[arg-type]
+                sender,
                 stop=stop,
                 on_progress=progress.update,
                 on_row=progress.row,
@@ -610,30 +663,35 @@ def _install_interrupt_handlers(stop: threading.Event, run: Run) -> Any:
 
 
 class _BulkProgress:
-    """A rich progress bar on a TTY, a plain line every few seconds otherwise."""
+    """A rich progress bar on a TTY, a plain line every few seconds otherwise.
 
-    INTERVAL = 5.0
+    A ticker thread refreshes the display even while no row finishes (every send waiting
+    for the rate limiter), so the rate and ETA never freeze.
+    """
+
+    INTERVAL = 5.0  # seconds between plain progress lines
+    WINDOW = 30.0  # seconds of history behind the observed rate
 
     def __init__(self, run: Run, total: int, via: str, sender: Sender | None) -> None:
-        self.run = run
-        self.total = total
         self.console = run.console
         self.tty = self.console.is_terminal
-        self.counts = {"sent": 0, "failed": 0, "invalid": 0, "duplicate": 0, "fallback": 0, "ready": 0}
+        self.total = total
+        self.counts = {"sent": 0, "failed": 0, "invalid": 0, "duplicate": 0, "fallback": 0}
         self.done = 0
         self.started = time.monotonic()
         self.last_line = self.started
-        self._recent: list[tuple[float, int]] = []
+        self._history: deque[tuple[float, int]] = deque([(self.started, 0)])
+        self._last_refresh = 0.0
         self._lock = threading.Lock()
-        self.limit_rate = self._limit_rate(via, run.config)
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self.limit = None
+        self.strategy = "sliding-window"
+        if run.config is not None and sender is not None:
+            self.limit = run.config.provider(via).rate_limit
+            self.strategy = run.config.limiter.strategy
         self.progress: Any = None
         self.task: Any = None
-
-    @staticmethod
-    def _limit_rate(via: str, config: Config | None) -> float | None:
-        if config is None:
-            return None
-        return config.provider(via).rate_limit.per_second
 
     def __enter__(self) -> _BulkProgress:
         if self.tty:
@@ -650,61 +708,82 @@ class _BulkProgress:
             )
             self.progress.start()
             self.task = self.progress.add_task("bulk", total=self.total, status="")
+        self._ticker = threading.Thread(target=self._tick, name="msgsend-progress", daemon=True)
+        self._ticker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2)
         if self.progress is not None:
             self._refresh(force=True)
             self.progress.stop()
-        elif self.done:
+        else:
             self._plain_line()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0 if self.tty else self.INTERVAL):
+            self._refresh(force=True)
 
     def row(self, outcome: Any) -> None:
         with self._lock:
-            status = outcome.status
-            self.counts[status] = self.counts.get(status, 0) + 1
+            self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
             if getattr(outcome, "fallback", False):
                 self.counts["fallback"] += 1
 
     def update(self, done: int, total: int) -> None:
         with self._lock:
             self.done, self.total = done, max(total, done)
-            now = time.monotonic()
-            self._recent.append((now, done))
-            while len(self._recent) > 2 and now - self._recent[0][0] > 30:
-                self._recent.pop(0)
-        self._refresh()
+        now = time.monotonic()
+        if self.progress is not None and now - self._last_refresh >= 0.25:
+            self._last_refresh = now
+            self._refresh()
 
-    def rate(self) -> float:
-        if len(self._recent) < 2:
-            return 0.0
-        (t0, d0), (t1, d1) = self._recent[0], self._recent[-1]
-        return (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
+    def rate(self, now: float) -> float:
+        """Return rows per second over the last ``WINDOW`` seconds."""
+        with self._lock:
+            self._history.append((now, self.done))
+            while len(self._history) > 2 and now - self._history[1][0] >= self.WINDOW:
+                self._history.popleft()
+            (t0, d0), (t1, d1) = self._history[0], self._history[-1]
+        return (d1 - d0) / (t1 - t0) if t1 - t0 >= 0.5 else 0.0
 
-    def eta(self) -> float | None:
+    def eta(self, now: float, rate: float) -> float | None:
+        """Return seconds left: the later of what the rate limit allows and the observed pace."""
         remaining = self.total - self.done
         if remaining <= 0:
             return 0.0
-        observed = self.rate()
-        rates = [r for r in (observed, self.limit_rate) if r]
-        if not rates:
-            return None
-        # The limiter caps the rate however fast the start was (a sliding window admits a
-        # burst first): never promise more than the limit allows.
-        return remaining / min(rates)
+        estimates = []
+        if rate > 0:
+            estimates.append(remaining / rate)
+        if self.limit is not None:
+            # When the last row may go, if every row takes a slot from the start of the run:
+            # a window strategy admits `count` per `period`; a token bucket bursts `count`
+            # and then refills at count/period.
+            count, period, n = self.limit.count, self.limit.period, self.total
+            if self.strategy == "token-bucket":
+                finish = max(0, n - count) * period / count
+            else:
+                finish = ((n - 1) // count) * period
+            estimates.append(max(0.0, self.started + finish - now))
+        return max(estimates) if estimates else None
 
     def status_text(self) -> str:
+        now = time.monotonic()
+        rate = self.rate(now)
+        eta = self.eta(now, rate)
         c = self.counts
-        eta = self.eta()
-        eta_text = "-" if eta is None else _duration(eta)
         return (
             f"sent {c['sent']}  fallback {c['fallback']}  failed {c['failed']}  "
-            f"invalid {c['invalid']}  {self.rate():.1f}/s  ETA {eta_text}"
+            f"invalid {c['invalid']}  {rate:.1f}/s  ETA {'-' if eta is None else _duration(eta)}"
         )
 
     def _refresh(self, force: bool = False) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, completed=self.done, total=self.total, status=self.status_text())
+            self.progress.update(
+                self.task, completed=self.done, total=self.total, status=self.status_text()
+            )
             return
         now = time.monotonic()
         if force or now - self.last_line >= self.INTERVAL:
@@ -717,7 +796,7 @@ class _BulkProgress:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
@@ -732,8 +811,10 @@ def _render_bulk_summary(console: Console, report: Any, stats: dict[str, Any] | 
 
     counts = report.counts
     title = "dry run" if report.dry_run else ("interrupted" if report.interrupted else "summary")
-    table = Table(title=f"bulk {title}: {report.total_rows} rows in {report.elapsed:.1f} s",
-                  title_justify="left")
+    table = Table(
+        title=f"bulk {title}: {report.total_rows} rows in {report.elapsed:.1f} s",
+        title_justify="left",
+    )
     for column in ("sent", "failed", "invalid", "duplicate", "skipped", "fallbacks", "uncertain"):
         table.add_column(column, justify="right")
     table.add_row(
@@ -751,7 +832,9 @@ def _render_bulk_summary(console: Console, report: Any, stats: dict[str, Any] | 
     for row, reason in report.invalid_rows[:20]:
         console.print(f"[yellow]row {row}[/yellow]: {reason}")
     if len(report.invalid_rows) > 20:
-        console.print(f"... and {len(report.invalid_rows) - 20} more invalid rows in the results file")
+        console.print(
+            f"... and {len(report.invalid_rows) - 20} more invalid rows in the results file"
+        )
     if report.uncertain:
         console.print(
             f"[yellow]note:[/yellow] {report.uncertain} request(s) timed out after sending: "
@@ -768,27 +851,53 @@ def sandbox_command(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     kakaotalk_port: Annotated[int, typer.Option("--kakaotalk-port", min=0, max=65535)] = 8081,
     sms_port: Annotated[int, typer.Option("--sms-port", min=0, max=65535)] = 8082,
-    latency_ms: Annotated[float, typer.Option("--latency-ms", min=0, help="Delay every answer.")] = 0.0,
-    failure_rate: Annotated[
-        float, typer.Option("--failure-rate", min=0.0, max=1.0, help="Share of requests answered 503.")
+    latency_ms: Annotated[
+        float, typer.Option("--latency-ms", min=0, help="Delay every answer.")
     ] = 0.0,
-    kakaotalk_down: Annotated[bool, typer.Option("--kakaotalk-down", help="KakaoTalk answers 503.")] = False,
+    failure_rate: Annotated[
+        float,
+        typer.Option("--failure-rate", min=0.0, max=1.0, help="Share of requests answered 503."),
+    ] = 0.0,
+    kakaotalk_down: Annotated[
+        bool, typer.Option("--kakaotalk-down", help="KakaoTalk answers 503.")
+    ] = False,
     sms_down: Annotated[bool, typer.Option("--sms-down", help="SMS answers 503.")] = False,
     kakaotalk_status: Annotated[
-        int | None, typer.Option("--kakaotalk-status", help="KakaoTalk answers this status (e.g. 401).", show_default=False)
+        int | None,
+        typer.Option(
+            "--kakaotalk-status",
+            help="KakaoTalk answers this status (e.g. 401).",
+            show_default=False,
+        ),
     ] = None,
     sms_status: Annotated[
-        int | None, typer.Option("--sms-status", help="SMS answers this status.", show_default=False)
+        int | None,
+        typer.Option("--sms-status", help="SMS answers this status.", show_default=False),
     ] = None,
-    kakaotalk_limit: Annotated[int, typer.Option("--kakaotalk-limit", min=0, help="Requests per period (0: none).")] = 100,
-    sms_limit: Annotated[int, typer.Option("--sms-limit", min=0, help="Requests per period (0: none).")] = 500,
-    period: Annotated[float, typer.Option("--period", min=0.001, help="Rate-limit window in seconds.")] = 60.0,
+    kakaotalk_limit: Annotated[
+        int, typer.Option("--kakaotalk-limit", min=0, help="Requests per period (0: none).")
+    ] = 100,
+    sms_limit: Annotated[
+        int, typer.Option("--sms-limit", min=0, help="Requests per period (0: none).")
+    ] = 500,
+    period: Annotated[
+        float, typer.Option("--period", min=0.001, help="Rate-limit window in seconds.")
+    ] = 60.0,
     kakaotalk_fail_suffix: Annotated[
         list[str] | None,
-        typer.Option("--kakaotalk-fail-suffix", help="KakaoTalk answers 503 for numbers ending so (repeatable).", show_default=False),
+        typer.Option(
+            "--kakaotalk-fail-suffix",
+            help="KakaoTalk answers 503 for numbers ending so (repeatable).",
+            show_default=False,
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the failure injection.", show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print each request.")] = False,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="Seed of the failure injection.", show_default=False),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Do not print each request.")
+    ] = False,
 ) -> None:
     """Run fake KakaoTalk and SMS providers on 127.0.0.1 until Ctrl-C.
 
@@ -797,7 +906,9 @@ def sandbox_command(
     with _errors_to_exit_codes():
         from .sandbox import ProviderOptions, Sandbox, SandboxOptions, format_request
 
-        def provider_options(down: bool, status: int | None, limit: int, password: str) -> ProviderOptions:
+        def provider_options(
+            down: bool, status: int | None, limit: int, password: str
+        ) -> ProviderOptions:
             return ProviderOptions(
                 latency_ms=latency_ms,
                 failure_rate=failure_rate,
@@ -810,7 +921,9 @@ def sandbox_command(
 
         try:
             options = SandboxOptions(
-                kakaotalk=provider_options(kakaotalk_down, kakaotalk_status, kakaotalk_limit, "1234"),
+                kakaotalk=provider_options(
+                    kakaotalk_down, kakaotalk_status, kakaotalk_limit, "1234"
+                ),
                 sms=provider_options(sms_down, sms_status, sms_limit, "5678"),
                 kakaotalk_fail_suffixes=tuple(kakaotalk_fail_suffix or ()),
                 seed=seed,
@@ -823,7 +936,10 @@ def sandbox_command(
             sys.stdout.flush()
 
         sandbox = Sandbox(
-            options, host=host, kakaotalk_port=kakaotalk_port, sms_port=sms_port,
+            options,
+            host=host,
+            kakaotalk_port=kakaotalk_port,
+            sms_port=sms_port,
             on_request=None if quiet else show,
         )
         try:
@@ -855,7 +971,10 @@ def sandbox_command(
 def config_init(
     path: Annotated[
         Path | None,
-        typer.Argument(help="Where to write (default $XDG_CONFIG_HOME/msgsend/config.toml).", show_default=False),
+        typer.Argument(
+            help="Where to write (default $XDG_CONFIG_HOME/msgsend/config.toml).",
+            show_default=False,
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:

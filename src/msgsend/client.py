@@ -9,7 +9,7 @@ Layers, outermost first (each can be tested alone)::
                   └ Provider.send ─ exactly one HTTP request
 
 The breaker sits inside the retry loop so that it sees every attempt: an outage opens it
-after ``failure-threshold`` requests, not ``failure-threshold × max-attempts``, and a
+after ``failure-threshold`` requests, not ``failure-threshold x max-attempts``, and a
 retry wait is cut short when the circuit opens meanwhile.
 """
 
@@ -218,7 +218,9 @@ class Sender:
             result.error_kind = errors[-1].kind if errors else None
         self.stats.message(result.channel, result.ok)
         if self.metrics is not None:
-            self.metrics.observe_message(result.channel or "none", "sent" if result.ok else "failed")
+            self.metrics.observe_message(
+                result.channel or "none", "sent" if result.ok else "failed"
+            )
         log.log(
             logging.INFO if result.ok else logging.WARNING,
             "%s %s via %s%s after %d attempt(s)%s",
@@ -267,7 +269,9 @@ class Sender:
             try:
                 provider.send(number, text)
             except ProviderError as exc:
-                self._failed(provider_name, exc, time.perf_counter() - started, breaker, masked, result)
+                self._failed(
+                    provider_name, exc, time.perf_counter() - started, breaker, masked, result
+                )
                 raise
             elapsed = time.perf_counter() - started
             self._observe_request(provider_name, "success", elapsed)
@@ -303,7 +307,9 @@ class Sender:
         except MsgsendError:
             raise
         except Exception as exc:  # a limiter store failing mid-run fails the message, not the run
-            raise MsgsendError(f"rate limiter for {provider_name} failed: {exc}", provider=provider_name) from exc
+            raise MsgsendError(
+                f"rate limiter for {provider_name} failed: {exc}", provider=provider_name
+            ) from exc
         self.stats.limiter_wait(provider_name, waited)
         if self.metrics is not None and waited > 0:
             self.metrics.observe_limiter_wait(provider_name, waited)
@@ -339,14 +345,18 @@ class Sender:
         if isinstance(exc, AuthError):
             if breaker is not None:
                 breaker.disable(str(exc))
-            self._alert("auth-failed", provider_name, f"{exc}; {provider_name} is disabled for this run")
+            self._alert(
+                "auth-failed", provider_name, f"{exc}; {provider_name} is disabled for this run"
+            )
         else:
             if isinstance(exc, RateLimitedError):
                 if self.limiter is not None:
                     self.limiter.note_throttled(provider_name, exc.retry_after)
                 else:
                     self._alert(
-                        "rate-limit", provider_name, f"{provider_name} answered 429 Too Many Requests"
+                        "rate-limit",
+                        provider_name,
+                        f"{provider_name} answered 429 Too Many Requests",
                     )
             if breaker is not None:
                 # Only outages count; any HTTP answer ends a half-open trial.
@@ -369,7 +379,9 @@ class Sender:
             error,
             extra={"event": "fallback", "recipient": masked, "provider": from_name},
         )
-        self._alert("fallback", from_name, f"messages fall back from {from_name} to {to_name}: {error}")
+        self._alert(
+            "fallback", from_name, f"messages fall back from {from_name} to {to_name}: {error}"
+        )
 
     def _wait(self, provider_name: str, delay: float) -> None:
         if self._sleep is not None:
@@ -411,7 +423,10 @@ def build_limiter(config: Config, *, alerter: Alerter | None = None) -> Any:
             alerter.emit(kind, provider, message)
 
     limits = {
-        name: Limit(count=config.provider(name).rate_limit.count, period=config.provider(name).rate_limit.period)
+        name: Limit(
+            count=config.provider(name).rate_limit.count,
+            period=config.provider(name).rate_limit.period,
+        )
         for name in ("kakaotalk", "sms")
     }
     try:
@@ -424,4 +439,6 @@ def build_limiter(config: Config, *, alerter: Alerter | None = None) -> Any:
             on_event=on_event,
         )
     except LimiterError as exc:
-        raise ConfigError(str(exc), source=str(config.path or "configuration"), key="limiter") from exc
+        raise ConfigError(
+            str(exc), source=str(config.path or "configuration"), key="limiter"
+        ) from exc

@@ -76,10 +76,16 @@ def _provider_schema(name: str) -> dict[str, _Key]:
         "base-url": _Key("url", f"where the {name} API listens"),
         "timeout": _Key("float", "seconds to wait for a connection and for the answer", _positive),
         "connect-timeout": _Key("float", "seconds to connect (default: timeout)", _positive),
-        "read-timeout": _Key("float", "seconds to wait for the answer (default: timeout)", _positive),
+        "read-timeout": _Key(
+            "float", "seconds to wait for the answer (default: timeout)", _positive
+        ),
         "auth.username": _Key("str", "HTTP Basic user"),
-        "auth.password": _Key("str", f"HTTP Basic password (or MSGSEND_{name.upper()}_AUTH_PASSWORD)"),
-        "rate-limit.requests-per-minute": _Key("int", "client-side limit (or requests-per-second)", _positive),
+        "auth.password": _Key(
+            "str", f"HTTP Basic password (or MSGSEND_{name.upper()}_AUTH_PASSWORD)"
+        ),
+        "rate-limit.requests-per-minute": _Key(
+            "int", "client-side limit (or requests-per-second)", _positive
+        ),
         "rate-limit.requests-per-second": _Key("float", "client-side limit per second", _positive),
     }
 
@@ -87,7 +93,9 @@ def _provider_schema(name: str) -> dict[str, _Key]:
 SCHEMA: dict[str, _Key] = {
     **{f"kakaotalk.{k}": v for k, v in _provider_schema("kakaotalk").items()},
     **{f"sms.{k}": v for k, v in _provider_schema("sms").items()},
-    "retry.max-attempts": _Key("int", "attempts on one provider, the first included", _at_least_one),
+    "retry.max-attempts": _Key(
+        "int", "attempts on one provider, the first included", _at_least_one
+    ),
     "retry.backoff-delay": _Key("float", "milliseconds before the second attempt", _non_negative),
     "retry.multiplier": _Key("float", "each further wait is this many times longer", _at_least_one),
     "retry.max-delay": _Key("float", "milliseconds: no single wait is longer", _non_negative),
@@ -292,7 +300,9 @@ def _flatten(table: Mapping[str, Any], prefix: str, source: str, out: dict[str, 
         key = f"{prefix}{name}"
         if isinstance(value, dict):
             if key in SCHEMA:
-                raise ConfigError(f"expected {_expectation(SCHEMA[key])}, got a table", source=source, key=key)
+                raise ConfigError(
+                    f"expected {_expectation(SCHEMA[key])}, got a table", source=source, key=key
+                )
             if not any(k.startswith(key + ".") for k in SCHEMA):
                 raise ConfigError(_unknown_key_message(key), source=source, key=key)
             _flatten(value, key + ".", source, out)
@@ -430,7 +440,12 @@ def load_config(
     if file_path is not None:
         flat: dict[str, Any] = {}
         _flatten(_read_file(file_path), "", str(file_path), flat)
-        layers.append((f"file {file_path}", {k: _coerce(k, v, str(file_path), False) for k, v in flat.items()}))
+        layers.append(
+            (
+                f"file {file_path}",
+                {k: _coerce(k, v, str(file_path), False) for k, v in flat.items()},
+            )
+        )
         warning = _permission_warning(file_path, flat)
         if warning:
             warnings.append(warning)
@@ -441,7 +456,12 @@ def load_config(
             env_layer[key] = _coerce(key, env[name], f"environment {name}", True)
     layers.append(("environment", env_layer))
     if overrides:
-        layers.append(("command line", {k: _coerce(k, v, "command line", False) for k, v in overrides.items()}))
+        layers.append(
+            (
+                "command line",
+                {k: _coerce(k, v, "command line", False) for k, v in overrides.items()},
+            )
+        )
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -462,7 +482,9 @@ def _where(sources: Mapping[str, str], key: str) -> str:
     return f"environment {source}" if source.startswith("MSGSEND_") else source
 
 
-def _rate_limit(name: str, values: Mapping[str, Any], sources: Mapping[str, str]) -> RateLimitConfig:
+def _rate_limit(
+    name: str, values: Mapping[str, Any], sources: Mapping[str, str]
+) -> RateLimitConfig:
     per_minute = values.get(f"{name}.rate-limit.requests-per-minute")
     per_second = values.get(f"{name}.rate-limit.requests-per-second")
     key = f"{name}.rate-limit"

@@ -68,9 +68,7 @@ def normalize_recipient(raw: str) -> str:
     if prefix == "0" and len(middle) != 4:
         # 010 numbers always have a four-digit middle part since 2004.
         shown = raw.strip()
-        raise InputError(
-            f"invalid recipient {shown!r}: 010 numbers have 11 digits (010-1234-5678)"
-        )
+        raise InputError(f"invalid recipient {shown!r}: 010 numbers have 11 digits (010-1234-5678)")
     return f"01{prefix}-{middle}-{last}"
 
 
@@ -102,9 +100,7 @@ def validate_message(text: str, channel: Channel | str) -> None:
         size = len(text.encode("cp949"))
     except UnicodeEncodeError as exc:
         bad = text[exc.start : exc.end]
-        raise InputError(
-            f"message cannot be sent by SMS: {bad!r} has no EUC-KR encoding"
-        ) from None
+        raise InputError(f"message cannot be sent by SMS: {bad!r} has no EUC-KR encoding") from None
     if size > SMS_MAX_BYTES:
         raise InputError(
             f"message too long for SMS: {size} bytes in EUC-KR (at most {SMS_MAX_BYTES})"

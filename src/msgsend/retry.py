@@ -29,7 +29,7 @@ class RetryPolicy:
     """How often and how long to retry one provider, after urllib3's ``Retry``.
 
     ``total`` counts every attempt, the first included. The wait before attempt n+1 is
-    ``backoff_factor × multiplier^(n-1)`` seconds, at most ``backoff_max``; a 429's
+    ``backoff_factor x multiplier^(n-1)`` seconds, at most ``backoff_max``; a 429's
     Retry-After replaces it when longer (and may exceed ``backoff_max``: the provider
     said so).
     """
@@ -61,9 +61,13 @@ class RetryPolicy:
         return delay
 
     @classmethod
-    def from_config(cls, max_attempts: int, delay: float, multiplier: float, max_delay: float) -> RetryPolicy:
+    def from_config(
+        cls, max_attempts: int, delay: float, multiplier: float, max_delay: float
+    ) -> RetryPolicy:
         """Return the policy of a ``[retry]`` table (delays in seconds)."""
-        return cls(total=max_attempts, backoff_factor=delay, multiplier=multiplier, backoff_max=max_delay)
+        return cls(
+            total=max_attempts, backoff_factor=delay, multiplier=multiplier, backoff_max=max_delay
+        )
 
 
 def call_with_retry(

@@ -82,20 +82,30 @@ def _is_connect_failure(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, u3.NewConnectionError | u3.ConnectTimeoutError | ConnectionRefusedError):
+        if isinstance(
+            current, u3.NewConnectionError | u3.ConnectTimeoutError | ConnectionRefusedError
+        ):
             return True
         if isinstance(current, u3.MaxRetryError) and current.reason is not None:
             current = current.reason
             continue
-        nxt = current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
+        nxt = (
+            current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
+        )
         current = nxt or current.__cause__ or current.__context__
     return False
 
 
 def _reason(exc: BaseException) -> str:
     text = str(exc)
-    for marker in ("Connection refused", "Name or service not known", "Connection reset",
-                   "Connection aborted", "Remote end closed", "No route to host"):
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "Connection reset",
+        "Connection aborted",
+        "Remote end closed",
+        "No route to host",
+    ):
         if marker in text:
             return marker
     return text.split(" (Caused by ")[-1].rstrip(")")[:160] or type(exc).__name__
@@ -132,7 +142,10 @@ class Provider(ABC):
         # Per request, not on the session: an injected session may serve both providers.
         self._auth = (username, password)
         self.session.headers.update(
-            {"User-Agent": f"msgsend/{__version__}", "Content-Type": "application/json; charset=utf-8"}
+            {
+                "User-Agent": f"msgsend/{__version__}",
+                "Content-Type": "application/json; charset=utf-8",
+            }
         )
 
     def __repr__(self) -> str:

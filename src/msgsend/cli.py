@@ -208,13 +208,18 @@ def _run(
     from .logs import setup_logging
 
     _check_common(common)
+    run = Run(common=common, console=_stderr_console())
     try:
-        setup_logging(common.verbose, log_file=common.log_file, log_format=common.log_format)
+        setup_logging(
+            common.verbose,
+            log_file=common.log_file,
+            log_format=common.log_format,
+            rich_console=run.console,
+        )
     except OSError as exc:
         raise typer.BadParameter(
             f"cannot write {common.log_file}: {exc.strerror or exc}", param_hint="--log-file"
         ) from None
-    run = Run(common=common, console=_stderr_console())
     success = False
     try:
         if need_config:

@@ -197,13 +197,14 @@ def _formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
-def _rich_handler(stream: IO[str]) -> logging.Handler:
+def _rich_handler(stream: IO[str], console: Any = None) -> logging.Handler:
     """Build a rich handler on ``stream``; rich is imported only when a terminal needs it."""
     from rich.console import Console
     from rich.logging import RichHandler
 
     handler = RichHandler(
-        console=Console(file=stream),
+        # Sharing the CLI's console lets a live progress bar keep log lines above it.
+        console=console if console is not None else Console(file=stream),
         show_path=False,
         markup=False,
         rich_tracebacks=False,  # tracebacks go through the (masked) exc_text instead
@@ -234,12 +235,14 @@ def setup_logging(
     log_format: str = "text",
     stream: IO[str] | None = None,
     rich_tty: bool | None = None,
+    rich_console: Any = None,
 ) -> None:
     """Send msgsend's log records to stderr (or ``stream``) and optionally a file.
 
     A terminal gets human output (rich when available); every other destination, the log
     file included, gets ``log_format``. ``rich_tty`` forces or forbids the terminal handler
-    (default: whether ``stream`` is a TTY). Calling it again replaces the previous setup.
+    (default: whether ``stream`` is a TTY); ``rich_console`` is the rich Console to log through.
+    Calling it again replaces the previous setup.
     Raises ``ValueError`` for an unknown format and ``OSError`` if the log file cannot be opened.
 
         setup_logging(2, log_file=Path("msgsend.log"), log_format="json")
@@ -261,7 +264,7 @@ def setup_logging(
         handlers.append(file_handler)
     console: logging.Handler
     if rich_tty:
-        console = _rich_handler(target)
+        console = _rich_handler(target, rich_console)
     else:
         console = logging.StreamHandler(target)
         console.setFormatter(_formatter(log_format))

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from . import __version__
+from ._typerfast import install as _install_plain_options
 from .errors import ConfigError, InputError, InputFileError, MsgsendError
+
+# typer 0.2x parses every option through pydantic, whose import alone costs about what
+# `import requests` does: parse msgsend's plain options without it (start-up budget, see
+# docs/benchmarks.md). Same values and error messages; a no-op on a typer it does not know.
+_install_plain_options()
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -122,6 +128,8 @@ class Run:
     metrics: Metrics | None = None
     sandbox: Sandbox | None = None
     closers: list[Any] = field(default_factory=list)
+    #: whether every message was delivered (``msgsend_last_run_success``); commands set it
+    ok: bool = True
 
 
 def _stderr_console() -> Console:
@@ -234,7 +242,7 @@ def _run(
 
                 run.metrics = Metrics()
         yield run
-        success = True
+        success = run.ok
     finally:
         _finish(run, success)
 
@@ -378,6 +386,7 @@ def send(
             result = sender.send(
                 recipient, text, via=channel, fallback=False if no_fallback else None
             )
+            run.ok = result.ok
             report = sender.stats.to_json()
             if json_output:
                 document = result.to_json()
@@ -416,9 +425,12 @@ def _render_send(console: Console, result: Any, report: dict[str, Any] | None) -
                 "the recipient may receive the message more than once"
             )
     else:
+        from rich.markup import escape
+
+        # The error may quote a provider's answer: never let it be read as rich markup.
         console.print(
             f"[red]failed[/red] to send to {mask_recipient(result.recipient)} after "
-            f"{result.attempts} attempt(s): {result.error}"
+            f"{result.attempts} attempt(s): {escape(str(result.error))}"
         )
     if report is not None:
         console.print(_provider_table(report))
@@ -497,6 +509,7 @@ def ping(
 
 
 def _render_health(console: Console, report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     colours = {"up": "green", "throttled": "yellow", "auth-failed": "red", "down": "red"}
@@ -506,8 +519,12 @@ def _render_health(console: Console, report: Any) -> None:
     for health in report.providers:
         colour = colours.get(health.status.value, "white")
         latency = "-" if health.latency_ms is None else f"{health.latency_ms:.0f} ms"
+        # The detail may quote the provider's answer or "[section]" hints: not markup.
         table.add_row(
-            health.provider, f"[{colour}]{health.status.value}[/{colour}]", latency, health.detail
+            health.provider,
+            f"[{colour}]{health.status.value}[/{colour}]",
+            latency,
+            escape(health.detail),
         )
     console.print(table)
 
@@ -604,6 +621,7 @@ def bulk(
                 allow_duplicates=allow_duplicates,
                 json_output=json_output,
             )
+            run.ok = code == EXIT_OK
     raise typer.Exit(code)
 
 
@@ -812,7 +830,10 @@ def _duration(seconds: float) -> str:
 
 
 def _render_bulk_summary(console: Console, report: Any, stats: dict[str, Any] | None) -> None:
+    from rich.markup import escape
     from rich.table import Table
+
+    from .logs import mask_text
 
     counts = report.counts
     title = "dry run" if report.dry_run else ("interrupted" if report.interrupted else "summary")
@@ -835,7 +856,9 @@ def _render_bulk_summary(console: Console, report: Any, stats: dict[str, Any] | 
     if stats is not None and stats["providers"]:
         console.print(_provider_table(stats))
     for row, reason in report.invalid_rows[:20]:
-        console.print(f"[yellow]row {row}[/yellow]: {reason}")
+        # The reason quotes the CSV cell: mask numbers (stderr is often mailed by cron) and
+        # never let the cell's text be read as rich markup.
+        console.print(f"[yellow]row {row}[/yellow]: {escape(mask_text(reason))}")
     if len(report.invalid_rows) > 20:
         console.print(
             f"... and {len(report.invalid_rows) - 20} more invalid rows in the results file"
@@ -845,7 +868,7 @@ def _render_bulk_summary(console: Console, report: Any, stats: dict[str, Any] | 
             f"[yellow]note:[/yellow] {report.uncertain} request(s) timed out after sending: "
             "some recipients may receive a message twice"
         )
-    console.print(f"results: {report.results_path}")
+    console.print(f"results: {escape(str(report.results_path))}")
 
 
 # ---------------------------------------------------------------------------- sandbox

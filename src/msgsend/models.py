@@ -62,7 +62,7 @@ def normalize_recipient(raw: str) -> str:
         shown = raw.strip() or "(empty)"
         raise InputError(
             f"invalid recipient {shown!r}: expected a Korean mobile number "
-            "(010/011/016/017/018/019, e.g. 010-1234-5678 or +82 10-1234-5678)"
+            "(010, 011, 016, 017, 018 or 019 and 7 or 8 more digits; hyphens and +82 allowed)"
         )
     prefix, middle, last = match.groups()
     if prefix == "0" and len(middle) != 4:

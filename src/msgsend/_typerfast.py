@@ -4,11 +4,11 @@ typer 0.2x coerces every non-flag option through a pydantic ``TypeAdapter``, giv
 first one imports pydantic (120-190 ms on the benchmark machine, about what ``import requests``
 costs) and each builds an adapter. That alone put ``msgsend ping`` over its start-up budget
 (docs/benchmarks.md). msgsend's options are plain ``str``, ``int``, ``float`` (some with
-``min``/``max``) and ``Path``; for an ordinary value of those (``"8"``, ``"0.5"``, a path) this
-module returns what typer's adapter returns (flags: ``True``/``False`` as they are), and hands everything else to typer unchanged:
-other annotations (lists, enums, ...), options with a parser, clamping or path checks, and any
-value it is not sure about (``" 8"``, ``"1e3"`` for an int, out of range, ...), so that typer
-produces the same result or the same error message as without it.
+``min``/``max``), ``Path`` and flags; for an ordinary value of those (``"8"``, ``"0.5"``, a
+path, ``True``) this module returns what typer's adapter returns, and hands everything else
+to typer unchanged: other annotations (lists, enums, ...), options with a parser, clamping or
+path checks, and any value it is not sure about (``" 8"``, ``"1e3"`` for an int, out of
+range, ...), so that typer produces the same result or the same error message as without it.
 
 ``install()`` is called by ``msgsend.cli``. When typer's internals are not what this expects
 (an older typer that does not use pydantic, or a newer one that changed them), it installs
@@ -48,9 +48,9 @@ def _fast(annotation: Any, info: Any, value: Any) -> Any:
     if annotation is bool:  # typer skips flags already True/False; this is for the others
         return value if isinstance(value, bool) else _SLOW
     if annotation is Path:
-        if isinstance(value, Path):
-            return value
-        return Path(value) if isinstance(value, str) and value else _SLOW
+        if isinstance(value, str) and value:
+            return Path(value)
+        return value if isinstance(value, Path) else _SLOW
     if annotation is int:
         if type(value) is int:
             number: Any = value
@@ -58,16 +58,16 @@ def _fast(annotation: Any, info: Any, value: Any) -> Any:
             number = int(value)
         else:
             return _SLOW
-    elif type(value) in (int, float):  # float
-        number = float(value)
-    elif isinstance(value, str) and _FLOAT.fullmatch(value):
-        number = float(value)
+    elif type(value) in (int, float) or (isinstance(value, str) and _FLOAT.fullmatch(value)):
+        number = float(value)  # annotation is float
     else:
         return _SLOW
     if number != number or number in (float("inf"), float("-inf")):
         return _SLOW
-    if (info.min is not None and number < info.min) or (info.max is not None and number > info.max):
-        return _SLOW  # typer raises its own "Input should be ..." message
+    if info.min is not None and number < info.min:
+        return _SLOW  # out of range: typer raises its own "Input should be ..." message
+    if info.max is not None and number > info.max:
+        return _SLOW
     return number
 
 
@@ -94,8 +94,9 @@ def install() -> bool:
         build = _coercion.build_runtime_param
         parameter = core._TyperParameter
         original = parameter.get_runtime_param
-        base.__dataclass_fields__["parameter_info"]  # noqa: B018 - the shape this relies on
-        base.__dataclass_fields__["annotation"]  # noqa: B018
+        # The fields PlainParam passes on: a KeyError means typer changed, so do nothing.
+        base.__dataclass_fields__["parameter_info"]
+        base.__dataclass_fields__["annotation"]
     except (ImportError, AttributeError, KeyError):
         return False
     if getattr(original, "_msgsend", False):
@@ -113,7 +114,7 @@ def install() -> bool:
 
     def get_runtime_param(self: Any) -> Any:
         if getattr(self, "_runtime_param", None) is None:
-            descriptor = getattr(self, "type_descriptor", None)
+            descriptor: Any = getattr(self, "type_descriptor", None)
             try:
                 plain = descriptor is not None and _plain(descriptor)
             except AttributeError:
@@ -125,5 +126,5 @@ def install() -> bool:
         return original(self)
 
     get_runtime_param._msgsend = True  # type: ignore[attr-defined]
-    parameter.get_runtime_param = get_runtime_param
+    parameter.get_runtime_param = get_runtime_param  # type: ignore[method-assign]
     return True

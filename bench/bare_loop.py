@@ -37,8 +37,9 @@ def main() -> None:
     with open(args.csv, encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         bodies = [
-            json.dumps({to_key: row["phone"], text_key: row["message"]}, ensure_ascii=False)
-            .encode()
+            json.dumps(
+                {to_key: row["phone"], text_key: row["message"]}, ensure_ascii=False
+            ).encode()
             for row in reader
         ]
     url = args.base_url.rstrip("/") + PATHS[args.channel]

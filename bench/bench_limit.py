@@ -45,21 +45,38 @@ def bench(ws: Workspace, reps: int = 3) -> Section:
     halves = []
     for index in range(2):  # rows 0, 2, 4, ... and 1, 3, 5, ...: distinct numbers either way
         half = ws.path(f"half{index}.csv")
-        half.write_text(lines[0] + "".join(lines[1 + index::2]), encoding="utf-8")
+        half.write_text(lines[0] + "".join(lines[1 + index :: 2]), encoding="utf-8")
         halves.append(half)
 
     results: dict[str, list[dict[str, float]]] = {"memory": [], "sqlite": [], "two processes": []}
-    with SandboxProcess(ws.env, latency_ms=20.0, kakaotalk_limit=None, sms_limit=LIMIT,
-                        period=1.0) as sandbox:
+    with SandboxProcess(
+        ws.env, latency_ms=20.0, kakaotalk_limit=None, sms_limit=LIMIT, period=1.0
+    ) as sandbox:
 
         def config(store: str) -> str:
-            path = write_config(ws.path(f"{store}.toml"), sandbox, sms_rps=LIMIT, store=store,
-                                sqlite_path=ws.path("limiter.sqlite"), concurrency=16)
+            path = write_config(
+                ws.path(f"{store}.toml"),
+                sandbox,
+                sms_rps=LIMIT,
+                store=store,
+                sqlite_path=ws.path("limiter.sqlite"),
+                concurrency=16,
+            )
             return str(path)
 
         def bulk(path: object, cfg: str) -> list[str]:
-            return [MSGSEND, "bulk", str(path), "--via", "sms", "--config", cfg, "--json",
-                    "--results", str(ws.path("results.csv"))]
+            return [
+                MSGSEND,
+                "bulk",
+                str(path),
+                "--via",
+                "sms",
+                "--config",
+                cfg,
+                "--json",
+                "--results",
+                str(ws.path("results.csv")),
+            ]
 
         for _ in range(reps):
             for kind in results:
@@ -72,27 +89,34 @@ def bench(ws: Workspace, reps: int = 3) -> Section:
                     sent = run(bulk(whole, config(kind)), ws.env).json()["sent"]
                 seen = sandbox.stats()["sms"]
                 elapsed = seen["last"] - seen["first"]
-                results[kind].append({
-                    "elapsed": elapsed,
-                    "utilisation": IDEAL / elapsed,
-                    "429": seen["status"].get("429", 0),
-                    "sent": sent,
-                })
+                results[kind].append(
+                    {
+                        "elapsed": elapsed,
+                        "utilisation": IDEAL / elapsed,
+                        "429": seen["status"].get("429", 0),
+                        "sent": sent,
+                    }
+                )
 
     for kind, runs in results.items():
         utilisation = [r["utilisation"] for r in runs]
         throttled = sum(r["429"] for r in runs)
         sent_ok = all(r["sent"] == ROWS for r in runs)
-        where = {"memory": "1 process, memory store", "sqlite": "1 process, sqlite store",
-                 "two processes": "2 processes x 100 rows, one sqlite store"}[kind]
-        section.rows.append(Row(
-            name=f"200 SMS at 20/s, {where}",
-            baseline=f"{IDEAL:.2f} s ideal",
-            msgsend=f"{median([r['elapsed'] for r in runs]):.2f} s, {throttled} x 429",
-            ratio=median(utilisation),
-            budget=f"≥ {BUDGET}, 0 x 429",
-            met=median(utilisation) >= BUDGET and throttled == 0 and sent_ok,
-        ))
+        where = {
+            "memory": "1 process, memory store",
+            "sqlite": "1 process, sqlite store",
+            "two processes": "2 processes x 100 rows, one sqlite store",
+        }[kind]
+        section.rows.append(
+            Row(
+                name=f"200 SMS at 20/s, {where}",
+                baseline=f"{IDEAL:.2f} s ideal",
+                msgsend=f"{median([r['elapsed'] for r in runs]):.2f} s, {throttled} x 429",
+                ratio=median(utilisation),
+                budget=f"≥ {BUDGET}, 0 x 429",
+                met=median(utilisation) >= BUDGET and throttled == 0 and sent_ok,
+            )
+        )
         section.details.append(
             f"- {where}: first-to-last request {spread([r['elapsed'] for r in runs])} s, "
             f"utilisation {spread(utilisation)}, 429s per run {[int(r['429']) for r in runs]}"

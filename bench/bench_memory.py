@@ -39,9 +39,23 @@ def bench(ws: Workspace, reps: int = 3) -> Section:
     counted: dict[int, dict[str, int]] = {}
     for _ in range(reps):
         for n in (SMALL, LARGE):
-            proc = run([MSGSEND, "bulk", str(files[n]), "--dry-run", "--template", TEMPLATE,
-                        "--config", str(config), "--json",
-                        "--results", str(ws.path(f"preview{n}.csv"))], ws.env, check=False)
+            proc = run(
+                [
+                    MSGSEND,
+                    "bulk",
+                    str(files[n]),
+                    "--dry-run",
+                    "--template",
+                    TEMPLATE,
+                    "--config",
+                    str(config),
+                    "--json",
+                    "--results",
+                    str(ws.path(f"preview{n}.csv")),
+                ],
+                ws.env,
+                check=False,
+            )
             assert proc.rc in (0, 1), proc.err[-2000:]  # 1: the file has invalid rows
             report = proc.json()
             counted[n] = {k: report[k] for k in ("ready", "invalid", "duplicate")}
@@ -49,23 +63,27 @@ def bench(ws: Workspace, reps: int = 3) -> Section:
             rss[n].append(proc.maxrss_kb / 1024)
             wall[n].append(proc.wall)
     ratio = median(rss[LARGE]) / median(rss[SMALL])
-    section.rows.append(Row(
-        name="peak RSS of `bulk --dry-run`, 200,000 vs 20,000 rows",
-        baseline=f"{median(rss[SMALL]):.1f} MiB",
-        msgsend=f"{median(rss[LARGE]):.1f} MiB",
-        ratio=ratio,
-        budget=f"≤ {BUDGET}x",
-        met=ratio <= BUDGET,
-    ))
+    section.rows.append(
+        Row(
+            name="peak RSS of `bulk --dry-run`, 200,000 vs 20,000 rows",
+            baseline=f"{median(rss[SMALL]):.1f} MiB",
+            msgsend=f"{median(rss[LARGE]):.1f} MiB",
+            ratio=ratio,
+            budget=f"≤ {BUDGET}x",
+            met=ratio <= BUDGET,
+        )
+    )
     rate = LARGE / median(wall[LARGE])
-    section.rows.append(Row(
-        name="validation rate, 200,000 rows (whole command)",
-        baseline="—",
-        msgsend=f"{rate:,.0f} rows/s",
-        ratio=None,
-        budget="(none)",
-        met=None,
-    ))
+    section.rows.append(
+        Row(
+            name="validation rate, 200,000 rows (whole command)",
+            baseline="—",
+            msgsend=f"{rate:,.0f} rows/s",
+            ratio=None,
+            budget="(none)",
+            met=None,
+        )
+    )
     for n in (SMALL, LARGE):
         section.details.append(
             f"- {n:,} rows: peak RSS MiB {spread(rss[n], '{:.1f}')}, wall s {spread(wall[n])}; "

@@ -43,14 +43,31 @@ def bench(ws: Workspace, reps: int = 5) -> Section:
     kakaotalk_requests: list[int] = []
     fallbacks: list[int] = []
     with SandboxProcess(ws.env, latency_ms=20.0, kakaotalk_down=True) as sandbox:
-        config = write_config(ws.path("config.toml"), sandbox, store="sqlite",
-                              sqlite_path=ws.path("limiter.sqlite"), concurrency=16)
+        config = write_config(
+            ws.path("config.toml"),
+            sandbox,
+            store="sqlite",
+            sqlite_path=ws.path("limiter.sqlite"),
+            concurrency=16,
+        )
 
         def one(kind: str, record: bool) -> None:
             sandbox.reset()
             extra = ["--via", "sms"] if kind == "sms" else []
-            proc = run([MSGSEND, "bulk", str(data), "--config", str(config), "--json",
-                        "--results", str(ws.path("results.csv")), *extra], ws.env)
+            proc = run(
+                [
+                    MSGSEND,
+                    "bulk",
+                    str(data),
+                    "--config",
+                    str(config),
+                    "--json",
+                    "--results",
+                    str(ws.path("results.csv")),
+                    *extra,
+                ],
+                ws.env,
+            )
             report = proc.json()
             assert report["sent"] == ROWS, report
             seen = sandbox.stats()
@@ -65,18 +82,20 @@ def bench(ws: Workspace, reps: int = 5) -> Section:
         one("sms", False)
         one("outage", False)  # warm-up
         for rep in range(reps):
-            for kind in (("outage", "sms") if rep % 2 else ("sms", "outage")):
+            for kind in ("outage", "sms") if rep % 2 else ("sms", "outage"):
                 one(kind, True)
 
     ratio = median(walls["outage"]) / median(walls["sms"])
-    section.rows.append(Row(
-        name="500 rows, KakaoTalk answering 503, SMS healthy, limits not binding",
-        baseline=f"{median(walls['sms']):.2f} s straight to SMS",
-        msgsend=f"{median(walls['outage']):.2f} s with fallback",
-        ratio=ratio,
-        budget=f"≤ {BUDGET}x",
-        met=ratio <= BUDGET,
-    ))
+    section.rows.append(
+        Row(
+            name="500 rows, KakaoTalk answering 503, SMS healthy, limits not binding",
+            baseline=f"{median(walls['sms']):.2f} s straight to SMS",
+            msgsend=f"{median(walls['outage']):.2f} s with fallback",
+            ratio=ratio,
+            budget=f"≤ {BUDGET}x",
+            met=ratio <= BUDGET,
+        )
+    )
     section.details += [
         f"- wall seconds, straight to SMS: {spread(walls['sms'])}",
         f"- wall seconds, KakaoTalk down, fallback to SMS: {spread(walls['outage'])}",

@@ -37,17 +37,42 @@ def bench(ws: Workspace, reps: int = 3) -> Section:
     files = {n: make_simple_csv(ws.path(f"rows{n}.csv"), n) for n in (SMALL, LARGE)}
     cpu: dict[tuple[str, int], list[float]] = {}
     with SandboxProcess(ws.env, latency_ms=20.0) as sandbox:
-        config = write_config(ws.path("sqlite.toml"), sandbox, store="sqlite",
-                              sqlite_path=ws.path("limiter.sqlite"), concurrency=CONCURRENCY)
+        config = write_config(
+            ws.path("sqlite.toml"),
+            sandbox,
+            store="sqlite",
+            sqlite_path=ws.path("limiter.sqlite"),
+            concurrency=CONCURRENCY,
+        )
 
         def one(kind: str, n: int) -> float:
             if kind == "bare":
-                proc = run([PYTHON, str(BENCH_DIR / "bare_loop.py"), sandbox.url("kakaotalk"),
-                            str(files[n]), "--concurrency", str(CONCURRENCY)], ws.env)
+                proc = run(
+                    [
+                        PYTHON,
+                        str(BENCH_DIR / "bare_loop.py"),
+                        sandbox.url("kakaotalk"),
+                        str(files[n]),
+                        "--concurrency",
+                        str(CONCURRENCY),
+                    ],
+                    ws.env,
+                )
                 assert proc.json()["ok"] == n
             else:
-                proc = run([MSGSEND, "bulk", str(files[n]), "--config", str(config), "--json",
-                            "--results", str(ws.path("results.csv"))], ws.env)
+                proc = run(
+                    [
+                        MSGSEND,
+                        "bulk",
+                        str(files[n]),
+                        "--config",
+                        str(config),
+                        "--json",
+                        "--results",
+                        str(ws.path("results.csv")),
+                    ],
+                    ws.env,
+                )
                 assert proc.json()["sent"] == n
             return proc.cpu
 
@@ -62,14 +87,16 @@ def bench(ws: Workspace, reps: int = 3) -> Section:
         kind: (median(cpu[(kind, LARGE)]) - median(cpu[(kind, SMALL)])) / (LARGE - SMALL)
         for kind in ("bare", "msgsend")
     }
-    section.rows.append(Row(
-        name="client CPU per message (marginal, start-up excluded), sqlite store",
-        baseline=f"{per['bare'] * 1e6:.0f} µs",
-        msgsend=f"{per['msgsend'] * 1e6:.0f} µs",
-        ratio=per["msgsend"] / per["bare"],
-        budget="(no budget: see 1)",
-        met=None,
-    ))
+    section.rows.append(
+        Row(
+            name="client CPU per message (marginal, start-up excluded), sqlite store",
+            baseline=f"{per['bare'] * 1e6:.0f} µs",
+            msgsend=f"{per['msgsend'] * 1e6:.0f} µs",
+            ratio=per["msgsend"] / per["bare"],
+            budget="(no budget: see 1)",
+            met=None,
+        )
+    )
     for kind in ("bare", "msgsend"):
         section.details.append(
             f"- {kind}: process CPU seconds for {SMALL} rows {spread(cpu[(kind, SMALL)])}, "

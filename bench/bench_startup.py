@@ -32,8 +32,9 @@ BUDGETS = {"--version": 1.5, "--help": None, "ping": 2.0}
 
 def importtime(cmd_args: list[str], ws: Workspace, top: int = 12) -> tuple[float, list[str]]:
     """Total import time (ms) of ``msgsend ARGS`` and its largest top-level imports."""
-    code = (f"import sys; sys.argv = ['msgsend', *{cmd_args!r}]; "
-            "from msgsend.cli import main; main()")
+    code = (
+        f"import sys; sys.argv = ['msgsend', *{cmd_args!r}]; from msgsend.cli import main; main()"
+    )
     proc = run([PYTHON, "-X", "importtime", "-c", code], ws.env, check=False)
     rows = []
     total = 0
@@ -44,16 +45,19 @@ def importtime(cmd_args: list[str], ws: Workspace, top: int = 12) -> tuple[float
             if len(match.group(3)) <= 2:  # top-level and first-level imports
                 rows.append((int(match.group(2)), match.group(4), len(match.group(3)) // 2))
     rows.sort(reverse=True)
-    lines = [f"{cumulative / 1000:7.1f} ms  {'  ' * depth}{name}"
-             for cumulative, name, depth in rows[:top]]
+    lines = [
+        f"{cumulative / 1000:7.1f} ms  {'  ' * depth}{name}"
+        for cumulative, name, depth in rows[:top]
+    ]
     return total / 1000, lines
 
 
 def bench(ws: Workspace, rounds: int = ROUNDS) -> Section:
     section = Section("startup", "3. Start-up")
     with SandboxProcess(ws.env, latency_ms=0.0, kakaotalk_limit=None, sms_limit=None) as sandbox:
-        config = write_config(ws.path("config.toml"), sandbox, store="sqlite",
-                              sqlite_path=ws.path("limiter.sqlite"))
+        config = write_config(
+            ws.path("config.toml"), sandbox, store="sqlite", sqlite_path=ws.path("limiter.sqlite")
+        )
         commands = {
             "baseline": [PYTHON, "-c", "import requests"],
             "--version": [MSGSEND, "--version"],
@@ -65,7 +69,7 @@ def bench(ws: Workspace, rounds: int = ROUNDS) -> Section:
         for name in names:  # warm-up: bytecode, page cache
             run(commands[name], ws.env)
         for index in range(rounds):
-            order = names[index % len(names):] + names[:index % len(names)]
+            order = names[index % len(names) :] + names[: index % len(names)]
             for name in order:
                 times[name].append(run(commands[name], ws.env).wall)
         ping_total, ping_imports = importtime(["ping", "--config", str(config)], ws)
@@ -73,14 +77,16 @@ def bench(ws: Workspace, rounds: int = ROUNDS) -> Section:
     base = median(times["baseline"])
     for name, budget in BUDGETS.items():
         ratio = median(times[name]) / base
-        section.rows.append(Row(
-            name=f"`msgsend {name}`" + (" (sandbox running)" if name == "ping" else ""),
-            baseline=f"{base * 1000:.0f} ms",
-            msgsend=f"{median(times[name]) * 1000:.0f} ms",
-            ratio=ratio,
-            budget=f"≤ {budget}x" if budget else "(none)",
-            met=None if budget is None else ratio <= budget,
-        ))
+        section.rows.append(
+            Row(
+                name=f"`msgsend {name}`" + (" (sandbox running)" if name == "ping" else ""),
+                baseline=f"{base * 1000:.0f} ms",
+                msgsend=f"{median(times[name]) * 1000:.0f} ms",
+                ratio=ratio,
+                budget=f"≤ {budget}x" if budget else "(none)",
+                met=None if budget is None else ratio <= budget,
+            )
+        )
     for name in commands:
         label = 'python -c "import requests"' if name == "baseline" else f"msgsend {name}"
         section.details.append(f"- `{label}`: seconds {spread(times[name])}")

@@ -42,24 +42,51 @@ def bench(ws: Workspace, reps: int = 5) -> Section:
     cpu: dict[str, list[float]] = {"bare": [], "sqlite": [], "memory": []}
     with SandboxProcess(ws.env, latency_ms=LATENCY_MS) as sandbox:
         configs = {
-            "sqlite": write_config(ws.path("sqlite.toml"), sandbox, store="sqlite",
-                                   sqlite_path=ws.path("limiter.sqlite"), concurrency=CONCURRENCY),
-            "memory": write_config(ws.path("memory.toml"), sandbox, store="memory",
-                                   concurrency=CONCURRENCY),
+            "sqlite": write_config(
+                ws.path("sqlite.toml"),
+                sandbox,
+                store="sqlite",
+                sqlite_path=ws.path("limiter.sqlite"),
+                concurrency=CONCURRENCY,
+            ),
+            "memory": write_config(
+                ws.path("memory.toml"), sandbox, store="memory", concurrency=CONCURRENCY
+            ),
         }
 
         def one(kind: str) -> None:
             sandbox.reset()
             if kind == "bare":
-                proc = run([PYTHON, str(BENCH_DIR / "bare_loop.py"), sandbox.url("kakaotalk"),
-                            str(data), "--concurrency", str(CONCURRENCY)], ws.env)
+                proc = run(
+                    [
+                        PYTHON,
+                        str(BENCH_DIR / "bare_loop.py"),
+                        sandbox.url("kakaotalk"),
+                        str(data),
+                        "--concurrency",
+                        str(CONCURRENCY),
+                    ],
+                    ws.env,
+                )
                 report = proc.json()
                 assert report["ok"] == ROWS, report
                 loop = report["loop_s"]
             else:
-                proc = run([MSGSEND, "bulk", str(data), "--config", str(configs[kind]),
-                            "--concurrency", str(CONCURRENCY), "--json",
-                            "--results", str(ws.path(f"{kind}.results.csv"))], ws.env)
+                proc = run(
+                    [
+                        MSGSEND,
+                        "bulk",
+                        str(data),
+                        "--config",
+                        str(configs[kind]),
+                        "--concurrency",
+                        str(CONCURRENCY),
+                        "--json",
+                        "--results",
+                        str(ws.path(f"{kind}.results.csv")),
+                    ],
+                    ws.env,
+                )
                 report = proc.json()
                 assert report["sent"] == ROWS, report
                 loop = None
@@ -77,7 +104,7 @@ def bench(ws: Workspace, reps: int = 5) -> Section:
             one(kind)
         record = True
         for rep in range(reps):
-            order = kinds[rep % 3:] + kinds[:rep % 3]  # rotate, so no kind always goes first
+            order = kinds[rep % 3 :] + kinds[: rep % 3]  # rotate, so no kind always goes first
             for kind in order:
                 one(kind)
 
@@ -85,22 +112,28 @@ def bench(ws: Workspace, reps: int = 5) -> Section:
     for kind in ("sqlite", "memory"):
         ratio = bare / median(walls[kind])
         default = " (the default store)" if kind == "sqlite" else ""
-        section.rows.append(Row(
-            name=f"bulk 1,000 rows, c=16, 20 ms, limit not binding, {kind} store{default}",
-            baseline=f"{ROWS / bare:.0f} rows/s",
-            msgsend=f"{ROWS / median(walls[kind]):.0f} rows/s",
-            ratio=ratio,
-            budget=f"≥ {BUDGET}",
-            met=ratio >= BUDGET,
-        ))
+        section.rows.append(
+            Row(
+                name=f"bulk 1,000 rows, c=16, 20 ms, limit not binding, {kind} store{default}",
+                baseline=f"{ROWS / bare:.0f} rows/s",
+                msgsend=f"{ROWS / median(walls[kind]):.0f} rows/s",
+                ratio=ratio,
+                budget=f"≥ {BUDGET}",
+                met=ratio >= BUDGET,
+            )
+        )
     loop = median(walls["bare-loop"])
     strict = loop / median(walls["sqlite"])
-    section.rows.append(Row(
-        name="same, against the bare loop's loop alone (no start-up), sqlite store",
-        baseline=f"{ROWS / loop:.0f} rows/s",
-        msgsend=f"{ROWS / median(walls['sqlite']):.0f} rows/s",
-        ratio=strict, budget="(reference)", met=None,
-    ))
+    section.rows.append(
+        Row(
+            name="same, against the bare loop's loop alone (no start-up), sqlite store",
+            baseline=f"{ROWS / loop:.0f} rows/s",
+            msgsend=f"{ROWS / median(walls['sqlite']):.0f} rows/s",
+            ratio=strict,
+            budget="(reference)",
+            met=None,
+        )
+    )
     section.details += [
         f"- wall seconds, bare loop process: {spread(walls['bare'])}; its loop alone: "
         f"{spread(walls['bare-loop'])}",

@@ -58,14 +58,23 @@ class Proc:
         return json.loads(self.out)
 
 
-def run(cmd: Sequence[str], env: dict[str, str], *, cwd: Path | None = None,
-        timeout: float = 300.0, check: bool = True) -> Proc:
+def run(
+    cmd: Sequence[str],
+    env: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = 300.0,
+    check: bool = True,
+) -> Proc:
     """Run ``cmd`` to completion; measure its wall time and, from wait4, its own rusage."""
-    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out, \
-            tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err:
+    with (
+        tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out,
+        tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as err,
+    ):
         started = time.perf_counter()
-        child = subprocess.Popen(list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                 env=env, cwd=cwd)
+        child = subprocess.Popen(
+            list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd
+        )
         deadline = started + timeout
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -81,15 +90,17 @@ def run(cmd: Sequence[str], env: dict[str, str], *, cwd: Path | None = None,
         child.returncode = rc = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        proc = Proc(wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, rc, out.read(),
-                    err.read())
+        proc = Proc(
+            wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, rc, out.read(), err.read()
+        )
     if check and rc not in (0,):
         raise RuntimeError(f"{' '.join(cmd)} exited {rc}:\n{proc.err[-2000:]}")
     return proc
 
 
-def run_many(cmds: Sequence[Sequence[str]], env: dict[str, str], *,
-             timeout: float = 300.0) -> tuple[float, list[Proc]]:
+def run_many(
+    cmds: Sequence[Sequence[str]], env: dict[str, str], *, timeout: float = 300.0
+) -> tuple[float, list[Proc]]:
     """Start ``cmds`` together; return the wall time until the last exits, and each result."""
     files = []
     children = []
@@ -98,8 +109,9 @@ def run_many(cmds: Sequence[Sequence[str]], env: dict[str, str], *,
         out = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
         err = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
         files.append((out, err))
-        children.append(subprocess.Popen(list(cmd), stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, env=env))
+        children.append(
+            subprocess.Popen(list(cmd), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        )
     results: list[Proc] = []
     try:
         for child, (out, err) in zip(children, files, strict=True):
@@ -174,8 +186,11 @@ class SandboxProcess:
     def __init__(self, env: dict[str, str], **options: Any) -> None:
         self._child = subprocess.Popen(
             [PYTHON, str(BENCH_DIR / "sandbox_server.py"), json.dumps(options)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
         assert self._child.stdout is not None
         line = self._child.stdout.readline()
@@ -217,18 +232,30 @@ class SandboxProcess:
         self.close()
 
 
-def write_config(path: Path, sandbox: SandboxProcess | None, *, kakaotalk_rps: int = 100_000,
-                 sms_rps: int = 100_000, store: str = "memory", sqlite_path: Path | None = None,
-                 concurrency: int = 16) -> Path:
+def write_config(
+    path: Path,
+    sandbox: SandboxProcess | None,
+    *,
+    kakaotalk_rps: int = 100_000,
+    sms_rps: int = 100_000,
+    store: str = "memory",
+    sqlite_path: Path | None = None,
+    concurrency: int = 16,
+) -> Path:
     """Write a msgsend TOML config pointing at ``sandbox`` with the given limits and store."""
     kakaotalk_url = sandbox.url("kakaotalk") if sandbox else "http://127.0.0.1:9"
     sms_url = sandbox.url("sms") if sandbox else "http://127.0.0.1:9"
     lines = [
-        "[kakaotalk]", f'base-url = "{kakaotalk_url}"',
-        "[kakaotalk.rate-limit]", f"requests-per-second = {kakaotalk_rps}",
-        "[sms]", f'base-url = "{sms_url}"',
-        "[sms.rate-limit]", f"requests-per-second = {sms_rps}",
-        "[limiter]", f'store = "{store}"',
+        "[kakaotalk]",
+        f'base-url = "{kakaotalk_url}"',
+        "[kakaotalk.rate-limit]",
+        f"requests-per-second = {kakaotalk_rps}",
+        "[sms]",
+        f'base-url = "{sms_url}"',
+        "[sms.rate-limit]",
+        f"requests-per-second = {sms_rps}",
+        "[limiter]",
+        f'store = "{store}"',
     ]
     if sqlite_path is not None:
         lines.append(f'path = "{sqlite_path}"')
@@ -318,8 +345,10 @@ def median(values: Sequence[float]) -> float:
 
 def spread(values: Sequence[float], fmt: str = "{:.3f}") -> str:
     """``median (min-max, n=N)``."""
-    return (f"{fmt.format(median(values))} ({fmt.format(min(values))}-"
-            f"{fmt.format(max(values))}, n={len(values)})")
+    return (
+        f"{fmt.format(median(values))} ({fmt.format(min(values))}-"
+        f"{fmt.format(max(values))}, n={len(values)})"
+    )
 
 
 def machine() -> dict[str, str]:
@@ -346,10 +375,18 @@ def machine() -> dict[str, str]:
             versions.append(f"{dist} {metadata.version(dist)}")
     commit = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         if dirty:
             commit += " + uncommitted changes in src/"
     return {

@@ -59,8 +59,15 @@ AREAS = (
 
 
 #: builtins where a thread waits (for the server, a lock, a sleep) rather than computes
-WAITS = ("recv_into", "acquire' of '_thread", "time.sleep", "'poll' of", "select.select",
-         "'wait' of", "_thread.lock' objects>")
+WAITS = (
+    "recv_into",
+    "acquire' of '_thread",
+    "time.sleep",
+    "'poll' of",
+    "select.select",
+    "'wait' of",
+    "_thread.lock' objects>",
+)
 
 
 #: entry points whose cumulative time splits a message's cost: (label, file fragment, function)
@@ -114,8 +121,9 @@ class _ThreadProfiles:
         threading.Thread.run = self._original  # type: ignore[method-assign]
 
 
-def profile(rows: int, concurrency: int, store: str, latency_ms: float,
-            cpu_timer: bool = False) -> dict[str, Any]:
+def profile(
+    rows: int, concurrency: int, store: str, latency_ms: float, cpu_timer: bool = False
+) -> dict[str, Any]:
     """Profile ``send_bulk`` of ``rows`` rows; the default timer is the (cheap) wall clock.
 
     ``cpu_timer`` uses each thread's CPU clock instead: exact, but a system call per event
@@ -128,21 +136,31 @@ def profile(rows: int, concurrency: int, store: str, latency_ms: float,
 
     with Workspace() as ws, SandboxProcess(ws.env, latency_ms=latency_ms) as sandbox:
         data = make_simple_csv(ws.path("rows.csv"), rows)
-        config_path = write_config(ws.path("config.toml"), sandbox, store=store,
-                                   sqlite_path=ws.path("limiter.sqlite"), concurrency=concurrency)
+        config_path = write_config(
+            ws.path("config.toml"),
+            sandbox,
+            store=store,
+            sqlite_path=ws.path("limiter.sqlite"),
+            concurrency=concurrency,
+        )
         config = load_config(config_path)
         sender = Sender.from_config(config, pool_size=concurrency)
         try:
             # Warm-up: connections, first-call caches; not profiled.
-            send_bulk(make_simple_csv(ws.path("warm.csv"), 50), sender, concurrency=concurrency,
-                      results_path=ws.path("warm.results.csv"))
+            send_bulk(
+                make_simple_csv(ws.path("warm.csv"), 50),
+                sender,
+                concurrency=concurrency,
+                results_path=ws.path("warm.results.csv"),
+            )
             main_profile = cProfile.Profile(timer)
             cpu0 = time.process_time()
             wall0 = time.perf_counter()
             with _ThreadProfiles(timer) as threads:
                 main_profile.enable()
-                report = send_bulk(data, sender, concurrency=concurrency,
-                                   results_path=ws.path("rows.results.csv"))
+                report = send_bulk(
+                    data, sender, concurrency=concurrency, results_path=ws.path("rows.results.csv")
+                )
                 main_profile.disable()
             cpu = time.process_time() - cpu0
             wall = time.perf_counter() - wall0
@@ -166,18 +184,23 @@ def summarize(result: dict[str, Any], top: int = 25) -> str:
     total = sum(by_area.values())
     raw = {key: entry for key, entry in raw.items() if not area(key[0], key[2]).startswith("wait")}
     out = io.StringIO()
-    out.write(f"{rows} messages: process CPU {result['cpu']:.3f} s "
-              f"({result['cpu'] / rows * 1e6:.0f} µs/message), wall {result['wall']:.3f} s; "
-              f"profiled {total:.3f} s computing, {waiting:.3f} s waiting "
-              "(cProfile's own overhead included)\n\n")
+    out.write(
+        f"{rows} messages: process CPU {result['cpu']:.3f} s "
+        f"({result['cpu'] / rows * 1e6:.0f} µs/message), wall {result['wall']:.3f} s; "
+        f"profiled {total:.3f} s computing, {waiting:.3f} s waiting "
+        "(cProfile's own overhead included)\n\n"
+    )
     out.write("CPU by area (own time of the functions in it):\n")
     for name, seconds in sorted(by_area.items(), key=lambda item: -item[1]):
         out.write(f"  {seconds / total * 100:5.1f}%  {seconds / rows * 1e6:7.1f} µs/msg  {name}\n")
-    out.write("\nCumulative time of the main steps (wall clock under the profiler: inflated, and "
-              "the HTTP exchange includes the wait for the server):\n")
+    out.write(
+        "\nCumulative time of the main steps (wall clock under the profiler: inflated, and "
+        "the HTTP exchange includes the wait for the server):\n"
+    )
     for label, fragment, function in ENTRY_POINTS:
         cumulative = sum(
-            entry[3] for (filename, _line, name), entry in stats.stats.items()  # type: ignore[attr-defined]
+            entry[3]
+            for (filename, _line, name), entry in stats.stats.items()  # type: ignore[attr-defined]
             if fragment in filename and name == function
         )
         out.write(f"  {cumulative / rows * 1e6:7.1f} µs/msg  {label}\n")
@@ -185,8 +208,10 @@ def summarize(result: dict[str, Any], top: int = 25) -> str:
     ranked = sorted(raw.items(), key=lambda item: -item[1][2])[:top]
     for (filename, line, function), entry in ranked:
         short = "/".join(Path(filename).parts[-2:]) if filename != "~" else "~"
-        out.write(f"  {entry[2] / total * 100:5.1f}%  {entry[1]:>8} calls  "
-                  f"{entry[3] / rows * 1e6:7.1f} µs/msg cum  {short}:{line}({function})\n")
+        out.write(
+            f"  {entry[2] / total * 100:5.1f}%  {entry[1]:>8} calls  "
+            f"{entry[3] / rows * 1e6:7.1f} µs/msg cum  {short}:{line}({function})\n"
+        )
     return out.getvalue()
 
 
@@ -196,8 +221,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--store", default="sqlite", choices=("sqlite", "memory"))
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--cpu-timer", action="store_true",
-                        help="per-thread CPU clock (exact, much slower) instead of the wall clock")
+    parser.add_argument(
+        "--cpu-timer",
+        action="store_true",
+        help="per-thread CPU clock (exact, much slower) instead of the wall clock",
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--dump", type=Path, help="write the merged pstats here")
     args = parser.parse_args()

@@ -68,15 +68,19 @@ def profile_summary(rows: int) -> str:
     """cProfile of the client in a child process (bench/profile_client.py)."""
     proc = subprocess.run(
         [PYTHON, str(BENCH_DIR / "profile_client.py"), "--rows", str(rows), "--top", "15"],
-        capture_output=True, text=True, timeout=600, cwd=BENCH_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCH_DIR,
     )
     if proc.returncode != 0:
         return f"(profile failed: {proc.stderr[-500:]})"
     return proc.stdout.rstrip()
 
 
-def render(sections: list[Section], info: dict[str, str], started: float, profile: str,
-           command: str) -> str:
+def render(
+    sections: list[Section], info: dict[str, str], started: float, profile: str, command: str
+) -> str:
     took = time.monotonic() - started
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -156,9 +160,12 @@ def main() -> int:
             section = module.bench(ws, quick if args.quick else full)
             sections.append(section)
             for row in section.rows:
-                print(f"   {row.name}: {row.baseline} vs {row.msgsend}, ratio "
-                      f"{_ratio(row.ratio)} (budget {row.budget}) {_met(row.met)}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"   {row.name}: {row.baseline} vs {row.msgsend}, ratio "
+                    f"{_ratio(row.ratio)} (budget {row.budget}) {_met(row.met)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             print(f"   ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
     if "overhead" in chosen:
         print("== profile ...", file=sys.stderr, flush=True)

@@ -122,7 +122,6 @@ class Run:
     """What one command run holds open: logging, alerts, metrics, an embedded sandbox."""
 
     common: Common
-    console: Console
     config: Config | None = None
     alerter: Alerter | None = None
     metrics: Metrics | None = None
@@ -130,6 +129,14 @@ class Run:
     closers: list[Any] = field(default_factory=list)
     #: whether every message was delivered (``msgsend_last_run_success``); commands set it
     ok: bool = True
+    _console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        """Return the stderr console, importing rich on first use only."""
+        if self._console is None:
+            self._console = _stderr_console()
+        return self._console
 
 
 def _stderr_console() -> Console:
@@ -216,13 +223,13 @@ def _run(
     from .logs import setup_logging
 
     _check_common(common)
-    run = Run(common=common, console=_stderr_console())
+    run = Run(common=common)
     try:
         setup_logging(
             common.verbose,
             log_file=common.log_file,
             log_format=common.log_format,
-            rich_console=run.console,
+            rich_console=run.console if sys.stderr.isatty() else None,
         )
     except OSError as exc:
         raise typer.BadParameter(
@@ -503,12 +510,28 @@ def ping(
         if json_output:
             _print_json(report.to_json())
         else:
-            _render_health(_stdout_console(), report)
+            _render_health(report)
         code = report.exit_code
     raise typer.Exit(code)
 
 
-def _render_health(console: Console, report: Any) -> None:
+def _render_health(report: Any) -> None:
+    if not sys.stdout.isatty():
+        # Monitoring scripts and cron mail: plain columns, and no rich import to pay for.
+        rows = [("provider", "status", "latency", "detail")]
+        for health in report.providers:
+            latency = "-" if health.latency_ms is None else f"{health.latency_ms:.0f} ms"
+            rows.append((health.provider, health.status.value, latency, health.detail))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = [f"overall: {report.overall}"]
+        lines += [
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+            + "  "
+            + row[3]
+            for row in rows
+        ]
+        sys.stdout.write("\n".join(line.rstrip() for line in lines) + "\n")
+        return
     from rich.markup import escape
     from rich.table import Table
 
@@ -526,7 +549,7 @@ def _render_health(console: Console, report: Any) -> None:
             latency,
             escape(health.detail),
         )
-    console.print(table)
+    _stdout_console().print(table)
 
 
 # ---------------------------------------------------------------------------- bulk

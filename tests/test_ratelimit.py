@@ -32,7 +32,6 @@ from msgsend.ratelimit import (
     STRATEGIES,
     Limit,
     LimiterError,
-    LimiterStats,
     RateLimiter,
     check_limiter_settings,
     default_guard,
@@ -188,6 +187,14 @@ def test_sqlite_is_the_default_store_in_the_state_directory(tmp_path: Path) -> N
     assert limiter.path.exists()
 
 
+def test_sqlite_path_may_be_a_string_with_a_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with RateLimiter({"p": RATE}, path="~/limits/rl.sqlite") as limiter:
+        assert limiter.path == tmp_path / "limits" / "rl.sqlite"
+
+
 def test_unusable_sqlite_path_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -233,6 +240,20 @@ def test_silent_redis_is_an_error_not_a_hang() -> None:
         assert time.monotonic() - started < 4.0
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:pw@cache:6379/0", "redis://user:****@cache:6379/0"),
+        ("unix:///run/redis.sock?db=1&password=pw", "unix:///run/redis.sock?db=1&password=****"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+    ],
+)
+def test_redis_passwords_are_masked_in_messages(url: str, shown: str) -> None:
+    from msgsend.ratelimit import _mask_url
+
+    assert _mask_url(url) == shown
+
+
 def test_bad_redis_url_is_a_clear_error() -> None:
     with pytest.raises(LimiterError, match=r"^\[limiter\] redis-url http://x: .*redis://"):
         RateLimiter({"p": RATE}, store="redis", redis_url="http://x")
@@ -261,7 +282,7 @@ def test_unknown_provider_and_closed_limiter() -> None:
 
 def test_default_guard() -> None:
     assert default_guard(Limit(3, 0.1)) == 0.01
-    assert default_guard(Limit(20, 1.0)) == 0.05
+    assert default_guard(Limit(20, 1.0)) == 0.04
     assert default_guard(Limit(100, 60.0)) == 0.25
 
 
@@ -325,7 +346,7 @@ def test_exact_sequence_on_fake_clock(
 @pytest.mark.parametrize("store", STORES)
 def test_sliding_window_guard_widens_the_window(store: str, tmp_path: Path, request: Any) -> None:
     clock = FakeClock()
-    steps = [(0, 0), (0, 0), (0, 0), (1001, 0.05), (1050, 0.001), (1051, 0)]
+    steps = [(0, 0), (0, 0), (0, 0), (1001, 0.04), (1040, 0.001), (1041, 0)]
     options = store_options(store, tmp_path, request)
     with RateLimiter({"p": Limit(3, 1.0)}, store=store, clock=clock, **options) as limiter:
         assert sequence(limiter, clock, steps) == steps
@@ -355,6 +376,33 @@ def test_two_limiters_on_one_store_share_the_budget(
         assert first.try_acquire("other") > 0
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("store", STORES)
+def test_a_clock_gone_back_does_not_block_for_hours(
+    strategy: str, store: str, tmp_path: Path, request: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    options = store_options(store, tmp_path, request)
+    with RateLimiter(
+        {"p": Limit(3, 1.0)}, strategy=strategy, store=store, clock=clock, guard=0, **options
+    ) as limiter:
+        clock.at(3_600_000)
+        assert [limiter.try_acquire("p") for _ in range(3)] == [0, 0, 0]
+        assert 0 < limiter.try_acquire("p") <= 1.001
+        clock.at(0)  # an hour earlier
+        assert limiter.try_acquire("p") == 0
+        assert [limiter.try_acquire("p") for _ in range(2)] == [0, 0]
+        assert 0 < limiter.try_acquire("p") <= 1.001  # and limiting again at once
+    assert "did the clock go back?" in caplog.text
+
+
+def test_a_limiter_refuses_to_cross_fork() -> None:
+    with RateLimiter({"p": RATE}, store="memory") as limiter:
+        limiter._pid = -1  # as a forked child would see it, without forking a threaded pytest
+        with pytest.raises(LimiterError, match=r"cannot cross fork\(\); create one in each"):
+            limiter.acquire("p")
+
+
 @pytest.mark.parametrize("store", STORES)
 def test_blocking_acquire_sleeps_exactly_and_reports_waits(
     store: str, tmp_path: Path, request: Any
@@ -374,9 +422,9 @@ def test_blocking_acquire_sleeps_exactly_and_reports_waits(
         waits = [round(limiter.acquire("p"), 6) for _ in range(5)]
         assert waits == [0, 0, 1.001, 0, 1.001]
         assert clock.sleeps == [1.001, 1.001]
-        assert limiter.stats("p") == LimiterStats(
-            acquired=5, waits=2, wait_seconds=pytest.approx(2.002), max_wait=pytest.approx(1.001)
-        )
+        stats = limiter.stats("p")
+        assert (stats.acquired, stats.waits, stats.throttled) == (5, 2, 0)
+        assert (stats.wait_seconds, stats.max_wait) == pytest.approx((2.002, 1.001))
         # Saturated once: the second wait belongs to the same episode.
         assert [(event, provider) for event, provider, _ in events.seen] == [
             (RATE_LIMIT_EVENT, "p")
@@ -444,17 +492,34 @@ def test_a_failing_alert_hook_never_fails_a_send(caplog: pytest.LogCaptureFixtur
 
 
 RECORDER = r"""
-import json, sys, time
+import json, socket, struct, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 arrivals = []
 
+def arrival(sock):
+    # When the kernel received the request's first bytes: unlike time.time() in the handler,
+    # this does not move when the recorder process itself waits for a CPU.
+    try:
+        _, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(16), socket.MSG_PEEK)
+    except OSError:
+        return time.time()
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", data[:16])
+            return seconds + nanoseconds / 1e9
+    return time.time()
+
 class Handler(BaseHTTPRequestHandler):
+    def setup(self):
+        super().setup()
+        self.arrived = arrival(self.request)
+
     def do_POST(self):
-        arrived = time.time()
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if not self.path.endswith("/warm-up"):
-            arrivals.append(arrived)
+            arrivals.append(self.arrived)
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -475,6 +540,13 @@ class Server(ThreadingHTTPServer):
     # them a second later, which would look like requests the limiter let through late.
     request_queue_size = 128
 
+    def server_bind(self):
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass  # handlers fall back to time.time()
+        super().server_bind()
+
 server = Server(("127.0.0.1", 0), Handler)
 print(server.server_address[1], flush=True)
 server.serve_forever()
@@ -483,12 +555,12 @@ server.serve_forever()
 
 @dataclass
 class Recorder:
-    """A provider stand-in in its own process, so our threads do not delay its clock."""
+    """A provider stand-in in its own process that records when each request arrived."""
 
     url: str
 
     def times(self) -> list[float]:
-        """The arrival time (``time.time()``) of every POST so far."""
+        """The arrival time (epoch seconds, kernel receive time) of every POST so far."""
         with urllib.request.urlopen(self.url, timeout=10) as response:
             times: list[float] = json.loads(response.read())
         return times
@@ -532,12 +604,16 @@ def assert_sliding_window_held(times: list[float], limit: Limit) -> None:
 
 
 def assert_token_bucket_held(times: list[float], limit: Limit) -> None:
-    """Between any two requests: at most the burst plus what refilled in between."""
+    """Between any two requests: at most the burst plus what refilled in between.
+
+    Token buckets get no guard, so a request that reached the server late (the sending thread
+    was descheduled) may look one refill early: one refill interval of slack.
+    """
     ordered = sorted(times)
     refill = limit.period / limit.count
     for i, start in enumerate(ordered):
         for j in range(i, len(ordered)):
-            allowed = limit.count + math.floor((ordered[j] - start + TOLERANCE) / refill)
+            allowed = limit.count + math.floor((ordered[j] - start + refill + TOLERANCE) / refill)
             assert j - i + 1 <= allowed, (i, j, ordered[j] - start)
 
 
@@ -572,7 +648,7 @@ def send_from_threads(limiter: RateLimiter, url: str, total: int, threads: int) 
 def test_threads_hammering_one_limiter(recorder: Recorder) -> None:
     with RateLimiter({"p": RATE}, store="memory") as limiter:
         started = time.time()
-        send_from_threads(limiter, recorder.url, total=60, threads=12)
+        send_from_threads(limiter, recorder.url, total=60, threads=8)
         elapsed = time.time() - started
         stats = limiter.stats("p")
     times = recorder.times()
@@ -731,21 +807,24 @@ def ideal_finish(strategy: str, started: float, total: int, limit: Limit) -> flo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_utilisation_100_sends_at_20_per_second(
-    strategy: str, recorder: Recorder, tmp_path: Path
+@pytest.mark.parametrize(
+    ("strategy", "total"), [("sliding-window", 100), ("fixed-window", 60), ("token-bucket", 60)]
+)
+def test_utilisation_at_20_per_second(
+    strategy: str, total: int, recorder: Recorder, tmp_path: Path
 ) -> None:
-    options = {"path": tmp_path / "limits.sqlite"}
-    with RateLimiter({"p": RATE}, strategy=strategy, **options) as limiter:
+    """100 sends (60 for the other strategies, to save time) within 10% of the ideal time."""
+    path = tmp_path / "limits.sqlite"
+    with RateLimiter({"p": RATE}, strategy=strategy, path=path) as limiter:
         if strategy == "fixed-window":
             # Start just after an edge, or the first window may close before 20 sends fit.
             time.sleep(-time.time() % RATE.period + 0.01)
         started = time.time()
-        send_from_threads(limiter, recorder.url, total=100, threads=8)
-    ideal = ideal_finish(strategy, started, 100, RATE)
+        send_from_threads(limiter, recorder.url, total=total, threads=8)
+    ideal = ideal_finish(strategy, started, total, RATE)
     times = recorder.times()
     took = max(times) - started
-    assert len(times) == 100
+    assert len(times) == total
     assert ideal - TOLERANCE <= took <= ideal * 1.10, (ideal, took)
     if strategy == "sliding-window":
         assert_sliding_window_held(times, RATE)

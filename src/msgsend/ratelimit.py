@@ -6,17 +6,19 @@ thread until that bucket admits one more request. The wait loop is ours rather t
 library's ``Limiter.try_acquire``: each attempt takes a fresh timestamp from the store's clock,
 asks the bucket for the exact retry-after when it is full, and sleeps through the injected
 ``sleep``. Waits are therefore measured exactly, and clock and sleep can be faked in tests.
+Threads of one process queue for a provider in FIFO order, so none starves.
 
-Strategy x store (see ``docs/rate-limiting.md``)::
+Strategy x store (``docs/rate-limiting.md`` explains the choices)::
 
-                     memory                sqlite (default)          redis
-    sliding-window   InMemoryBucket        SQLiteBucket              RedisBucket (own count bound)
-    fixed-window     InMemoryBucket        SQLiteBucket              RedisBucket (own count bound)
-    token-bucket     StateBucket+InMemory  StateBucket+_SQLiteState  StateBucket+RedisStateStore
+                     memory                sqlite (default)           redis
+    sliding-window   InMemoryBucket        SQLiteBucket               RedisBucket, our count bound
+    fixed-window     InMemoryBucket        SQLiteBucket               RedisBucket, our count bound
+    token-bucket     StateBucket+InMemory  StateBucket+_SQLiteState   StateBucket+RedisStateStore
 
-Clocks: ``memory`` uses the monotonic clock (wall clock for ``fixed-window``, whose windows are
-aligned to the epoch); ``sqlite`` the host's wall clock, shared by every process; ``redis`` the
-Redis server's ``TIME``, so hosts whose clocks disagree still share one timeline.
+Clocks: ``memory`` uses the monotonic clock (anchored to the epoch for ``fixed-window``, whose
+windows are wall-clock aligned); ``sqlite`` the host's wall clock, common to every process;
+``redis`` the Redis server's clock (``TIME``, calibrated against the local monotonic clock), so
+hosts whose clocks disagree still share one timeline.
 
 Example::
 
@@ -32,7 +34,6 @@ import logging
 import math
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -40,11 +41,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from msgsend.errors import MsgsendError
 
 if TYPE_CHECKING:
+    import sqlite3
     from types import TracebackType
 
 __all__ = [
@@ -164,15 +166,15 @@ def limit_from_settings(
 
 
 def default_guard(limit: Limit) -> float:
-    """Return the margin (seconds) added to a sliding window: 5% of it, within 10-250 ms.
+    """Return the margin (seconds) added to a sliding window: 4% of it, within 10-250 ms.
 
     A request reaches the provider a little after its slot is granted, and not always equally
-    late: with 12 sender threads the GIL alone spreads that by up to ~30 ms, a new TLS
-    connection by far more. The margin keeps the spread from putting N+1 requests into one of
-    the provider's windows. It costs 5% of the throughput for per-second limits and 0.4% for
-    per-minute ones.
+    late: with a dozen sender threads on a busy 2-core host that spread reached ~25 ms in our
+    measurements, and a new TLS connection adds more. The margin keeps the spread from putting
+    N+1 requests into one of the provider's windows. It costs 4% of the throughput of a
+    per-second limit, 0.4% of a per-minute one.
     """
-    return min(250, max(10, limit.period_ms // 20)) / 1000
+    return min(250, max(10, limit.period_ms * 4 // 100)) / 1000
 
 
 @dataclass(frozen=True)
@@ -226,21 +228,26 @@ class _FileLock:
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
+        self._fcntl: Any = None
         self._fallback: Any = None
         try:
-            import fcntl  # noqa: F401  (POSIX only)
+            import fcntl
         except ImportError:  # pragma: no cover - Windows
             from filelock import FileLock
 
             self._fallback = FileLock(path, thread_local=False, poll_interval=0.001)
         else:
+            self._fcntl = fcntl
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def __enter__(self) -> _FileLock:
         self._thread_lock.acquire()
         try:
             if self._depth == 0:
-                self._lock_file()
+                if self._fd is not None:
+                    self._fcntl.flock(self._fd, self._fcntl.LOCK_EX)
+                else:  # pragma: no cover - Windows
+                    self._fallback.acquire()
         except BaseException:
             self._thread_lock.release()
             raise
@@ -251,25 +258,12 @@ class _FileLock:
         self._depth -= 1
         try:
             if self._depth == 0:
-                self._unlock_file()
+                if self._fd is not None:
+                    self._fcntl.flock(self._fd, self._fcntl.LOCK_UN)
+                else:  # pragma: no cover - Windows
+                    self._fallback.release()
         finally:
             self._thread_lock.release()
-
-    def _lock_file(self) -> None:
-        if self._fd is not None:
-            import fcntl
-
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        else:  # pragma: no cover - Windows
-            self._fallback.acquire()
-
-    def _unlock_file(self) -> None:
-        if self._fd is not None:
-            import fcntl
-
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        else:  # pragma: no cover - Windows
-            self._fallback.release()
 
     def close(self) -> None:
         with self._thread_lock:
@@ -358,6 +352,8 @@ class _Slot:
         self.sleeping = False
         self.sleep_epoch = 0
         self.leak_every_ms = max(1000, limit.period_ms)
+        # No honest wait exceeds one (guarded) period; one second of slack on top.
+        self.max_wait_ms = max(rate.interval for rate in bucket.rates) + 1000
         self.last_leak_ms: int | None = None
         self.paused_until = -math.inf
         self.saturated = False
@@ -379,7 +375,8 @@ class _Slot:
     def _try_put(self) -> int:
         bucket = self.bucket
         now = self.now_ms()
-        if self.last_leak_ms is None or now - self.last_leak_ms >= self.leak_every_ms:
+        last_leak = self.last_leak_ms
+        if last_leak is None or not 0 <= now - last_leak < self.leak_every_ms:
             # Ours, not the library's Leaker thread: trims on the caller's (maybe fake) clock.
             bucket.leak(now)
             self.last_leak_ms = now
@@ -389,9 +386,29 @@ class _Slot:
         if bucket.put(item):
             return 0
         wait = int(bucket.waiting(item))
+        if self._from_the_future(bucket, now, wait):
+            # The clock went back (a wall-clock step on this host, or on the Redis server).
+            # Waiting it out could take hours; forgetting the window admits at most one
+            # extra window's worth, once.
+            _log.warning(
+                "%s: the rate limiter's store holds entries from the future (did the clock go "
+                "back?); resetting its window",
+                self.name,
+            )
+            bucket.flush()
+            if bucket.put(item):
+                return 0
+            wait = int(bucket.waiting(item))
         if wait < 0:  # cannot happen with weight 1 and count >= 1
             raise LimiterError(f"{self.name}: the limit {self.limit} can never admit a request")
         return max(wait, 1)
+
+    def _from_the_future(self, bucket: Any, now: int, wait: int) -> bool:
+        """Whether a denial comes from entries stamped well after ``now``."""
+        if wait > self.max_wait_ms:  # token bucket: its state is one future time
+            return True
+        newest = bucket.peek(0)  # window strategies: their waits stay short regardless
+        return newest is not None and int(newest.timestamp) > now + 1000
 
     def record(self, waited: float, delayed: bool, end: float) -> bool:
         """Count one acquire; return True when the limiter just became saturated."""
@@ -440,7 +457,7 @@ class RateLimiter:
         *,
         strategy: str = DEFAULT_STRATEGY,
         store: str = DEFAULT_STORE,
-        path: Path | None = None,
+        path: Path | str | None = None,
         redis_url: str | None = None,
         on_event: Callable[[str, str, str], None] | None = None,
         clock: Callable[[], float] | None = None,
@@ -471,15 +488,18 @@ class RateLimiter:
         self._conn: sqlite3.Connection | None = None
         self._file_lock: _FileLock | None = None
         self._redis: Any = None
-        self._store_errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+        self._store_errors: tuple[type[BaseException], ...] = (OSError,)
         self._slots: dict[str, _Slot] = {}
+        self._pid = os.getpid()
         self.path: Path | None = None
         self.redis_url = redis_url
 
         if store == "memory":
             self._open_memory(limits)
         elif store == "sqlite":
-            self._open_sqlite(limits, path if path is not None else default_state_path())
+            self._open_sqlite(
+                limits, Path(path).expanduser() if path is not None else default_state_path()
+            )
         else:
             self._open_redis(limits, redis_url)
         self._closed = False
@@ -509,7 +529,7 @@ class RateLimiter:
         from pyrate_limiter import InMemoryBucket, InMemoryStateStore, StateBucket, TokenBucket
 
         now_ms = self._injected_now_ms() or (
-            _wall_ms if self.strategy == "fixed-window" else _monotonic_ms
+            _steady_wall_clock() if self.strategy == "fixed-window" else _monotonic_ms
         )
         for name, limit in limits.items():
             rates = [self._rate(limit)]
@@ -520,9 +540,12 @@ class RateLimiter:
             self._slots[name] = _Slot(name, limit, bucket, now_ms, None)
 
     def _open_sqlite(self, limits: Mapping[str, Limit], path: Path) -> None:
+        import sqlite3
+
         from pyrate_limiter import SQLiteBucket, SQLiteQueries, StateBucket, TokenBucket, WallClock
 
         self.path = path
+        self._store_errors = (sqlite3.Error, OSError)
         now_ms = self._injected_now_ms() or _wall_ms
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -585,13 +608,14 @@ class RateLimiter:
             script_hash = (
                 client.script_load(_redis_log_script()) if self.strategy != "token-bucket" else ""
             )
+            server_clock = _RedisClock(client)
         except redis.RedisError as exc:
             self._close_stores()
             raise LimiterError(
                 f"[limiter] redis-url {shown}: cannot connect ({_redis_reason(exc)})"
             ) from exc
 
-        now_ms = self._injected_now_ms() or _RedisClock(client)
+        now_ms = self._injected_now_ms() or server_clock
         for name, limit in limits.items():
             rates = [self._rate(limit)]
             if self.strategy == "token-bucket":
@@ -725,6 +749,10 @@ class RateLimiter:
     def _slot(self, provider: str) -> _Slot:
         if self._closed:
             raise LimiterError("the rate limiter is closed")
+        if os.getpid() != self._pid:
+            # A forked child would share the parent's flock and SQLite connection, so the two
+            # would not exclude each other.
+            raise LimiterError("a RateLimiter cannot cross fork(); create one in each process")
         try:
             return self._slots[provider]
         except KeyError:
@@ -742,7 +770,7 @@ class RateLimiter:
 
     def _close_stores(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
         if self._file_lock is not None:
@@ -760,6 +788,15 @@ def _wall_ms() -> int:
 
 def _monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
+
+
+def _steady_wall_clock() -> Callable[[], int]:
+    """Epoch milliseconds that never go back: the monotonic clock, set to the wall clock once.
+
+    Fixed windows need epoch alignment; the in-memory log also needs timestamps in order.
+    """
+    offset_ns = time.time_ns() - time.monotonic_ns()
+    return lambda: (time.monotonic_ns() + offset_ns) // 1_000_000
 
 
 def _quoted(names: tuple[str, ...]) -> str:
@@ -787,13 +824,17 @@ def _mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return url
-    if parts.password is None:
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2****", parts.query)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        netloc = f"{parts.username or ''}:****@{host}"
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:****@{host}"))
+    path = parts.path + (f"?{query}" if query else "")
+    return f"{parts.scheme}://{netloc}{path}"
 
 
 _redis_script_cache: list[str] = []
@@ -802,10 +843,10 @@ _redis_script_cache: list[str] = []
 def _redis_log_script() -> str:
     """The library's sorted-set admit script, counting entries up to +inf instead of ``now``.
 
-    Timestamps come from the Redis server's ``TIME`` in a separate round trip, so two clients'
-    scripts can run in the opposite order to their timestamps. The library counts only
-    ``[window_start, now]`` and would then miss the entry a client with a later timestamp has
-    just added; counting ``[window_start, +inf)`` makes the check hold whatever the order.
+    Each client stamps its request before the script runs, so two clients' scripts can run in
+    the opposite order to their timestamps. The library counts only ``[window_start, now]``
+    and would then miss the entry a client with a later timestamp has just added; counting
+    ``[window_start, +inf)`` makes the check hold whatever the order (as SQLiteBucket does).
     """
     if not _redis_script_cache:
         from pyrate_limiter.buckets.redis_bucket import LuaScript

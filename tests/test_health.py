@@ -117,3 +117,18 @@ def test_check_health_goes_through_the_rate_limiter():
     report = check_health(sender)
     assert sorted(limiter.acquired) == ["kakaotalk", "sms"]
     assert report.exit_code == 0
+
+
+def test_probe_waits_a_short_while_for_a_slot_then_reports_throttled_without_a_request():
+    from msgsend.ratelimit import Limit, RateLimiter
+
+    kakao = FakeProvider("kakaotalk", health=health("kakaotalk", UP))
+    with RateLimiter({"kakaotalk": Limit(1, 60.0)}, store="memory") as limiter:
+        sender = Sender({"kakaotalk": kakao}, limiter=limiter)
+        first = check_health(sender, ["kakaotalk"], slot_wait=0.2)
+        second = check_health(sender, ["kakaotalk"], slot_wait=0.2)
+    assert first.providers[0].status is UP
+    [throttled] = second.providers
+    assert throttled.status is THROTTLED and throttled.latency_ms is None
+    assert "not probed" in throttled.detail and second.exit_code == 1
+    assert kakao.pings == 1

@@ -6,7 +6,8 @@ credentials, so 400/422 means up and authenticated while nothing is delivered (S
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,8 +56,40 @@ class HealthReport:
         }
 
 
-def check_health(sender: Sender, names: Sequence[str] | None = None) -> HealthReport:
+#: How long a probe may wait for a rate-limiter slot before it reports the provider throttled.
+SLOT_WAIT = 5.0
+
+
+def _take_slot(
+    limiter: Any,
+    name: str,
+    budget: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
+    """Take a slot within ``budget`` seconds; return 0.0, or the wait still ahead if none came."""
+    try_acquire = getattr(limiter, "try_acquire", None)
+    if try_acquire is None:
+        limiter.acquire(name)
+        return 0.0
+    deadline = clock() + budget
+    while True:
+        wait = float(try_acquire(name))
+        if wait <= 0:
+            return 0.0
+        if clock() + wait > deadline:
+            return wait
+        sleep(wait)
+
+
+def check_health(
+    sender: Sender, names: Sequence[str] | None = None, *, slot_wait: float = SLOT_WAIT
+) -> HealthReport:
     """Probe ``names`` (default: every provider) in parallel, through the rate limiter.
+
+    A probe counts against the provider's budget like a message. When that budget is in use
+    (a bulk send at the limit) and no slot comes within ``slot_wait`` seconds, the provider
+    is reported ``throttled`` without a request, so a health check never hangs.
 
     Example::
 
@@ -67,7 +100,15 @@ def check_health(sender: Sender, names: Sequence[str] | None = None) -> HealthRe
 
     def probe(name: str) -> ProviderHealth:
         if sender.limiter is not None:
-            sender.limiter.acquire(name)
+            ahead = _take_slot(sender.limiter, name, slot_wait)
+            if ahead > 0:
+                return ProviderHealth(
+                    name,
+                    HealthStatus.THROTTLED,
+                    None,
+                    f"not probed: the client-side rate limit is in use (next slot in "
+                    f"{ahead:.1f} s)",
+                )
         return sender.providers[name].ping()
 
     with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:

@@ -249,3 +249,19 @@ def test_unknown_command_is_usage_error() -> None:
         [sys.executable, "-m", "msgsend", "fly"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 2
+
+
+def test_unreachable_redis_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a free port with nothing listening on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MSGSEND_LIMITER_STORE", "redis")
+    monkeypatch.setenv("MSGSEND_LIMITER_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    started = time.monotonic()
+    result = invoke("send", "010-1234-5678", "hi")
+    assert result.exit_code == 78
+    assert "redis" in result.stderr and str(port) in result.stderr
+    assert time.monotonic() - started < 10  # a clear error, not a hang

@@ -439,6 +439,4 @@ def build_limiter(config: Config, *, alerter: Alerter | None = None) -> Any:
             on_event=on_event,
         )
     except LimiterError as exc:
-        raise ConfigError(
-            str(exc), source=str(config.path or "configuration"), key="limiter"
-        ) from exc
+        raise ConfigError(str(exc), source=str(config.path) if config.path else None) from exc

@@ -214,7 +214,10 @@ class AllProvidersFailedError(MsgsendError):
 
     def __init__(self, errors: Sequence[MsgsendError]) -> None:
         self.errors = list(errors)
-        text = "; ".join(f"{e.provider or '?'}: {e}" for e in self.errors)
+        text = "; ".join(
+            str(e) if e.provider and str(e).startswith(e.provider) else f"{e.provider or '?'}: {e}"
+            for e in self.errors
+        )
         last = self.errors[-1] if self.errors else None
         super().__init__(
             f"every provider failed ({text})" if text else "no provider was available",

@@ -265,3 +265,25 @@ def test_unreachable_redis_is_a_configuration_error(monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 78
     assert "redis" in result.stderr and str(port) in result.stderr
     assert time.monotonic() - started < 10  # a clear error, not a hang
+
+
+def test_console_script_runs_one_command_and_its_help() -> None:
+    sent = subprocess.run(
+        [sys.executable, "-m", "msgsend", "send", "010-1234-5678", "hi", "--sandbox", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["status"] == "sent"
+    helped = subprocess.run(
+        [sys.executable, "-m", "msgsend", "ping", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert helped.returncode == 0 and "msgsend ping" in helped.stdout
+    grouped = subprocess.run(
+        [sys.executable, "-m", "msgsend", "--help"], capture_output=True, text=True, check=False
+    )
+    assert all(name in grouped.stdout for name in ("send", "bulk", "ping", "sandbox", "config"))

@@ -14,7 +14,6 @@ host). Each run gets a fresh sqlite file, so no run inherits another's window.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 from common import (
@@ -27,6 +26,7 @@ from common import (
     median,
     run,
     run_many,
+    run_standalone,
     spread,
     write_config,
 )
@@ -126,11 +126,4 @@ def bench(ws: Workspace, reps: int = 3) -> Section:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
-    with Workspace() as workspace:
-        result = bench(workspace, args.reps)
-    for row in result.rows:
-        print(row)
-    print("\n".join(result.details))
+    run_standalone(bench, __doc__, 3)

@@ -10,8 +10,6 @@ concurrency 16, sandbox latency 20 ms. The profile that explains the difference 
 
 from __future__ import annotations
 
-import argparse
-
 from common import (
     BENCH_DIR,
     MSGSEND,
@@ -23,6 +21,7 @@ from common import (
     make_simple_csv,
     median,
     run,
+    run_standalone,
     spread,
     write_config,
 )
@@ -107,11 +106,4 @@ def bench(ws: Workspace, reps: int = 3) -> Section:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
-    with Workspace() as workspace:
-        result = bench(workspace, args.reps)
-    for row in result.rows:
-        print(row)
-    print("\n".join(result.details))
+    run_standalone(bench, __doc__, 3)

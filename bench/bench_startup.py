@@ -10,7 +10,6 @@ The ``-X importtime`` breakdown of ``ping`` (largest cumulative imports) goes in
 
 from __future__ import annotations
 
-import argparse
 import re
 
 from common import (
@@ -22,6 +21,7 @@ from common import (
     Workspace,
     median,
     run,
+    run_standalone,
     spread,
     write_config,
 )
@@ -100,11 +100,4 @@ def bench(ws: Workspace, rounds: int = ROUNDS) -> Section:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    args = parser.parse_args()
-    with Workspace() as workspace:
-        result = bench(workspace, args.rounds)
-    for row in result.rows:
-        print(row)
-    print("\n".join(result.details))
+    run_standalone(bench, __doc__, ROUNDS, flag="--rounds")

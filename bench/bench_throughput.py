@@ -12,8 +12,6 @@ The loop-only time of the bare loop (no start-up) is reported too, as the strict
 
 from __future__ import annotations
 
-import argparse
-
 from common import (
     BENCH_DIR,
     MSGSEND,
@@ -25,6 +23,7 @@ from common import (
     make_simple_csv,
     median,
     run,
+    run_standalone,
     spread,
     write_config,
 )
@@ -149,11 +148,4 @@ def bench(ws: Workspace, reps: int = 5) -> Section:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5)
-    args = parser.parse_args()
-    with Workspace() as workspace:
-        result = bench(workspace, args.reps)
-    for row in result.rows:
-        print(row)
-    print("\n".join(result.details))
+    run_standalone(bench, __doc__, 5)

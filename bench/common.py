@@ -398,3 +398,17 @@ def machine() -> dict[str, str]:
         "commit": commit,
         "load": load,
     }
+
+
+def run_standalone(bench: Any, doc: str | None, repetitions: int, flag: str = "--reps") -> None:
+    """Run one benchmark module on its own: parse ``flag``, print its rows and details."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument(flag, type=int, default=repetitions, dest="repetitions")
+    args = parser.parse_args()
+    with Workspace() as workspace:
+        result = bench(workspace, args.repetitions)
+    for row in result.rows:
+        print(row)
+    print("\n".join(result.details))

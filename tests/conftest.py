@@ -61,3 +61,14 @@ reset-timeout = 1
     )
     path.chmod(0o600)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _plain_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No colour forced from outside; close the log handlers a run installed."""
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    from msgsend.logs import reset_logging
+
+    reset_logging()

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from e2e import failing_phone, phone, read_results, wait_for, write_config, write_csv
 from msgsend.cli import app
 from msgsend.sandbox import ProviderOptions, Sandbox, SandboxOptions
 
@@ -34,84 +35,6 @@ SETTLED = {"sent", "invalid", "duplicate"}
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True)
-def _plain_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No colour forced from outside; close the log handlers a run installed."""
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    from msgsend.logs import reset_logging
-
-    reset_logging()
-
-
-def phone(i: int) -> str:
-    """A distinct valid number per ``i`` that never ends in 0000."""
-    return f"010-{5000 + i // 1000:04d}-{1000 + i % 1000:04d}"
-
-
-def failing_phone(i: int) -> str:
-    """A distinct valid number ending in 0000 (made to fail on KakaoTalk)."""
-    return f"010-{7000 + i:04d}-0000"
-
-
-def write_config(
-    path: Path,
-    sandbox: Any,
-    *,
-    fast_retries: bool = True,
-    failure_threshold: int = 5,
-    reset_timeout: float = 30,
-    timeout: float = 5.0,
-) -> Path:
-    """A config pointing at ``sandbox``: memory limiter, limits far above what tests send."""
-    retry = "[retry]\nbackoff-delay = 10\nmax-delay = 50\n" if fast_retries else ""
-    path.write_text(
-        f"""
-[kakaotalk]
-base-url = "{sandbox.kakaotalk_url}"
-timeout = {timeout}
-[kakaotalk.rate-limit]
-requests-per-second = 5000
-[sms]
-base-url = "{sandbox.sms_url}"
-timeout = {timeout}
-[sms.rate-limit]
-requests-per-second = 5000
-{retry}
-[limiter]
-store = "memory"
-[circuit-breaker]
-failure-threshold = {failure_threshold}
-reset-timeout = {reset_timeout}
-""",
-        encoding="utf-8",
-    )
-    path.chmod(0o600)
-    return path
-
-
-def write_csv(
-    path: Path,
-    rows: Iterable[Sequence[str]],
-    header: Sequence[str] = ("phone", "message"),
-    encoding: str = "utf-8",
-) -> Path:
-    with path.open("w", encoding=encoding, newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def read_results(path: Path) -> list[dict[str, str]]:
-    """Every complete line of a results (or preview) file."""
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        return [dict(zip(header, fields, strict=True)) for fields in reader if len(fields) == 9]
 
 
 def read_preview(path: Path) -> list[dict[str, str]]:
@@ -135,15 +58,6 @@ def one_json_document(stdout: str) -> dict[str, Any]:
     assert end == len(text), f"more than one document on stdout: {text[end:][:200]!r}"
     assert isinstance(document, dict)
     return document
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def line_count(path: Path) -> int:

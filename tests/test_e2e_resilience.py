@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import csv
 import datetime as dt
 import json
 import re
@@ -17,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
+from e2e import phone, read_results, write_config, write_csv
 from msgsend.cli import app
 from msgsend.sandbox import ProviderOptions, Sandbox, SandboxOptions
 
@@ -41,86 +41,12 @@ FULL_NUMBER = re.compile(
 # ---------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True)
-def _plain_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No colour forced from outside; close the log handlers a run installed."""
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    from msgsend.logs import reset_logging
-
-    reset_logging()
-
-
-def phone(i: int) -> str:
-    """A distinct valid number per ``i`` that never ends in 0000."""
-    return f"010-{5000 + i // 1000:04d}-{1000 + i % 1000:04d}"
-
-
-def write_config(
-    path: Path,
-    sandbox: Any,
-    *,
-    fast_retries: bool = True,
-    failure_threshold: int = 5,
-    reset_timeout: float = 30,
-    webhook: str | None = None,
-) -> Path:
-    """A config pointing at ``sandbox``: memory limiter, limits far above what tests send."""
-    retry = "[retry]\nbackoff-delay = 10\nmax-delay = 50\n" if fast_retries else ""
-    alerts = f'[alerts]\nwebhook-url = "{webhook}"\n' if webhook else ""
-    path.write_text(
-        f"""
-[kakaotalk]
-base-url = "{sandbox.kakaotalk_url}"
-[kakaotalk.rate-limit]
-requests-per-second = 5000
-[sms]
-base-url = "{sandbox.sms_url}"
-[sms.rate-limit]
-requests-per-second = 5000
-{retry}
-[limiter]
-store = "memory"
-[circuit-breaker]
-failure-threshold = {failure_threshold}
-reset-timeout = {reset_timeout}
-{alerts}
-""",
-        encoding="utf-8",
-    )
-    path.chmod(0o600)
-    return path
-
-
-def write_csv(path: Path, rows: Iterable[Sequence[str]]) -> Path:
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(("phone", "message"))
-        writer.writerows(rows)
-    return path
-
-
 def numbered(path: Path, n: int) -> Path:
     return write_csv(path, ((phone(i), f"안내 {i}") for i in range(1, n + 1)))
 
 
-def read_results(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def invoke(*args: str) -> Any:
     return runner.invoke(app, list(args))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -364,8 +364,13 @@ def _root(
 
 @app.command()
 def send(
-    recipient: Annotated[str, typer.Argument(help="Korean mobile number, e.g. 010-1234-5678.")],
-    message: Annotated[str, typer.Argument(help="The text, or - to read it from standard input.")],
+    recipient: Annotated[
+        str, typer.Argument(metavar="RECIPIENT", help="Korean mobile number, e.g. 010-1234-5678.")
+    ],
+    message: Annotated[
+        str,
+        typer.Argument(metavar="MESSAGE", help="The text, or - to read it from standard input."),
+    ],
     via: ViaOpt = "kakaotalk",
     no_fallback: NoFallbackOpt = False,
     json_output: JsonOpt = False,
@@ -558,7 +563,10 @@ def _render_health(report: Any) -> None:
 
 @app.command()
 def bulk(
-    file: Annotated[Path, typer.Argument(help="CSV file with a header row.", show_default=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE.csv", help="CSV file with a header row.", show_default=False),
+    ],
     template: Annotated[
         str | None,
         typer.Option("--template", help="Message with {column} placeholders.", show_default=False),

@@ -36,7 +36,6 @@ import csv
 import hashlib
 import io
 import logging
-import math
 import os
 import queue
 import sys
@@ -53,6 +52,7 @@ from typing import IO, Any, Protocol
 from .csvinput import CsvInfo, CsvRow, CsvSource, _clean, inspect_csv
 from .errors import InputError, InputFileError
 from .models import Channel, DeliveryResult, mask_recipient
+from .report import LatencyHistogram
 
 if sys.platform != "win32":
     import fcntl
@@ -147,35 +147,6 @@ class RowOutcome:
     latency_ms: float | None
 
 
-class _Latencies:
-    """A bounded log-bucket histogram (2% wide buckets) for latency percentiles."""
-
-    _BASE = 0.1
-    _LOG_RATIO = math.log(1.02)
-
-    def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.n = 0
-
-    def add(self, ms: float) -> None:
-        index = 0 if ms <= self._BASE else int(math.log(ms / self._BASE) / self._LOG_RATIO) + 1
-        self.counts[index] = self.counts.get(index, 0) + 1
-        self.n += 1
-
-    def quantile(self, q: float) -> float | None:
-        if not self.n:
-            return None
-        rank = max(1, math.ceil(q * self.n))
-        seen = 0
-        for index in sorted(self.counts):
-            seen += self.counts[index]
-            if seen >= rank:
-                if index == 0:
-                    return self._BASE
-                return round(self._BASE * math.exp((index - 0.5) * self._LOG_RATIO), 1)
-        return None  # pragma: no cover
-
-
 @dataclass(slots=True)
 class ChannelStats:
     """Per-channel totals for the summary table (``channel`` is the one that delivered)."""
@@ -186,7 +157,7 @@ class ChannelStats:
     retries: int = 0
     uncertain: int = 0
     limiter_wait_s: float = 0.0
-    _latencies: _Latencies = field(default_factory=_Latencies, repr=False)
+    _latencies: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
 
     @property
     def p50_ms(self) -> float | None:

@@ -11,19 +11,43 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ProviderStats", "RunStats", "percentile"]
+__all__ = ["LatencyHistogram", "ProviderStats", "RunStats"]
 
 
-def percentile(values: list[float], fraction: float) -> float | None:
-    """Return the nearest-rank percentile of ``values`` (``fraction`` in 0..1), None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    # Nearest rank is ceil(fraction * n); the epsilon keeps 0.55 * 100 = 55.000000000000007
-    # at rank 55. (round(x + 0.5) was one rank too high whenever fraction * n was whole.)
-    rank = math.ceil(fraction * len(ordered) - 1e-9)
-    index = max(0, min(len(ordered) - 1, rank - 1))
-    return ordered[index]
+class LatencyHistogram:
+    """Latencies in milliseconds as a bounded log-bucket histogram (buckets 2% wide).
+
+    Memory stays the same however many requests a run makes; quantiles are within about 2%.
+    """
+
+    _BASE = 0.1
+    _LOG_RATIO = math.log(1.02)
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.n = 0
+        self.max: float | None = None
+
+    def add(self, ms: float) -> None:
+        """Count one latency of ``ms`` milliseconds."""
+        index = 0 if ms <= self._BASE else int(math.log(ms / self._BASE) / self._LOG_RATIO) + 1
+        self.counts[index] = self.counts.get(index, 0) + 1
+        self.n += 1
+        self.max = ms if self.max is None else max(self.max, ms)
+
+    def quantile(self, q: float) -> float | None:
+        """Return the ``q`` quantile (0..1) in milliseconds, None before the first latency."""
+        if not self.n:
+            return None
+        rank = max(1, math.ceil(q * self.n))
+        seen = 0
+        for index in sorted(self.counts):
+            seen += self.counts[index]
+            if seen >= rank:
+                if index == 0:
+                    return self._BASE
+                return round(self._BASE * math.exp((index - 0.5) * self._LOG_RATIO), 1)
+        return None  # pragma: no cover
 
 
 @dataclass
@@ -32,7 +56,7 @@ class ProviderStats:
 
     requests: int = 0
     results: dict[str, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     retries: int = 0
     limiter_waits: int = 0
     limiter_wait_seconds: float = 0.0
@@ -45,7 +69,6 @@ class ProviderStats:
 
     def to_json(self) -> dict[str, Any]:
         """Return the provider's part of the run report."""
-        lat = self.latencies
         successes = self.results.get("success", 0)
         return {
             "requests": self.requests,
@@ -58,9 +81,9 @@ class ProviderStats:
             "uncertain": self.uncertain,
             "circuit_opened": self.circuit_opened,
             "latency_ms": {
-                "p50": _ms(percentile(lat, 0.50)),
-                "p95": _ms(percentile(lat, 0.95)),
-                "max": _ms(max(lat) if lat else None),
+                "p50": self.latency.quantile(0.50),
+                "p95": self.latency.quantile(0.95),
+                "max": None if self.latency.max is None else round(self.latency.max, 1),
             },
             "limiter": {
                 "waits": self.limiter_waits,
@@ -68,10 +91,6 @@ class ProviderStats:
                 "max_wait_seconds": round(self.limiter_wait_max, 3),
             },
         }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
 
 
 class RunStats:
@@ -95,7 +114,7 @@ class RunStats:
             stats.results[result] = stats.results.get(result, 0) + 1
             if seconds is not None:
                 stats.requests += 1
-                stats.latencies.append(seconds)
+                stats.latency.add(seconds * 1000)
 
     def retry(self, provider: str) -> None:
         """Count one retry on ``provider``."""

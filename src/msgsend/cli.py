@@ -271,9 +271,18 @@ def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
     import dataclasses
 
     from .config import LimiterConfig
-    from .sandbox import Sandbox, SandboxOptions
+    from .sandbox import ProviderOptions, Sandbox, SandboxOptions
 
-    options = SandboxOptions(kakaotalk_fail_suffixes=SANDBOX_KAKAOTALK_FAILS)
+    def limits(name: str) -> ProviderOptions:
+        # The fake provider enforces the limit msgsend is configured for, as a real one would.
+        rate = config.provider(name).rate_limit
+        return ProviderOptions(rate_limit=rate.count, rate_period=rate.period)
+
+    options = SandboxOptions(
+        kakaotalk=limits("kakaotalk"),
+        sms=limits("sms"),
+        kakaotalk_fail_suffixes=SANDBOX_KAKAOTALK_FAILS,
+    )
     sandbox = Sandbox(options).start()
     run.closers.append(sandbox.close)
     config = dataclasses.replace(

@@ -878,6 +878,7 @@ def send_bulk(
     stop: threading.Event | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_row: Callable[[RowOutcome], None] | None = None,
+    info: CsvInfo | None = None,
 ) -> BulkReport:
     """Send every row of a CSV file, recording each outcome in a results file.
 
@@ -885,7 +886,9 @@ def send_bulk(
     results file in the way) raises before anything is sent. Setting ``stop`` stops taking
     rows; in-flight sends finish and are recorded, and the report says ``interrupted``.
     ``on_progress(done, total)`` and ``on_row`` are called from worker threads, one at a time.
-    ``sender`` may be None for a dry run.
+    ``sender`` may be None for a dry run. ``info``, from ``inspect_csv`` of the same file,
+    saves reading the file twice.
+
     Example::
 
         report = send_bulk("customers.csv", sender, template="{name}님, 주문이 출발했어요")
@@ -898,7 +901,7 @@ def send_bulk(
     if dry_run and resume:
         raise InputError("a dry run cannot resume: run --dry-run without --resume")
     started = time.monotonic()
-    source = CsvSource(path, template=template, via=via, encoding=encoding)
+    source = CsvSource(path, template=template, via=via, encoding=encoding, info=info)
     info = source.info
     if results_path is not None:
         target = Path(results_path)

@@ -681,6 +681,7 @@ def _bulk(run: Run, sender: Sender | None, file: Path, info: Any, **options: Any
                 stop=stop,
                 on_progress=progress.update,
                 on_row=progress.row,
+                info=info,
                 **options,
             )
     finally:

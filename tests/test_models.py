@@ -9,10 +9,14 @@ from msgsend.errors import InputError
 from msgsend.models import (
     KAKAOTALK_MAX_CHARS,
     SMS_MAX_BYTES,
+    SMS_SHORT_MAX_BYTES,
     Channel,
     DeliveryResult,
+    MessageKind,
     mask_recipient,
+    message_kind,
     normalize_recipient,
+    sms_bytes,
     validate_message,
 )
 
@@ -185,6 +189,66 @@ def test_sms_refuses_characters_without_euc_kr_encoding(text):
 def test_unknown_channel_is_refused():
     with pytest.raises(ValueError):
         validate_message("hi", "email")
+
+
+# ---------------------------------------------------------------------- message kind
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("", 0),
+        ("hello", 5),
+        ("가", 2),
+        ("똠", 2),  # outside KS X 1001: CP949 still counts two, not an 8-byte sequence
+        ("안녕 hi", 7),
+        ("①※", 4),  # KS X 1001 symbols
+        ("😀", 2),  # no EUC-KR encoding: counted as a double-byte character
+        ("a\ud800b", 4),  # a lone surrogate never raises
+        ("줄\n바꿈", 7),
+    ],
+)
+def test_sms_bytes_counts_euc_kr_bytes(text, size):
+    assert sms_bytes(text) == size
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("a" * 90, "sms"),
+        ("a" * 91, "lms"),
+        ("가" * 45, "sms"),  # 90 bytes
+        ("가" * 45 + "a", "lms"),  # 91 bytes
+        ("가" * 44 + "ab", "sms"),  # 90 bytes, mixed
+        ("가" * 44 + "abc", "lms"),
+        ("똠" * 45, "sms"),
+        ("똠" * 46, "lms"),
+        ("a" * 89 + "😀", "lms"),  # 91 counted bytes
+        ("a" * 88 + "😀", "sms"),
+        ("가" * 1000, "lms"),
+    ],
+    ids=lambda v: f"{len(v)}x{v[:1]!a}" if isinstance(v, str) and len(v) > 20 else None,
+)
+def test_message_kind_at_the_90_byte_edge(text, kind):
+    assert SMS_SHORT_MAX_BYTES == 90
+    assert message_kind(text, "sms") == kind
+    assert message_kind(text, Channel.SMS) is MessageKind(kind)
+
+
+@pytest.mark.parametrize("text", ["a", "가" * 46, "a" * 2001, "😀"])
+def test_message_kind_on_kakaotalk_is_kakaotalk_whatever_the_size(text):
+    assert message_kind(text, "kakaotalk") == "kakaotalk"
+    assert message_kind(text, Channel.KAKAOTALK) is MessageKind.KAKAOTALK
+
+
+def test_message_kind_is_a_plain_string():
+    assert f"{message_kind('hi', 'sms')}" == "sms"
+    assert [k.value for k in MessageKind] == ["kakaotalk", "sms", "lms"]
+
+
+def test_message_kind_refuses_an_unknown_channel():
+    with pytest.raises(ValueError):
+        message_kind("hi", "email")
 
 
 # ---------------------------------------------------------------------- results

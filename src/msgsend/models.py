@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -14,18 +15,24 @@ __all__ = [
     "CHANNELS",
     "KAKAOTALK_MAX_CHARS",
     "SMS_MAX_BYTES",
+    "SMS_SHORT_MAX_BYTES",
     "Channel",
     "DeliveryResult",
     "HealthStatus",
+    "MessageKind",
     "ProviderHealth",
     "mask_recipient",
+    "message_kind",
     "normalize_recipient",
+    "sms_bytes",
     "validate_message",
 ]
 
 #: KakaoTalk messages are limited in characters, SMS in EUC-KR bytes (SPEC §7).
 KAKAOTALK_MAX_CHARS = 1000
 SMS_MAX_BYTES = 2000
+#: Above this many EUC-KR bytes a text message goes as LMS (long message), about 3x the price.
+SMS_SHORT_MAX_BYTES = 90
 
 
 class Channel(StrEnum):
@@ -36,6 +43,54 @@ class Channel(StrEnum):
 
 
 CHANNELS: tuple[Channel, ...] = (Channel.KAKAOTALK, Channel.SMS)
+
+
+class MessageKind(StrEnum):
+    """What a message costs: a KakaoTalk message, a short SMS or a long LMS."""
+
+    KAKAOTALK = "kakaotalk"
+    SMS = "sms"
+    LMS = "lms"
+
+
+def _count_as_double(exc: UnicodeError) -> tuple[str, int]:
+    assert isinstance(exc, UnicodeEncodeError)
+    return "??" * (exc.end - exc.start), exc.end
+
+
+# A character CP949 cannot encode (an emoji, a lone surrogate) counts as two bytes: such a text
+# cannot go by SMS at all (validate_message refuses it), and counting it as a double-byte
+# character never calls an LMS an SMS.
+codecs.register_error("msgsend.count-double", _count_as_double)
+
+
+def sms_bytes(text: str) -> int:
+    """Return the size of ``text`` in EUC-KR bytes, as Korean carriers count an SMS.
+
+    CP949 (Korean Windows' superset of EUC-KR) is what carriers count: every Hangul syllable
+    is two bytes, also the 8,822 outside KS X 1001 that Python's "euc-kr" would spell as
+    eight-byte composition sequences. A character without an EUC-KR encoding counts two::
+
+        >>> sms_bytes("안녕 hi")
+        7
+    """
+    if text.isascii():
+        return len(text)
+    return len(text.encode("cp949", "msgsend.count-double"))
+
+
+def message_kind(text: str, channel: Channel | str) -> MessageKind:
+    """Return how ``text`` goes by ``channel``: ``kakaotalk``, ``sms`` (≤ 90 bytes) or ``lms``.
+
+    ``sms`` and ``lms`` are told apart by the EUC-KR size (``sms_bytes``)::
+
+        >>> message_kind("가" * 45, "sms"), message_kind("가" * 46, "sms")
+        (<MessageKind.SMS: 'sms'>, <MessageKind.LMS: 'lms'>)
+    """
+    if Channel(channel) is Channel.KAKAOTALK:
+        return MessageKind.KAKAOTALK
+    return MessageKind.SMS if sms_bytes(text) <= SMS_SHORT_MAX_BYTES else MessageKind.LMS
+
 
 _SEPARATORS = re.compile(r"[\s\-.()]")
 _MOBILE = re.compile(r"^01([016789])(\d{3,4})(\d{4})$", re.ASCII)
@@ -95,9 +150,7 @@ def validate_message(text: str, channel: Channel | str) -> None:
             )
         return
     try:
-        # CP949, the EUC-KR that carriers count: every Hangul syllable is 2 bytes (Python's
-        # "euc-kr" spells the 8,822 outside KS X 1001 as 8-byte composition sequences).
-        size = len(text.encode("cp949"))
+        size = len(text) if text.isascii() else len(text.encode("cp949"))
     except UnicodeEncodeError as exc:
         bad = text[exc.start : exc.end]
         raise InputError(f"message cannot be sent by SMS: {bad!r} has no EUC-KR encoding") from None

@@ -8,6 +8,7 @@ from email.utils import format_datetime
 import pytest
 
 from msgsend import errors
+from msgsend.bulk import ResultsExistError, ResultsInUseError
 from msgsend.errors import (
     AllProvidersFailedError,
     AuthError,
@@ -15,18 +16,24 @@ from msgsend.errors import (
     ConfigError,
     ConnectError,
     ConnectionLostError,
+    CredentialsRefusedError,
     HTTPStatusError,
     InputError,
     InputFileError,
     InvalidRequestError,
     MsgsendError,
+    OutageError,
     ProviderDisabledError,
     ProviderError,
     RateLimitedError,
     ReadTimeoutError,
     ServerError,
+    SystematicRefusalError,
     TransportError,
+    TryLaterError,
     error_for_status,
+    exit_code_for,
+    most_severe,
 )
 
 
@@ -196,3 +203,46 @@ def test_retry_after_http_date_in_the_past_is_zero():
     exc = error_for_status("kakaotalk", 429, "", "Wed, 21 Oct 2015 07:28:00 GMT")
     assert isinstance(exc, RateLimitedError)
     assert exc.retry_after == 0.0
+
+
+# -- exit codes: one table keyed by class, one precedence ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (ConfigError("x"), 78),
+        (SystematicRefusalError("x"), 78),
+        (CredentialsRefusedError("x"), 78),
+        (OutageError("x"), 75),
+        (TryLaterError("x"), 75),
+        (ResultsInUseError("x"), 75),
+        (ResultsExistError("x"), 2),
+        (InputFileError("x"), 66),
+        (InputError("x"), 65),
+        (ServerError("x"), 1),
+        (KeyboardInterrupt(), 130),
+        (RuntimeError("bug"), 70),
+    ],
+)
+def test_exit_code_comes_from_the_nearest_class_in_the_table(exc, code):
+    assert exit_code_for(exc) == code
+
+
+@pytest.mark.parametrize(
+    ("codes", "winner"),
+    [
+        ((), 0),
+        ((0, 0), 0),
+        ((1, 75), 75),
+        ((75, 78), 78),
+        ((78, 130, 75), 130),
+        ((74, 1), 74),
+        ((74, 75), 75),
+        ((1, 0), 1),
+        ((65, 0), 65),
+        ((65, 1), 1),
+    ],
+)
+def test_most_severe_applies_the_spec_precedence(codes, winner):
+    assert most_severe(*codes) == winner

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from .csvinput import CsvInfo, CsvRow, CsvSource, _clean, inspect_csv
-from .errors import InputError, InputFileError
+from .errors import InputError, InputFileError, TryLaterError, UsageError
 from .models import Channel, DeliveryResult, mask_recipient
 from .report import LatencyHistogram
 
@@ -121,14 +121,14 @@ class SupportsSend(Protocol):
         ...
 
 
-class ResultsExistError(InputError):
-    """The results file exists: resume that run or choose another results file."""
+class ResultsExistError(UsageError):
+    """The results file exists: resume that run or choose another results file (exit 2)."""
 
     kind = "results-exist"
 
 
-class ResultsInUseError(InputError):
-    """Another msgsend process is writing the results file."""
+class ResultsInUseError(TryLaterError):
+    """Another msgsend process is writing the results file, or paused in quiet hours (exit 75)."""
 
     kind = "results-in-use"
 

@@ -24,7 +24,17 @@ import typer
 
 from . import __version__
 from ._typerfast import install as _install_plain_options
-from .errors import ConfigError, InputError, InputFileError, MsgsendError
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    EXIT_USAGE,
+    ConfigError,
+    InputError,
+    MsgsendError,
+    exit_code_for,
+)
 
 # typer 0.2x parses every option through pydantic, whose import alone costs about what
 # `import requests` does: parse msgsend's plain options without it (start-up budget, see
@@ -41,15 +51,6 @@ if TYPE_CHECKING:
     from .sandbox import Sandbox
 
 __all__ = ["app", "main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_DATAERR = 65
-EXIT_NOINPUT = 66
-EXIT_SOFTWARE = 70
-EXIT_CONFIG = 78
-EXIT_INTERRUPTED = 130
 
 _APP_SETTINGS: dict[str, Any] = {
     "name": "msgsend",
@@ -160,21 +161,6 @@ def _error(message: str) -> None:
     sys.stderr.flush()
 
 
-def _exit_code_for(exc: MsgsendError) -> int:
-    kind = type(exc).__name__
-    if kind == "ResultsExistError":  # the run needs --resume or another --results
-        return EXIT_USAGE
-    if kind == "ResultsInUseError":  # another run is writing the same results file
-        return EXIT_FAILED
-    if isinstance(exc, ConfigError):
-        return EXIT_CONFIG
-    if isinstance(exc, InputFileError):
-        return EXIT_NOINPUT
-    if isinstance(exc, InputError):
-        return EXIT_DATAERR
-    return EXIT_FAILED
-
-
 def _raise_errors() -> bool:
     return os.environ.get("MSGSEND_RAISE_ERRORS", "") not in ("", "0")
 
@@ -190,7 +176,7 @@ def _errors_to_exit_codes() -> Iterator[None]:
         if _raise_errors():
             raise
         _error(str(exc))
-        raise typer.Exit(_exit_code_for(exc)) from None
+        raise typer.Exit(exit_code_for(exc)) from None
     except KeyboardInterrupt:
         sys.stderr.write("\nmsgsend: interrupted\n")
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -4,8 +4,13 @@ Hierarchy::
 
     MsgsendError
     ├── ConfigError                 bad configuration (exit 78)
+    │   ├── CredentialsRefusedError every provider a run can use refused our credentials
+    │   └── SystematicRefusalError  every request refused the same way: format or account wrong
     ├── InputError                  bad input data: recipient, message, CSV, template (exit 65)
-    │   └── InputFileError          input file missing or unreadable (exit 66)
+    │   ├── InputFileError          input file missing or unreadable (exit 66)
+    │   └── UsageError              the command asks for what cannot be done as given (exit 2)
+    ├── TryLaterError               nothing is wrong, but not now: run again later (exit 75)
+    │   └── OutageError             no provider could deliver for ``[bulk] max-outage``
     ├── ProviderError               one provider request failed
     │   ├── TransportError          no HTTP response
     │   │   ├── ConnectError        refused / unreachable / connect timeout: not delivered
@@ -21,14 +26,19 @@ Hierarchy::
     └── AllProvidersFailedError     every channel tried failed; carries ``errors``
 
 Decisions are taken from the class attributes ``retryable`` (try the same provider again),
-``fallback`` (try the next channel), ``outage`` (counts towards opening the circuit) and
-``uncertain`` (the provider may have delivered it anyway), never from message text.
+``fallback`` (try the next channel), ``outage`` (counts towards opening the circuit),
+``uncertain`` (the provider may have delivered it anyway) and ``unavailable`` (nothing was
+sent: the channel cannot be used for now, so a bulk row waits for it), never from message text.
+
+The exit code of every error comes from one table, ``EXIT_CODES``, keyed by class (the most
+specific class listed wins); ``most_severe`` applies the precedence of SPEC §10 when several
+codes apply to one run: 130 > 78 > 75 > 74 > 1 > 0.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 __all__ = [
@@ -38,19 +48,38 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionLostError",
+    "CredentialsRefusedError",
     "HTTPStatusError",
     "InputError",
     "InputFileError",
     "InvalidRequestError",
     "MsgsendError",
+    "OutageError",
     "ProviderDisabledError",
     "ProviderError",
     "RateLimitedError",
     "ReadTimeoutError",
     "ServerError",
+    "SystematicRefusalError",
     "TransportError",
+    "TryLaterError",
+    "UsageError",
     "error_for_status",
+    "exit_code_for",
+    "most_severe",
 ]
+
+# SPEC §8 (sysexits.h names where there is one).
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DATAERR = 65
+EXIT_NOINPUT = 66
+EXIT_SOFTWARE = 70
+EXIT_IOERR = 74
+EXIT_TEMPFAIL = 75
+EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130
 
 
 class MsgsendError(Exception):
@@ -60,6 +89,10 @@ class MsgsendError(Exception):
     fallback: ClassVar[bool] = False
     outage: ClassVar[bool] = False
     uncertain: ClassVar[bool] = False
+    #: nothing was sent: the channel cannot be used for now (circuit open, provider paused,
+    #: limiter store unreachable); ``available_in`` says when it may be, if known
+    unavailable: ClassVar[bool] = False
+    available_in: float | None = None
     #: short machine-readable kind, used in results files, JSON and metrics labels
     kind: ClassVar[str] = "error"
 
@@ -97,6 +130,36 @@ class InputFileError(InputError):
     """An input file does not exist or cannot be read."""
 
     kind = "unreadable"
+
+
+class UsageError(InputError):
+    """The command asks for something that cannot be done as given (exit 2)."""
+
+    kind = "usage"
+
+
+class CredentialsRefusedError(ConfigError):
+    """Every provider a run can use refused our credentials: nothing can be delivered."""
+
+    kind = "credentials-refused"
+
+
+class SystematicRefusalError(ConfigError):
+    """Every request was refused the same way: the request format or the account is wrong."""
+
+    kind = "systematic-refusal"
+
+
+class TryLaterError(MsgsendError):
+    """Nothing is wrong with the input or the configuration, but it cannot be done now."""
+
+    kind = "try-later"
+
+
+class OutageError(TryLaterError):
+    """No provider could deliver for ``[bulk] max-outage``: the run stopped to be resumed."""
+
+    kind = "outage"
 
 
 class ProviderError(MsgsendError):
@@ -197,6 +260,7 @@ class CircuitOpenError(MsgsendError):
     """The provider's circuit breaker is open: the request was not sent."""
 
     fallback = True
+    unavailable = True
     kind = "circuit-open"
 
 
@@ -224,6 +288,39 @@ class AllProvidersFailedError(MsgsendError):
             provider=last.provider if last else None,
             status_code=last.status_code if last else None,
         )
+
+
+#: The exit code of each error class; the most specific class listed wins (SPEC §8).
+EXIT_CODES: Mapping[type[BaseException], int] = {
+    KeyboardInterrupt: EXIT_INTERRUPTED,
+    ConfigError: EXIT_CONFIG,
+    TryLaterError: EXIT_TEMPFAIL,
+    UsageError: EXIT_USAGE,
+    InputFileError: EXIT_NOINPUT,
+    InputError: EXIT_DATAERR,
+    MsgsendError: EXIT_FAILED,
+}
+
+#: When several codes apply to one run, the first of these that applies wins (SPEC §10).
+_PRECEDENCE = (EXIT_INTERRUPTED, EXIT_CONFIG, EXIT_TEMPFAIL, EXIT_IOERR, EXIT_FAILED)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Return the exit code of ``exc``: that of the nearest class of its MRO in ``EXIT_CODES``."""
+    for cls in type(exc).__mro__:
+        code = EXIT_CODES.get(cls)
+        if code is not None:
+            return code
+    return EXIT_SOFTWARE
+
+
+def most_severe(*codes: int) -> int:
+    """Return the code that wins among ``codes``: 130 > 78 > 75 > 74 > 1, then any other, then 0."""
+    present = {code for code in codes if code != EXIT_OK}
+    for code in _PRECEDENCE:
+        if code in present:
+            return code
+    return min(present) if present else EXIT_OK
 
 
 def _parse_retry_after(value: str | None) -> float | None:

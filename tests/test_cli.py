@@ -201,13 +201,13 @@ def test_config_init_show_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     shown = invoke("config", "show", "--config", str(path))
     assert shown.exit_code == 0
     assert "s3cret" not in shown.stdout and "1234" not in shown.stdout
-    assert 'password = "****"' in shown.stdout
+    assert 'password = "***"' in shown.stdout
     assert "MSGSEND_SMS_AUTH_PASSWORD" in shown.stdout
     assert f"file {path}" in shown.stdout
 
     as_json = json.loads(invoke("config", "show", "--json", "--config", str(path)).stdout)
     assert as_json["values"]["sms.auth.password"] == {
-        "value": "****",
+        "value": "***",
         "source": "MSGSEND_SMS_AUTH_PASSWORD",
     }
 

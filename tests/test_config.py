@@ -98,7 +98,7 @@ def test_repr_masks_passwords(monkeypatch):
     config = load_config()
     assert "hunter2-secret" not in repr(config)
     assert "hunter2-secret" not in repr(config.kakaotalk)
-    assert "****" in repr(config.kakaotalk)
+    assert "password='***'" in repr(config.kakaotalk)
 
 
 def test_config_is_frozen():
@@ -276,9 +276,14 @@ def test_file_per_second_replaces_default_per_minute(tmp_path):
     assert config.kakaotalk.rate_limit == RateLimitConfig(count=100, period=60.0)
 
 
-def test_fractional_per_second_is_kept_exact(tmp_path):
-    path = write(tmp_path / "c.toml", "[sms.rate-limit]\nrequests-per-second = 0.5\n")
-    assert load_config(path).sms.rate_limit == RateLimitConfig(count=30, period=60.0)
+@pytest.mark.parametrize("rate", ["2.5", "0.5"])
+def test_fractional_per_second_is_refused_pointing_at_per_minute(tmp_path, rate):
+    path = write(tmp_path / "c.toml", f"[sms.rate-limit]\nrequests-per-second = {rate}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "sms.rate-limit.requests-per-second"
+    assert f"expected a whole number, got {rate}" in str(info.value)
+    assert "requests-per-minute" in str(info.value)
 
 
 def test_env_per_minute_replaces_file_per_second(tmp_path, monkeypatch):
@@ -349,7 +354,7 @@ ERROR_TABLE = [
     ("[kakaotalk.oauth]\ntoken = 1\n", "kakaotalk.oauth", "unknown"),
     # a table given as a value and a value given as a table
     ('kakaotalk = "http://x"\n', "kakaotalk", "a table"),
-    ("[kakaotalk.timeout]\nconnect = 1\n", "kakaotalk.timeout", "a number, got a table"),
+    ("[kakaotalk.timeout]\nconnect = 1\n", "kakaotalk.timeout", "a number greater than 0"),
     # wrong type
     ('[kakaotalk]\ntimeout = "fast"\n', "kakaotalk.timeout", "expected a number, got 'fast'"),
     ("[retry]\nmax-attempts = 2.5\n", "retry.max-attempts", "expected a whole number, got 2.5"),
@@ -373,18 +378,18 @@ ERROR_TABLE = [
     ('[limiter]\nstrategy = "leaky-bucket"\n', "limiter.strategy", "one of 'sliding-window'"),
     ('[limiter]\nstore = "postgres"\n', "limiter.store", "'memory', 'sqlite', 'redis'"),
     # zero / negative numbers
-    ("[kakaotalk]\ntimeout = 0\n", "kakaotalk.timeout", "greater than 0, got 0"),
+    ("[kakaotalk]\ntimeout = 0\n", "kakaotalk.timeout", "greater than 0 and at most 300"),
     ("[sms]\ntimeout = -1.5\n", "sms.timeout", "greater than 0"),
-    ("[retry]\nmax-attempts = 0\n", "retry.max-attempts", "1 or more, got 0"),
-    ("[retry]\nbackoff-delay = -1\n", "retry.backoff-delay", "0 or more"),
-    ("[retry]\nmultiplier = 0.5\n", "retry.multiplier", "1 or more"),
-    ("[retry]\nmax-delay = -5\n", "retry.max-delay", "0 or more"),
+    ("[retry]\nmax-attempts = 0\n", "retry.max-attempts", "from 1 to 100, got 0"),
+    ("[retry]\nbackoff-delay = -1\n", "retry.backoff-delay", "from 0 to 3600000"),
+    ("[retry]\nmultiplier = 0.5\n", "retry.multiplier", "from 1 to 10"),
+    ("[retry]\nmax-delay = -5\n", "retry.max-delay", "from 0 to 3600000"),
     ("[kakaotalk.rate-limit]\nrequests-per-minute = 0\n",
-     "kakaotalk.rate-limit.requests-per-minute", "greater than 0"),
+     "kakaotalk.rate-limit.requests-per-minute", "from 1 to 60000000"),
     ("[sms.rate-limit]\nrequests-per-second = -2\n",
-     "sms.rate-limit.requests-per-second", "greater than 0"),
+     "sms.rate-limit.requests-per-second", "from 1 to 1000000"),
     ("[circuit-breaker]\nfailure-threshold = 0\n", "circuit-breaker.failure-threshold",
-     "1 or more"),
+     "from 1 to 10000"),
     ("[circuit-breaker]\nreset-timeout = 0\n", "circuit-breaker.reset-timeout", "greater than 0"),
     ("[bulk]\nconcurrency = 0\n", "bulk.concurrency", "from 1 to 256"),
     ("[bulk]\nconcurrency = 1000\n", "bulk.concurrency", "from 1 to 256"),
@@ -462,7 +467,7 @@ def test_urls_and_choices_are_stripped(monkeypatch):
 # environment variable, value, words
 ENV_ERROR_TABLE = [
     ("MSGSEND_RETRY_MAX_ATTEMPTS", "three", "expected a whole number, got 'three'"),
-    ("MSGSEND_RETRY_MAX_ATTEMPTS", "0", "1 or more"),
+    ("MSGSEND_RETRY_MAX_ATTEMPTS", "0", "from 1 to 100"),
     ("MSGSEND_SMS_TIMEOUT", "soon", "expected a number"),
     ("MSGSEND_FALLBACK_ENABLED", "maybe", "expected true or false"),
     ("MSGSEND_KAKAOTALK_BASE_URL", "localhost", "a URL"),
@@ -479,9 +484,223 @@ def test_env_errors_name_the_variable(monkeypatch, name, value, words):
     assert words in str(info.value)
 
 
-def test_unknown_msgsend_variables_are_ignored(monkeypatch):
-    monkeypatch.setenv("MSGSEND_RAISE_ERRORS", "1")
+@pytest.mark.parametrize("name", ["MSGSEND_RAISE_ERRORS", "MSGSEND_CONFIG"])
+def test_reserved_msgsend_variables_stay_valid(monkeypatch, name):
+    monkeypatch.setenv(name, "")
     assert load_config().fallback is True
+
+
+# misspelt variable, the did-you-mean it gets (None: no close match)
+UNKNOWN_ENV_TABLE = [
+    ("MSGSEND_KAKAOTALK_BASEURL", "MSGSEND_KAKAOTALK_BASE_URL"),
+    ("MSGSEND_SMS_AUTH_PASWORD", "MSGSEND_SMS_AUTH_PASSWORD"),
+    ("MSGSEND_RETRY_MAXATTEMPTS", "MSGSEND_RETRY_MAX_ATTEMPTS"),
+    ("MSGSEND_RAISE_ERROR", "MSGSEND_RAISE_ERRORS"),
+    ("MSGSEND_CONFG", "MSGSEND_CONFIG"),
+    ("MSGSEND_WHATEVER", None),
+    ("MSGSEND_", None),
+]
+
+
+@pytest.mark.parametrize(("name", "close"), UNKNOWN_ENV_TABLE)
+def test_unknown_msgsend_variables_are_refused_with_a_did_you_mean(monkeypatch, name, close):
+    monkeypatch.setenv(name, "x")
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert message.startswith(f"environment {name}: unknown variable")
+    if close:
+        assert f"did you mean {close}?" in message
+    else:
+        assert "did you mean" not in message
+
+
+def test_every_key_has_a_valid_variable_and_no_two_share_one():
+    names = [env_var_name(key) for key in SCHEMA]
+    assert len(set(names)) == len(names)
+    assert not set(names) & set(config_module.RESERVED_ENV_VARS)
+
+
+# ---------------------------------------------------------------------- lists, tables, bounds
+
+
+def test_new_keys_have_their_defaults():
+    config = load_config()
+    assert config.bulk.max_outage == 300.0
+    assert config.bulk.quiet_hours is None
+    assert config.bulk.timezone == "Asia/Seoul"
+    assert config.retry.max_retry_after == 60.0
+    assert config.overflow is False
+    assert config.kakaotalk.throttle_statuses == (429,)
+    assert config.sms.throttle_statuses == (429,)
+    assert config.alerts.apprise_urls == ()
+    breaker = config.circuit_breaker
+    assert (breaker.window_size, breaker.minimum_calls) == (20, 10)
+    assert (breaker.failure_rate_threshold, breaker.reset_timeout) == (0.5, 30.0)
+
+
+def test_lists_from_the_file(tmp_path):
+    path = write(
+        tmp_path / "c.toml",
+        "[sms]\nthrottle-statuses = [429, 503]\n"
+        '[alerts]\napprise-urls = ["tgram://bot/chat", "mailto://u:p@mail.example.com"]\n'
+        '[bulk]\nquiet-hours = "21:00-08:00"\ntimezone = "UTC"\nmax-outage = 0.5\n'
+        "[fallback]\noverflow = true\n[retry]\nmax-retry-after = 0\n",
+    )
+    config = load_config(path)
+    assert config.sms.throttle_statuses == (429, 503)
+    assert config.kakaotalk.throttle_statuses == (429,)
+    assert config.alerts.apprise_urls == ("tgram://bot/chat", "mailto://u:p@mail.example.com")
+    assert (config.bulk.quiet_hours, config.bulk.timezone) == ("21:00-08:00", "UTC")
+    assert config.bulk.max_outage == 0.5
+    assert config.overflow is True
+    assert config.retry.max_retry_after == 0.0
+
+
+def test_lists_from_the_environment_are_json(monkeypatch):
+    monkeypatch.setenv("MSGSEND_KAKAOTALK_THROTTLE_STATUSES", "[429, 503]")
+    monkeypatch.setenv("MSGSEND_ALERTS_APPRISE_URLS", '["json://alerts.example.com/hook"]')
+    config = load_config()
+    assert config.kakaotalk.throttle_statuses == (429, 503)
+    assert config.alerts.apprise_urls == ("json://alerts.example.com/hook",)
+    assert config.sources["kakaotalk.throttle-statuses"] == "MSGSEND_KAKAOTALK_THROTTLE_STATUSES"
+
+
+def test_a_table_of_strings_loads_and_overrides_from_json(tmp_path, monkeypatch):
+    """Tables of strings are config values (formats' [PROVIDER.request] fields use them)."""
+    monkeypatch.setitem(
+        config_module.SCHEMA, "sms.request.fields", config_module._Key("table", "body fields")
+    )
+    path = write(tmp_path / "c.toml", '[sms.request]\nfields = {to = "{recipient}"}\n')
+    config = load_config(path)
+    assert config.values["sms.request.fields"] == {"to": "{recipient}"}
+    monkeypatch.setenv(
+        "MSGSEND_SMS_REQUEST_FIELDS", '{"phone": "{recipient}", "text": "{message}"}'
+    )
+    config = load_config(path)
+    assert config.values["sms.request.fields"] == {"phone": "{recipient}", "text": "{message}"}
+    assert config.sources["sms.request.fields"] == "MSGSEND_SMS_REQUEST_FIELDS"
+    error = config_error(tmp_path, "[sms.request]\nfields = {to = 1}\n")
+    assert error.key == "sms.request.fields"
+    assert "a table of strings" in str(error)
+    monkeypatch.setenv("MSGSEND_SMS_REQUEST_FIELDS", "phone=recipient")
+    with pytest.raises(ConfigError, match="expected JSON") as info:
+        load_config(path)
+    assert "environment MSGSEND_SMS_REQUEST_FIELDS" in str(info.value)
+    monkeypatch.setenv("MSGSEND_SMS_REQUEST_FIELDS", '["phone"]')
+    with pytest.raises(ConfigError, match="a table of strings"):
+        load_config(path)
+
+
+# the bounds of SPEC §10 / issue 11: TOML text, key, words naming the bound
+BOUNDS_TABLE = [
+    ("[retry]\nmultiplier = 1e308\n", "retry.multiplier", "from 1 to 10, got 1e+308"),
+    ("[retry]\nmultiplier = 10.5\n", "retry.multiplier", "from 1 to 10"),
+    ("[kakaotalk]\ntimeout = 1e308\n", "kakaotalk.timeout", "at most 300 (seconds), got 1e+308"),
+    ("[sms]\nconnect-timeout = 301\n", "sms.connect-timeout", "at most 300 (seconds)"),
+    ("[sms]\nread-timeout = 0\n", "sms.read-timeout", "greater than 0"),
+    ("[retry]\nbackoff-delay = 3600001\n", "retry.backoff-delay", "3600000 (milliseconds)"),
+    ("[retry]\nmax-delay = 1e12\n", "retry.max-delay", "3600000 (milliseconds)"),
+    ("[retry]\nmax-attempts = 101\n", "retry.max-attempts", "from 1 to 100"),
+    ("[retry]\nmax-retry-after = 3601\n", "retry.max-retry-after", "from 0 to 3600 (seconds)"),
+    ("[retry]\nmax-retry-after = -1\n", "retry.max-retry-after", "from 0 to 3600"),
+    ("[sms.rate-limit]\nrequests-per-second = 1000001\n", "sms.rate-limit.requests-per-second",
+     "from 1 to 1000000"),
+    ("[sms.rate-limit]\nrequests-per-minute = 60000001\n", "sms.rate-limit.requests-per-minute",
+     "from 1 to 60000000"),
+    ("[circuit-breaker]\nreset-timeout = 86400\n", "circuit-breaker.reset-timeout",
+     "at most 3600"),
+    ("[circuit-breaker]\nfailure-rate-threshold = 0\n", "circuit-breaker.failure-rate-threshold",
+     "greater than 0 and at most 1"),
+    ("[circuit-breaker]\nfailure-rate-threshold = 1.5\n",
+     "circuit-breaker.failure-rate-threshold", "at most 1"),
+    ("[circuit-breaker]\nwindow-size = 0\n", "circuit-breaker.window-size", "from 1 to 10000"),
+    ("[circuit-breaker]\nminimum-calls = 30\n", "circuit-breaker.minimum-calls",
+     "at most window-size (20), got 30"),
+    ("[bulk]\nmax-outage = 0\n", "bulk.max-outage", "greater than 0 and at most 86400"),
+    ("[bulk]\nmax-outage = 1e9\n", "bulk.max-outage", "at most 86400 (seconds)"),
+    ('[bulk]\nquiet-hours = "9pm-8am"\n', "bulk.quiet-hours", "HH:MM-HH:MM"),
+    ('[bulk]\nquiet-hours = "24:00-08:00"\n', "bulk.quiet-hours", "HH:MM-HH:MM"),
+    ('[bulk]\nquiet-hours = "08:00-08:00"\n', "bulk.quiet-hours", "must differ"),
+    ('[bulk]\ntimezone = "Mars/Olympus"\n', "bulk.timezone", "IANA time zone"),
+    ('[bulk]\ntimezone = "../../etc/passwd"\n', "bulk.timezone", "IANA time zone"),
+    ("[sms]\nthrottle-statuses = 429\n", "sms.throttle-statuses", "a list of whole numbers"),
+    ("[sms]\nthrottle-statuses = []\n", "sms.throttle-statuses", "at least 1 item"),
+    ("[sms]\nthrottle-statuses = [200]\n", "sms.throttle-statuses",
+     "each item to be a whole number from 400 to 599 (HTTP status), got 200"),
+    ('[sms]\nthrottle-statuses = ["429"]\n', "sms.throttle-statuses", "a list of whole numbers"),
+    ("[sms]\nthrottle-statuses = [true]\n", "sms.throttle-statuses", "a list of whole numbers"),
+    ('[alerts]\napprise-urls = "tgram://x/y"\n', "alerts.apprise-urls", "a list of strings"),
+    ('[alerts]\napprise-urls = ["not a url"]\n', "alerts.apprise-urls", "an Apprise URL"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "key", "words"), BOUNDS_TABLE)
+def test_numbers_outside_their_bounds_are_refused_naming_the_bound(tmp_path, text, key, words):
+    error = config_error(tmp_path, text)
+    assert error.key == key
+    assert str(tmp_path / "msgsend.toml") in str(error)
+    assert words in str(error)
+
+
+# environment variable, value, words
+ENV_BOUNDS_TABLE = [
+    ("MSGSEND_RETRY_MULTIPLIER", "1e308", "from 1 to 10, got '1e308'"),
+    ("MSGSEND_SMS_TIMEOUT", "inf", "expected a number"),
+    ("MSGSEND_KAKAOTALK_THROTTLE_STATUSES", "429", "a list of whole numbers"),
+    ("MSGSEND_KAKAOTALK_THROTTLE_STATUSES", "[429,", "expected JSON"),
+    ("MSGSEND_KAKAOTALK_THROTTLE_STATUSES", "[1e3]", "a list of whole numbers"),
+    ("MSGSEND_ALERTS_APPRISE_URLS", "tgram://x/y", "expected JSON"),
+    ("MSGSEND_BULK_QUIET_HOURS", "21-8", "HH:MM-HH:MM"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "words"), ENV_BOUNDS_TABLE)
+def test_env_values_outside_their_bounds_are_refused(monkeypatch, name, value, words):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert str(info.value).startswith(f"environment {name}: ")
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "start", "end"),
+    [
+        ("21:00-08:00", (21, 0), (8, 0)),
+        ("00:30-06:15", (0, 30), (6, 15)),
+        (" 23:59-00:00 ", (23, 59), (0, 0)),
+    ],
+)
+def test_parse_quiet_hours(text, start, end):
+    parsed = config_module.parse_quiet_hours(text)
+    assert [(t.hour, t.minute) for t in parsed] == [start, end]
+
+
+# ---------------------------------------------------------------------- deprecation
+
+
+def test_a_deprecated_key_loads_with_a_warning(tmp_path):
+    path = write(tmp_path / "c.toml", "[circuit-breaker]\nfailure-threshold = 3\n")
+    config = load_config(path)
+    assert config.circuit_breaker.failure_threshold == 3
+    (warning,) = config.warnings
+    assert warning.startswith(f"{path}: circuit-breaker.failure-threshold is deprecated")
+    assert "failure-rate-threshold" in warning
+
+
+def test_a_deprecated_key_from_the_environment_warns_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("MSGSEND_CIRCUIT_BREAKER_FAILURE_THRESHOLD", "7")
+    config = load_config()
+    assert config.circuit_breaker.failure_threshold == 7
+    (warning,) = config.warnings
+    assert "environment MSGSEND_CIRCUIT_BREAKER_FAILURE_THRESHOLD" in warning
+    assert "deprecated" in warning
+
+
+def test_no_deprecation_warning_when_the_key_is_not_set():
+    assert load_config().warnings == ()
+    assert "circuit-breaker.failure-threshold" not in load_config().values
 
 
 # ---------------------------------------------------------------------- permissions
@@ -525,8 +744,8 @@ def test_sample_config_parses_and_loads_back_to_the_defaults(tmp_path):
 
 def test_sample_config_documents_every_key():
     text = render_sample_config()
-    for key in SCHEMA:
-        assert key.rsplit(".", 1)[1] in text, key
+    for key, spec in SCHEMA.items():
+        assert (key.rsplit(".", 1)[1] in text) is not bool(spec.deprecated), key
     assert "MSGSEND_KAKAOTALK_AUTH_PASSWORD" in text
     assert "chmod 600" in text
 
@@ -535,8 +754,8 @@ def test_effective_items_mask_passwords_and_give_sources(tmp_path, monkeypatch):
     path = write(tmp_path / "c.toml", '[kakaotalk.auth]\npassword = "file-secret"\n')
     monkeypatch.setenv("MSGSEND_SMS_AUTH_PASSWORD", "env-secret")
     items = {key: (value, source) for key, value, source in effective_items(load_config(path))}
-    assert items["kakaotalk.auth.password"] == ("****", f"file {path}")
-    assert items["sms.auth.password"] == ("****", "MSGSEND_SMS_AUTH_PASSWORD")
+    assert items["kakaotalk.auth.password"] == ("***", f"file {path}")
+    assert items["sms.auth.password"] == ("***", "MSGSEND_SMS_AUTH_PASSWORD")
     assert items["kakaotalk.base-url"] == ("http://localhost:8081", "default")
     assert items["retry.max-attempts"] == (3, "default")
     rendered = repr(items)

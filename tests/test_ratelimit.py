@@ -36,7 +36,6 @@ from msgsend.ratelimit import (
     check_limiter_settings,
     default_guard,
     default_state_path,
-    limit_from_settings,
 )
 from redis_server import RedisServer, start_or_skip
 
@@ -138,25 +137,8 @@ def test_unknown_strategy_or_store_is_refused(strategy: str, store: str, expecte
         RateLimiter({"p": RATE}, strategy=strategy, store=store)
 
 
-@pytest.mark.parametrize(
-    ("per_minute", "per_second", "expected"),
-    [
-        (100, 20, "either requests-per-minute or requests-per-second, not both"),
-        (None, None, "give one of requests-per-minute or requests-per-second"),
-        (0, None, "requests-per-minute must be a positive whole number, not 0"),
-        (None, -5, "requests-per-second must be a positive whole number, not -5"),
-        (None, 2.5, "requests-per-second must be a positive whole number, not 2.5"),
-        (True, None, "requests-per-minute must be a positive whole number, not True"),
-    ],
-)
-def test_limit_settings_errors(per_minute: Any, per_second: Any, expected: str) -> None:
-    with pytest.raises(ValueError, match=expected):
-        limit_from_settings(per_minute, per_second)
-
-
-def test_limit_from_settings() -> None:
-    assert limit_from_settings(requests_per_minute=100) == Limit(100, 60.0)
-    assert limit_from_settings(requests_per_second=20) == Limit(20, 1.0)
+def test_limit_rate_and_text() -> None:
+    # The rate keys are parsed once, by msgsend.config (see tests/test_config.py).
     assert Limit(500, 60.0).per_second == pytest.approx(500 / 60)
     assert str(Limit(100, 60.0)) == "100/minute"
     assert str(Limit(20, 1)) == "20/second"

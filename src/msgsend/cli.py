@@ -1060,34 +1060,22 @@ def config_show(
     config: ConfigOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Print the effective configuration, passwords masked, and where each value came from."""
+    """Print the effective configuration, secrets redacted, and where each value came from."""
     with _errors_to_exit_codes():
-        from .config import effective_items, load_config
+        from .config import effective_items, load_config, render_effective_config
 
         loaded = load_config(config)
-        items = effective_items(loaded)
+        for warning in loaded.warnings:
+            sys.stderr.write(f"warning: {warning}\n")
         if json_output:
             _print_json(
                 {
                     "file": str(loaded.path) if loaded.path else None,
-                    "values": {k: {"value": v, "source": s} for k, v, s in items},
+                    "values": {k: {"value": v, "source": s} for k, v, s in effective_items(loaded)},
                 }
             )
             return
-        import tomli_w
-
-        out = [f"# file: {loaded.path or '(none: built-in defaults)'}"]
-        table = None
-        for key, value, source in items:
-            section, name = key.rsplit(".", 1)
-            if section != table:
-                out.append(f"\n[{section}]")
-                table = section
-            line = tomli_w.dumps({name: value}).strip()
-            out.append(f"{line:<46} # {source}")
-        sys.stdout.write("\n".join(out) + "\n")
-        for warning in loaded.warnings:
-            sys.stderr.write(f"warning: {warning}\n")
+        sys.stdout.write(render_effective_config(loaded))
 
 
 @config_app.command("check")

@@ -5,6 +5,12 @@ TOML file > built-in default (the seed's values). The file is the first that exi
 ``--config PATH``, ``$MSGSEND_CONFIG``, ``./msgsend.toml`` and
 ``$XDG_CONFIG_HOME/msgsend/config.toml`` (``~/.config/msgsend/config.toml``).
 
+The schema is data: each key of ``SCHEMA`` names its type (scalars, a table of strings or a list
+of whole numbers / strings), its bounds, its example and whether it holds a secret. A value
+outside its bounds is refused at load time naming the file, the key and the bound; an
+environment override of a list or a table is JSON; a deprecated key still loads, with a
+warning; a ``MSGSEND_*`` variable that maps to no key is refused with a did-you-mean.
+
 A ``[provider.rate-limit]`` table is taken whole from the highest-priority layer that sets any
 of its keys, so an environment ``..._REQUESTS_PER_SECOND`` replaces the file's
 ``requests-per-minute`` instead of clashing with it.
@@ -12,20 +18,28 @@ of its keys, so an environment ``..._REQUESTS_PER_SECOND`` replaces the file's
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import os
+import re
 import stat
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import redact
 from .errors import ConfigError
 
 __all__ = [
     "DEFAULTS",
+    "RESERVED_ENV_VARS",
+    "SCHEMA",
     "AlertsConfig",
     "BulkConfig",
     "CircuitBreakerConfig",
@@ -35,58 +49,178 @@ __all__ = [
     "RateLimitConfig",
     "RetryConfig",
     "discover_config_path",
+    "effective_items",
     "env_var_name",
     "load_config",
+    "parse_quiet_hours",
+    "render_effective_config",
     "render_sample_config",
 ]
 
+#: ``MSGSEND_*`` variables that are not configuration keys and stay valid.
+RESERVED_ENV_VARS = ("MSGSEND_CONFIG", "MSGSEND_RAISE_ERRORS")
+
+#: The kinds of value a key can hold. Scalars: str, url, int, float, bool, choice.
+#: ``table``: a table of strings (``fields = {phone = "{recipient}"}``);
+#: ``ints`` / ``strs``: a list of whole numbers / of strings (``throttle-statuses = [429]``).
+KINDS = ("str", "url", "int", "float", "bool", "choice", "table", "ints", "strs")
 
 # --------------------------------------------------------------------------- the schema
 
 
 @dataclass(frozen=True)
 class _Key:
-    """One configuration key: its type, its check and the comment ``config init`` writes."""
+    """One configuration key: its type, bounds, example and the comment ``config init`` writes.
 
-    kind: str  # "str" | "url" | "int" | "float" | "bool" | "choice"
+    ``minimum``/``maximum`` bound a number (or each item of an ``ints`` list); ``above`` makes
+    the minimum exclusive. ``redact`` says how ``config show`` hides the value: ``password``
+    (entirely), ``url`` (a password in the URL), ``endpoint`` (all but scheme and host: webhook
+    and Apprise URLs carry tokens in their paths) or ``headers`` (credential header values).
+    ``deprecated`` is the advice given when a retired key is still set.
+    """
+
+    kind: str
     doc: str
-    check: Callable[[Any], str | None] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    above: bool = False
+    unit: str = ""
     choices: tuple[str, ...] = ()
     schemes: tuple[str, ...] = ("http", "https")
+    check: Callable[[Any], str | None] | None = None
+    example: Any = None
+    redact: str = ""
+    deprecated: str = ""
+    min_items: int = 0
+    hint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}")
 
 
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else "a number greater than 0"
+#: Upper bounds shared by several keys (documented in the README's configuration section).
+MAX_TIMEOUT = 300.0  # seconds: one exchange with a provider
+MAX_DELAY_MS = 3_600_000  # milliseconds: one retry wait (1 h)
+MAX_WAIT = 3600.0  # seconds: a reset timeout, an honoured Retry-After
+MAX_OUTAGE = 86_400.0  # seconds: how long a bulk run waits for a provider (1 day)
+MAX_RATE_PER_SECOND = 1_000_000
+MAX_CONCURRENCY = 256
 
 
-def _non_negative(value: Any) -> str | None:
-    return None if value >= 0 else "a number of 0 or more"
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _at_least_one(value: Any) -> str | None:
-    return None if value >= 1 else "a number of 1 or more"
+def _bounds_text(spec: _Key) -> str:
+    """Return what a number of ``spec`` must be: ``a number from 1 to 10``."""
+    what = "a whole number" if spec.kind in ("int", "ints") else "a number"
+    low, high = spec.minimum, spec.maximum
+    if low is not None and high is not None:
+        if spec.above:
+            text = f"{what} greater than {_number(low)} and at most {_number(high)}"
+        else:
+            text = f"{what} from {_number(low)} to {_number(high)}"
+    elif low is not None:
+        text = (
+            f"{what} greater than {_number(low)}"
+            if spec.above
+            else f"{what} of {_number(low)} or more"
+        )
+    elif high is not None:
+        text = f"{what} of at most {_number(high)}"
+    else:
+        text = what
+    return f"{text} ({spec.unit})" if spec.unit else text
 
 
-def _concurrency(value: Any) -> str | None:
-    return None if 1 <= value <= 256 else "a whole number from 1 to 256"
+def _in_bounds(spec: _Key, value: float) -> bool:
+    if spec.minimum is not None and (value <= spec.minimum if spec.above else value < spec.minimum):
+        return False
+    return spec.maximum is None or value <= spec.maximum
+
+
+_QUIET_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_quiet_hours(text: str) -> tuple[time, time]:
+    """Return the start and end of ``"21:00-08:00"``; ValueError when it is not that shape.
+
+    The window may cross midnight (start later than end); start and end must differ.
+    """
+    match = _QUIET_HOURS.match(text.strip())
+    if not match:
+        raise ValueError('expected "HH:MM-HH:MM" (24-hour clock), e.g. "21:00-08:00"')
+    hour1, minute1, hour2, minute2 = (int(part) for part in match.groups())
+    start, end = time(hour1, minute1), time(hour2, minute2)
+    if start == end:
+        raise ValueError("start and end of quiet hours must differ")
+    return start, end
+
+
+def _check_quiet_hours(value: Any) -> str | None:
+    try:
+        parse_quiet_hours(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_timezone(value: Any) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return "an IANA time zone name such as 'Asia/Seoul' or 'UTC'"
+    return None
+
+
+def _check_apprise_url(value: Any) -> str | None:
+    scheme, sep, rest = value.partition("://")
+    if not sep or not rest or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
+        return "an Apprise URL such as 'tgram://bottoken/ChatID' or 'mailto://user:pass@host'"
+    return None
+
+
+def _timeout(doc: str, example: float | None = None) -> _Key:
+    return _Key(
+        "float", doc, minimum=0, above=True, maximum=MAX_TIMEOUT, unit="seconds", example=example
+    )
 
 
 def _provider_schema(name: str) -> dict[str, _Key]:
     return {
-        "base-url": _Key("url", f"where the {name} API listens"),
-        "timeout": _Key("float", "seconds to wait for a connection and for the answer", _positive),
-        "connect-timeout": _Key("float", "seconds to connect (default: timeout)", _positive),
-        "read-timeout": _Key(
-            "float", "seconds to wait for the answer (default: timeout)", _positive
+        "base-url": _Key("url", f"where the {name} API listens", redact="url"),
+        "timeout": _timeout("seconds: the whole exchange (connect to full answer)"),
+        "connect-timeout": _timeout("seconds to connect (default: timeout)", 5.0),
+        "read-timeout": _timeout("seconds to wait for the answer (default: timeout)", 5.0),
+        "throttle-statuses": _Key(
+            "ints",
+            "statuses meaning 'slow down' (Retry-After honoured)",
+            minimum=400,
+            maximum=599,
+            unit="HTTP status",
+            min_items=1,
         ),
         "auth.username": _Key("str", "HTTP Basic user"),
         "auth.password": _Key(
-            "str", f"HTTP Basic password (or MSGSEND_{name.upper()}_AUTH_PASSWORD)"
+            "str",
+            f"HTTP Basic password (or MSGSEND_{name.upper()}_AUTH_PASSWORD)",
+            redact="password",
         ),
         "rate-limit.requests-per-minute": _Key(
-            "int", "client-side limit (or requests-per-second)", _positive
+            "int",
+            "client-side limit (or requests-per-second)",
+            minimum=1,
+            maximum=MAX_RATE_PER_SECOND * 60,
         ),
-        "rate-limit.requests-per-second": _Key("float", "client-side limit per second", _positive),
+        "rate-limit.requests-per-second": _Key(
+            "int",
+            "client-side limit per second",
+            minimum=1,
+            maximum=MAX_RATE_PER_SECOND,
+            example=2,
+            hint="write a fractional rate as requests-per-minute (2.5 per second = 150)",
+        ),
     }
 
 
@@ -94,17 +228,67 @@ SCHEMA: dict[str, _Key] = {
     **{f"kakaotalk.{k}": v for k, v in _provider_schema("kakaotalk").items()},
     **{f"sms.{k}": v for k, v in _provider_schema("sms").items()},
     "retry.max-attempts": _Key(
-        "int", "attempts on one provider, the first included", _at_least_one
+        "int", "attempts on one provider, the first included", minimum=1, maximum=100
     ),
-    "retry.backoff-delay": _Key("float", "milliseconds before the second attempt", _non_negative),
-    "retry.multiplier": _Key("float", "each further wait is this many times longer", _at_least_one),
-    "retry.max-delay": _Key("float", "milliseconds: no single wait is longer", _non_negative),
+    "retry.backoff-delay": _Key(
+        "float",
+        "milliseconds before the second attempt",
+        minimum=0,
+        maximum=MAX_DELAY_MS,
+        unit="milliseconds",
+    ),
+    "retry.multiplier": _Key(
+        "float", "each further wait is this many times longer", minimum=1, maximum=10
+    ),
+    "retry.max-delay": _Key(
+        "float",
+        "milliseconds: no single wait is longer",
+        minimum=0,
+        maximum=MAX_DELAY_MS,
+        unit="milliseconds",
+    ),
+    "retry.max-retry-after": _Key(
+        "float",
+        "seconds: a longer Retry-After pauses the provider, not the send",
+        minimum=0,
+        maximum=MAX_WAIT,
+        unit="seconds",
+    ),
     "fallback.enabled": _Key("bool", "send by SMS when KakaoTalk cannot deliver"),
-    "circuit-breaker.failure-threshold": _Key(
-        "int", "consecutive outage failures that open the circuit", _at_least_one
+    "fallback.overflow": _Key("bool", "bulk: send by SMS while KakaoTalk's rate limit is full"),
+    "circuit-breaker.window-size": _Key(
+        "int", "recent messages the failure rate is taken over", minimum=1, maximum=10_000
+    ),
+    "circuit-breaker.minimum-calls": _Key(
+        "int",
+        "messages seen before the rate can open it",
+        minimum=1,
+        maximum=10_000,
+    ),
+    "circuit-breaker.failure-rate-threshold": _Key(
+        "float",
+        "share of outage failures that opens it",
+        minimum=0,
+        above=True,
+        maximum=1,
     ),
     "circuit-breaker.reset-timeout": _Key(
-        "float", "seconds before one trial request is let through", _positive
+        "float",
+        "seconds before one trial request is let through",
+        minimum=0,
+        above=True,
+        maximum=MAX_WAIT,
+        unit="seconds",
+    ),
+    "circuit-breaker.failure-threshold": _Key(
+        "int",
+        "consecutive outage failures that open the circuit",
+        minimum=1,
+        maximum=10_000,
+        deprecated=(
+            "the circuit now opens on failure-rate-threshold over window-size; "
+            "remove failure-threshold"
+        ),
     ),
     "limiter.strategy": _Key(
         "choice",
@@ -116,22 +300,61 @@ SCHEMA: dict[str, _Key] = {
         "memory (one process) | sqlite (one host) | redis (several hosts)",
         choices=("memory", "sqlite", "redis"),
     ),
-    "limiter.path": _Key("str", "sqlite file (default: $XDG_STATE_HOME/msgsend/ratelimit.sqlite)"),
-    "limiter.redis-url": _Key(
-        "url", "Redis server shared by every host", schemes=("redis", "rediss", "unix")
+    "limiter.path": _Key(
+        "str",
+        "sqlite file (default: $XDG_STATE_HOME/msgsend/ratelimit.sqlite)",
+        example="~/.local/state/msgsend/ratelimit.sqlite",
     ),
-    "bulk.concurrency": _Key("int", "parallel sends in a bulk run", _concurrency),
-    "alerts.webhook-url": _Key("url", "JSON POST per alert (Slack-compatible)"),
+    "limiter.redis-url": _Key(
+        "url",
+        "Redis server shared by every host",
+        schemes=("redis", "rediss", "unix"),
+        example="redis://localhost:6379/0",
+        redact="url",
+    ),
+    "bulk.concurrency": _Key(
+        "int", "parallel sends in a bulk run", minimum=1, maximum=MAX_CONCURRENCY
+    ),
+    "bulk.max-outage": _Key(
+        "float",
+        "seconds without any provider able to deliver: bulk stops, exit 75",
+        minimum=0,
+        above=True,
+        maximum=MAX_OUTAGE,
+        unit="seconds",
+    ),
+    "bulk.quiet-hours": _Key(
+        "str",
+        "HH:MM-HH:MM: a bulk run pauses in this window (in bulk.timezone)",
+        check=_check_quiet_hours,
+        example="21:00-08:00",
+    ),
+    "bulk.timezone": _Key("str", "time zone of quiet-hours", check=_check_timezone),
+    "alerts.webhook-url": _Key(
+        "url",
+        "JSON POST per alert (Slack-compatible)",
+        example="https://hooks.example.com/services/...",
+        redact="endpoint",
+    ),
+    "alerts.apprise-urls": _Key(
+        "strs",
+        "Apprise URLs each alert also goes to",
+        check=_check_apprise_url,
+        example=["tgram://bottoken/ChatID"],
+        redact="endpoint",
+    ),
 }
 
 DEFAULTS: dict[str, Any] = {
     "kakaotalk.base-url": "http://localhost:8081",
     "kakaotalk.timeout": 5.0,
+    "kakaotalk.throttle-statuses": [429],
     "kakaotalk.auth.username": "autoever",
     "kakaotalk.auth.password": "1234",
     "kakaotalk.rate-limit.requests-per-minute": 100,
     "sms.base-url": "http://localhost:8082",
     "sms.timeout": 5.0,
+    "sms.throttle-statuses": [429],
     "sms.auth.username": "autoever",
     "sms.auth.password": "5678",
     "sms.rate-limit.requests-per-minute": 500,
@@ -139,12 +362,19 @@ DEFAULTS: dict[str, Any] = {
     "retry.backoff-delay": 1000,
     "retry.multiplier": 2.0,
     "retry.max-delay": 30000,
+    "retry.max-retry-after": 60,
     "fallback.enabled": True,
-    "circuit-breaker.failure-threshold": 5,
+    "fallback.overflow": False,
+    "circuit-breaker.window-size": 20,
+    "circuit-breaker.minimum-calls": 10,
+    "circuit-breaker.failure-rate-threshold": 0.5,
     "circuit-breaker.reset-timeout": 30,
     "limiter.strategy": "sliding-window",
     "limiter.store": "sqlite",
     "bulk.concurrency": 8,
+    "bulk.max-outage": 300,
+    "bulk.timezone": "Asia/Seoul",
+    "alerts.apprise-urls": [],
 }
 
 _TYPE_NAMES = {
@@ -154,6 +384,9 @@ _TYPE_NAMES = {
     "float": "a number",
     "bool": "true or false",
     "choice": "one of",
+    "table": 'a table of strings, e.g. {name = "value"}',
+    "ints": "a list of whole numbers, e.g. [429, 503]",
+    "strs": 'a list of strings, e.g. ["a", "b"]',
 }
 
 
@@ -189,11 +422,13 @@ class ProviderConfig:
     username: str
     password: str = field(repr=False)
     rate_limit: RateLimitConfig
+    throttle_statuses: tuple[int, ...] = (429,)
 
     def __repr__(self) -> str:
         return (
-            f"ProviderConfig(name={self.name!r}, base_url={self.base_url!r}, "
-            f"username={self.username!r}, password='****', rate_limit={self.rate_limit!r})"
+            f"ProviderConfig(name={self.name!r}, base_url={redact.redact_url(self.base_url)!r}, "
+            f"username={self.username!r}, password={redact.MASK!r}, "
+            f"rate_limit={self.rate_limit!r})"
         )
 
 
@@ -205,14 +440,24 @@ class RetryConfig:
     backoff_delay: float = 1.0
     multiplier: float = 2.0
     max_delay: float = 30.0
+    #: a Retry-After longer than this pauses the provider instead of the send
+    max_retry_after: float = 60.0
 
 
 @dataclass(frozen=True)
 class CircuitBreakerConfig:
-    """When a provider's circuit opens and when it is tried again."""
+    """When a provider's circuit opens and when it is tried again.
+
+    The circuit opens when at least ``minimum_calls`` of the last ``window_size`` messages were
+    seen and the share of outage failures among them reaches ``failure_rate_threshold``.
+    ``failure_threshold`` (consecutive failures) is deprecated: it still loads, with a warning.
+    """
 
     failure_threshold: int = 5
     reset_timeout: float = 30.0
+    window_size: int = 20
+    minimum_calls: int = 10
+    failure_rate_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -222,7 +467,7 @@ class LimiterConfig:
     strategy: str = "sliding-window"
     store: str = "sqlite"
     path: Path | None = None
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -230,13 +475,19 @@ class BulkConfig:
     """Defaults of ``msgsend bulk``."""
 
     concurrency: int = 8
+    #: seconds with no provider able to deliver before the run stops with exit 75
+    max_outage: float = 300.0
+    #: "HH:MM-HH:MM" (see ``parse_quiet_hours``), or None for no quiet hours
+    quiet_hours: str | None = None
+    timezone: str = "Asia/Seoul"
 
 
 @dataclass(frozen=True)
 class AlertsConfig:
     """Where alerts go besides the log."""
 
-    webhook_url: str | None = None
+    webhook_url: str | None = field(default=None, repr=False)
+    apprise_urls: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -251,6 +502,7 @@ class Config:
     limiter: LimiterConfig
     bulk: BulkConfig
     alerts: AlertsConfig
+    overflow: bool = False
     path: Path | None = None
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
     sources: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -295,30 +547,33 @@ def discover_config_path(
     return user if user.is_file() else None
 
 
+def _is_table_prefix(key: str) -> bool:
+    return any(k.startswith(key + ".") for k in SCHEMA)
+
+
 def _flatten(table: Mapping[str, Any], prefix: str, source: str, out: dict[str, Any]) -> None:
     for name, value in table.items():
         key = f"{prefix}{name}"
-        if isinstance(value, dict):
-            if key in SCHEMA:
+        spec = SCHEMA.get(key)
+        if isinstance(value, dict) and (spec is None or spec.kind != "table"):
+            if spec is not None:
                 raise ConfigError(
-                    f"expected {_expectation(SCHEMA[key])}, got a table", source=source, key=key
+                    f"expected {_expectation(spec)}, got a table", source=source, key=key
                 )
-            if not any(k.startswith(key + ".") for k in SCHEMA):
+            if not _is_table_prefix(key):
                 raise ConfigError(_unknown_key_message(key), source=source, key=key)
             _flatten(value, key + ".", source, out)
+        elif spec is None:
+            if _is_table_prefix(key):
+                raise ConfigError(
+                    f"expected a table ([{key}]), got {value!r}", source=source, key=key
+                )
+            raise ConfigError(_unknown_key_message(key), source=source, key=key)
         else:
-            if key not in SCHEMA:
-                if any(k.startswith(key + ".") for k in SCHEMA):
-                    raise ConfigError(
-                        f"expected a table ([{key}]), got {value!r}", source=source, key=key
-                    )
-                raise ConfigError(_unknown_key_message(key), source=source, key=key)
             out[key] = value
 
 
 def _unknown_key_message(key: str) -> str:
-    import difflib
-
     close = difflib.get_close_matches(key, list(SCHEMA), n=1, cutoff=0.75)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown key{hint} (see `msgsend config init` for every key)"
@@ -329,7 +584,42 @@ def _expectation(spec: _Key) -> str:
         return "one of " + ", ".join(repr(c) for c in spec.choices)
     if spec.kind == "url":
         return "a URL starting with " + " or ".join(f"{s}://" for s in spec.schemes)
+    if spec.kind in ("int", "float") and (spec.minimum is not None or spec.maximum is not None):
+        return _bounds_text(spec)
     return _TYPE_NAMES[spec.kind]
+
+
+def _from_json(key: str, raw: Any, source: str) -> Any:
+    """Return an environment value of a table or list key, which is written as JSON."""
+    try:
+        return json.loads(str(raw))
+    except ValueError:
+        example = '{"name": "value"}' if SCHEMA[key].kind == "table" else "[429, 503]"
+        raise ConfigError(
+            f"expected JSON ({_TYPE_NAMES[SCHEMA[key].kind]}; in the environment: "
+            f"'{example}'), got {raw!r}",
+            source=source,
+            key=key,
+        ) from None
+
+
+def _coerce_number(spec: _Key, raw: Any, from_env: bool) -> float | int | None:
+    """Return ``raw`` as an int/float of ``spec``'s kind, or None when it is not one."""
+    whole = spec.kind in ("int", "ints")
+    if from_env and isinstance(raw, str):
+        try:
+            value: float | int = int(raw.strip()) if whole else float(raw.strip())
+        except ValueError:
+            return None
+    elif isinstance(raw, bool) or not isinstance(raw, int if whole else int | float):
+        return None
+    else:
+        value = raw
+    if not whole:
+        if not math.isfinite(value):
+            return None
+        value = float(value)
+    return value
 
 
 def _coerce(key: str, raw: Any, source: str, from_env: bool) -> Any:
@@ -348,44 +638,80 @@ def _coerce(key: str, raw: Any, source: str, from_env: bool) -> Any:
                 raise wrong
         elif not isinstance(raw, bool):
             raise wrong
-    elif spec.kind == "int":
-        if from_env:
-            try:
-                value = int(str(raw).strip())
-            except ValueError:
-                raise wrong from None
-        elif isinstance(raw, bool) or not isinstance(raw, int):
+    elif spec.kind in ("int", "float"):
+        number = _coerce_number(spec, raw, from_env)
+        if number is None:
+            hint = f"; {spec.hint}" if spec.hint else ""
+            raise ConfigError(
+                f"expected {_TYPE_NAMES[spec.kind]}, got {raw!r}{hint}", source=source, key=key
+            )
+        if not _in_bounds(spec, number):
             raise wrong
-    elif spec.kind == "float":
-        if from_env:
-            try:
-                value = float(str(raw).strip())
-            except ValueError:
-                raise wrong from None
-        elif isinstance(raw, bool) or not isinstance(raw, int | float):
+        value = number
+    elif spec.kind == "table":
+        value = _from_json(key, raw, source) if from_env else raw
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
             raise wrong
-        if not math.isfinite(value):
-            raise wrong
-        value = float(value)
+        value = dict(value)
+    elif spec.kind in ("ints", "strs"):
+        value = _coerce_list(key, spec, raw, source, from_env)
     else:
-        if not isinstance(raw, str):
-            raise wrong
-        # A password or user name is taken as written: spaces may be part of it.
-        value = raw if spec.kind == "str" else raw.strip()
-        if spec.kind == "choice" and value not in spec.choices:
-            raise wrong
-        if spec.kind == "url":
-            parts = urlsplit(value)
-            if parts.scheme not in spec.schemes or (parts.scheme != "unix" and not parts.netloc):
-                raise wrong
-            try:
-                _ = parts.port
-            except ValueError:
-                raise ConfigError(f"bad port in URL {raw!r}", source=source, key=key) from None
+        value = _coerce_text(key, spec, raw, source)
     if spec.check is not None:
-        problem = spec.check(value)
-        if problem:
-            raise ConfigError(f"expected {problem}, got {raw!r}", source=source, key=key)
+        for item in value if spec.kind in ("ints", "strs") else [value]:
+            problem = spec.check(item)
+            if problem:
+                raise ConfigError(f"expected {problem}, got {item!r}", source=source, key=key)
+    return value
+
+
+def _coerce_list(key: str, spec: _Key, raw: Any, source: str, from_env: bool) -> list[Any]:
+    items = _from_json(key, raw, source) if from_env else raw
+    wrong = ConfigError(f"expected {_TYPE_NAMES[spec.kind]}, got {raw!r}", source=source, key=key)
+    if not isinstance(items, list):
+        raise wrong
+    if len(items) < spec.min_items:
+        raise ConfigError(
+            f"expected at least {spec.min_items} item(s), got {raw!r}", source=source, key=key
+        )
+    out: list[Any] = []
+    for item in items:
+        if spec.kind == "strs":
+            if not isinstance(item, str):
+                raise wrong
+            out.append(item.strip())
+            continue
+        number = _coerce_number(spec, item, False)
+        if number is None:
+            raise wrong
+        if not _in_bounds(spec, number):
+            raise ConfigError(
+                f"expected each item to be {_bounds_text(spec)}, got {item!r}",
+                source=source,
+                key=key,
+            )
+        out.append(number)
+    return out
+
+
+def _coerce_text(key: str, spec: _Key, raw: Any, source: str) -> str:
+    wrong = ConfigError(f"expected {_expectation(spec)}, got {raw!r}", source=source, key=key)
+    if not isinstance(raw, str):
+        raise wrong
+    # A password or user name is taken as written: spaces may be part of it.
+    value = raw if spec.kind == "str" and spec.check is None else raw.strip()
+    if spec.kind == "choice" and value not in spec.choices:
+        raise wrong
+    if spec.kind == "url":
+        parts = urlsplit(value)
+        if parts.scheme not in spec.schemes or (parts.scheme != "unix" and not parts.netloc):
+            raise wrong
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ConfigError(f"bad port in URL {raw!r}", source=source, key=key) from None
     return value
 
 
@@ -404,8 +730,27 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
 
 
+def _redacted(key: str, value: Any) -> Any:
+    """Return ``value`` of ``key`` as ``config show`` may print it (see ``_Key.redact``)."""
+    how = SCHEMA[key].redact if key in SCHEMA else ""
+    if not how or value is None:
+        return value
+    if how == "password":
+        return redact.MASK if value else value
+    if how == "headers":
+        return redact.redact_headers(value)
+    one = redact.redact_url if how == "url" else redact.redact_endpoint
+    return [one(item) for item in value] if isinstance(value, list) else one(value)
+
+
+def _secret_keys(flat: Mapping[str, Any]) -> list[str]:
+    """Return the keys of ``flat`` whose value holds a secret (redaction would change it)."""
+    return [key for key, value in flat.items() if _redacted(key, value) != value]
+
+
 def _permission_warning(path: Path, flat: Mapping[str, Any]) -> str | None:
-    if not any(k.endswith("auth.password") for k in flat):
+    secrets = _secret_keys(flat)
+    if not secrets:
         return None
     try:
         mode = path.stat().st_mode
@@ -413,10 +758,32 @@ def _permission_warning(path: Path, flat: Mapping[str, Any]) -> str | None:
         return None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         return (
-            f"{path}: holds a password but is readable by others "
+            f"{path}: holds secrets ({', '.join(secrets)}) but is readable by others "
             f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}"
         )
     return None
+
+
+def _env_names() -> dict[str, str]:
+    return {env_var_name(key): key for key in SCHEMA}
+
+
+def _check_unknown_env(env: Mapping[str, str], known: Mapping[str, str]) -> None:
+    """Refuse a ``MSGSEND_*`` variable that maps to no key: a typo must not pass silently."""
+    for name in sorted(env):
+        if not name.startswith("MSGSEND_") or name in known or name in RESERVED_ENV_VARS:
+            continue
+        close = difflib.get_close_matches(name, [*known, *RESERVED_ENV_VARS], n=1, cutoff=0.8)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(
+            f"unknown variable; {hint}"
+            "(each key's variable is MSGSEND_ + its path: see `msgsend config init`)",
+            source=f"environment {name}",
+        )
+
+
+def _deprecation(key: str, source: str) -> str:
+    return f"{source}: {key} is deprecated: {SCHEMA[key].deprecated}"
 
 
 def load_config(
@@ -434,6 +801,8 @@ def load_config(
         config.kakaotalk.rate_limit       # RateLimitConfig(count=100, period=60.0)
     """
     env = os.environ if env is None else env
+    known = _env_names()
+    _check_unknown_env(env, known)
     file_path = discover_config_path(path, env, cwd)
     layers: list[tuple[str, dict[str, Any]]] = [("default", dict(DEFAULTS))]
     warnings: list[str] = []
@@ -446,14 +815,16 @@ def load_config(
                 {k: _coerce(k, v, str(file_path), False) for k, v in flat.items()},
             )
         )
+        warnings += [_deprecation(k, str(file_path)) for k in flat if SCHEMA[k].deprecated]
         warning = _permission_warning(file_path, flat)
         if warning:
             warnings.append(warning)
     env_layer: dict[str, Any] = {}
-    for key in SCHEMA:
-        name = env_var_name(key)
+    for name, key in known.items():
         if name in env:
             env_layer[key] = _coerce(key, env[name], f"environment {name}", True)
+            if SCHEMA[key].deprecated:
+                warnings.append(_deprecation(key, f"environment {name}"))
     layers.append(("environment", env_layer))
     if overrides:
         layers.append(
@@ -485,6 +856,7 @@ def _where(sources: Mapping[str, str], key: str) -> str:
 def _rate_limit(
     name: str, values: Mapping[str, Any], sources: Mapping[str, str]
 ) -> RateLimitConfig:
+    """The one rate parser: exactly one of requests-per-minute / requests-per-second."""
     per_minute = values.get(f"{name}.rate-limit.requests-per-minute")
     per_second = values.get(f"{name}.rate-limit.requests-per-second")
     key = f"{name}.rate-limit"
@@ -497,10 +869,7 @@ def _rate_limit(
     if per_minute is not None:
         return RateLimitConfig(count=int(per_minute), period=60.0)
     if per_second is not None:
-        # A fractional per-second rate is kept exact as a count over a longer period.
-        if float(per_second).is_integer():
-            return RateLimitConfig(count=int(per_second), period=1.0)
-        return RateLimitConfig(count=max(1, round(per_second * 60)), period=60.0)
+        return RateLimitConfig(count=int(per_second), period=1.0)
     raise ConfigError(
         "set requests-per-minute or requests-per-second", source="configuration", key=key
     )
@@ -516,6 +885,24 @@ def _provider(name: str, values: Mapping[str, Any], sources: Mapping[str, str]) 
         username=values[f"{name}.auth.username"],
         password=values[f"{name}.auth.password"],
         rate_limit=_rate_limit(name, values, sources),
+        throttle_statuses=tuple(values[f"{name}.throttle-statuses"]),
+    )
+
+
+def _circuit_breaker(values: Mapping[str, Any], sources: Mapping[str, str]) -> CircuitBreakerConfig:
+    window, minimum = values["circuit-breaker.window-size"], values["circuit-breaker.minimum-calls"]
+    if minimum > window:
+        raise ConfigError(
+            f"expected at most window-size ({window}), got {minimum}",
+            source=_where(sources, "circuit-breaker.minimum-calls"),
+            key="circuit-breaker.minimum-calls",
+        )
+    return CircuitBreakerConfig(
+        failure_threshold=values.get("circuit-breaker.failure-threshold", 5),
+        reset_timeout=float(values["circuit-breaker.reset-timeout"]),
+        window_size=window,
+        minimum_calls=minimum,
+        failure_rate_threshold=values["circuit-breaker.failure-rate-threshold"],
     )
 
 
@@ -540,6 +927,7 @@ def _build(
         backoff_delay=values["retry.backoff-delay"] / 1000.0,
         multiplier=values["retry.multiplier"],
         max_delay=values["retry.max-delay"] / 1000.0,
+        max_retry_after=float(values["retry.max-retry-after"]),
     )
     limiter_path = values.get("limiter.path")
     return Config(
@@ -547,18 +935,24 @@ def _build(
         sms=_provider("sms", values, sources),
         retry=retry,
         fallback=values["fallback.enabled"],
-        circuit_breaker=CircuitBreakerConfig(
-            failure_threshold=values["circuit-breaker.failure-threshold"],
-            reset_timeout=float(values["circuit-breaker.reset-timeout"]),
-        ),
+        overflow=values["fallback.overflow"],
+        circuit_breaker=_circuit_breaker(values, sources),
         limiter=LimiterConfig(
             strategy=strategy,
             store=store,
             path=Path(limiter_path).expanduser() if limiter_path else None,
             redis_url=values.get("limiter.redis-url"),
         ),
-        bulk=BulkConfig(concurrency=values["bulk.concurrency"]),
-        alerts=AlertsConfig(webhook_url=values.get("alerts.webhook-url")),
+        bulk=BulkConfig(
+            concurrency=values["bulk.concurrency"],
+            max_outage=float(values["bulk.max-outage"]),
+            quiet_hours=values.get("bulk.quiet-hours"),
+            timezone=values["bulk.timezone"],
+        ),
+        alerts=AlertsConfig(
+            webhook_url=values.get("alerts.webhook-url"),
+            apprise_urls=tuple(values["alerts.apprise-urls"]),
+        ),
         path=path,
         values=values,
         sources=sources,
@@ -569,51 +963,81 @@ def _build(
 # --------------------------------------------------------------------------- writing
 
 
-def _table_of(key: str) -> str:
-    return key.rsplit(".", 1)[0]
+def _toml_value(value: Any) -> str:
+    """Return ``value`` as one line of TOML (tables inline)."""
+    import tomli_w
+
+    if isinstance(value, dict):
+        inner = ", ".join(tomli_w.dumps({k: v}).strip() for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return tomli_w.dumps({"x": value}).strip()[len("x = ") :]
+
+
+def _toml_line(name: str, value: Any) -> str:
+    import tomli_w
+
+    key = tomli_w.dumps({name: 0}).strip()[: -len(" = 0")]
+    return f"{key} = {_toml_value(value)}"
+
+
+def _grouped(keys: list[str]) -> list[tuple[str, list[str]]]:
+    """Return ``keys`` grouped by table, tables in first-seen order (a TOML table is one block)."""
+    tables: dict[str, list[str]] = {}
+    for key in keys:
+        tables.setdefault(key.rsplit(".", 1)[0], []).append(key)
+    return list(tables.items())
+
+
+def _range_note(spec: _Key) -> str:
+    """Return `` (1-10)`` or `` (>0, <=300)`` for a bounded number, as the sample documents it."""
+    if spec.kind not in ("int", "float") or spec.maximum is None:
+        return ""
+    low = _number(spec.minimum) if spec.minimum is not None else "0"
+    high = _number(spec.maximum)
+    return f" (>{low}, <={high})" if spec.above else f" ({low}-{high})"
 
 
 def render_sample_config() -> str:
     """Return the commented sample file that ``msgsend config init`` writes."""
-    import tomli_w
-
     lines = [
         "# msgsend configuration. Every key can be overridden by an environment variable:",
         "# MSGSEND_ + the key's path upper-cased, '.' and '-' as '_'",
-        "# (e.g. MSGSEND_KAKAOTALK_AUTH_PASSWORD). Keep this file private: chmod 600.",
+        "# (e.g. MSGSEND_KAKAOTALK_AUTH_PASSWORD; lists and tables as JSON:",
+        "# MSGSEND_SMS_THROTTLE_STATUSES='[429, 503]'). Keep this file private: chmod 600.",
     ]
-    current = None
-    for key, spec in SCHEMA.items():
-        table, name = _table_of(key), key.rsplit(".", 1)[1]
-        if table != current:
-            lines += ["", f"[{table}]"]
-            current = table
-        if key in DEFAULTS:
-            text = tomli_w.dumps({name: DEFAULTS[key]}).strip()
-        else:
-            example = {
-                f"{table}.connect-timeout": 5.0,
-                f"{table}.read-timeout": 5.0,
-                f"{table}.requests-per-second": 2,
-                "limiter.path": "~/.local/state/msgsend/ratelimit.sqlite",
-                "limiter.redis-url": "redis://localhost:6379/0",
-                "alerts.webhook-url": "https://hooks.example.com/services/...",
-            }.get(key)
-            if example is None:
+    keys = [k for k, spec in SCHEMA.items() if not spec.deprecated]
+    for table, members in _grouped(keys):
+        lines += ["", f"[{table}]"]
+        for key in members:
+            spec, name = SCHEMA[key], key.rsplit(".", 1)[1]
+            if key in DEFAULTS:
+                text = _toml_line(name, DEFAULTS[key])
+            elif spec.example is not None:
+                text = "# " + _toml_line(name, spec.example)
+            else:
                 continue
-            text = "# " + tomli_w.dumps({name: example}).strip()
-        lines.append(f"{text:<46} # {spec.doc}")
+            lines.append(f"{text:<46} # {spec.doc}{_range_note(spec)}")
     return "\n".join(lines) + "\n"
 
 
+def render_effective_config(config: Config) -> str:
+    """Return the effective configuration as TOML, secrets redacted, each line's source."""
+    items = {key: (value, source) for key, value, source in effective_items(config)}
+    out = [f"# file: {config.path or '(none: built-in defaults)'}"]
+    for table, members in _grouped(list(items)):
+        out.append(f"\n[{table}]")
+        for key in members:
+            value, source = items[key]
+            out.append(f"{_toml_line(key.rsplit('.', 1)[1], value):<46} # {source}")
+    return "\n".join(out) + "\n"
+
+
 def effective_items(config: Config) -> list[tuple[str, Any, str]]:
-    """Return ``(key, value, source)`` for every set key, passwords masked."""
-    items = []
-    for key in SCHEMA:
-        if key not in config.values:
-            continue
-        value = config.values[key]
-        if key.endswith("password"):
-            value = "****"
-        items.append((key, value, config.sources.get(key, "default")))
-    return items
+    """Return ``(key, value, source)`` for every set key, secrets redacted."""
+    return [
+        (key, _redacted(key, config.values[key]), config.sources.get(key, "default"))
+        for key in SCHEMA
+        if key in config.values
+    ]

@@ -62,7 +62,6 @@ __all__ = [
     "check_limiter_settings",
     "default_guard",
     "default_state_path",
-    "limit_from_settings",
 ]
 
 STRATEGIES = ("sliding-window", "fixed-window", "token-bucket")
@@ -145,24 +144,6 @@ class Limit:
         if self.period == 1:
             return f"{self.count}/second"
         return f"{self.count} per {self.period:g} s"
-
-
-def limit_from_settings(
-    requests_per_minute: int | None = None, requests_per_second: int | None = None
-) -> Limit:
-    """Build a Limit from exactly one of the two config keys; ValueError names the key."""
-    if requests_per_minute is not None and requests_per_second is not None:
-        raise ValueError("give either requests-per-minute or requests-per-second, not both")
-    if requests_per_minute is None and requests_per_second is None:
-        raise ValueError("give one of requests-per-minute or requests-per-second")
-    key, value, period = (
-        ("requests-per-minute", requests_per_minute, 60.0)
-        if requests_per_minute is not None
-        else ("requests-per-second", requests_per_second, 1.0)
-    )
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{key} must be a positive whole number, not {value!r}")
-    return Limit(value, period)
 
 
 def default_guard(limit: Limit) -> float:

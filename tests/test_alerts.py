@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from msgsend.alerts import ALERT_TYPES, Alert, Alerter, alert_for_transition
+from msgsend.alerts import ALERT_TYPES, Alert, Alerter, alert_for
+from msgsend.events import (
+    AttemptFinished,
+    CircuitChanged,
+    Events,
+    FellBack,
+    LimiterWaited,
+    MessageFinished,
+)
 
 FIXED_NOW = dt.datetime(2024, 5, 1, 3, 0, 0, tzinfo=dt.UTC)
 
@@ -253,11 +261,42 @@ def test_context_manager_closes(ok_hook):
     ("old", "new", "expected"),
     [
         ("closed", "open", "provider-down"),
-        ("half-open", "open", "provider-down"),
+        ("half-open", "open", None),  # the same outage: alerted when it first opened
         ("half-open", "closed", "provider-recovered"),
         ("open", "half-open", None),
-        ("closed", "disabled", "auth-failed"),
+        ("closed", "disabled", None),  # the refused attempt raised auth-failed already
     ],
 )
-def test_alert_for_transition(old, new, expected):
-    assert alert_for_transition(old, new) == expected
+def test_circuit_transitions_alert_once_per_outage(old, new, expected):
+    alert = alert_for(CircuitChanged("kakaotalk", old, new, "reason"))
+    assert (alert[0] if alert else None) == expected
+
+
+def test_provider_throttling_is_an_alert_and_pacing_is_not():
+    throttled = AttemptFinished("sms", "rate-limited", 0.01, status_code=429, retry_after=2.0)
+    assert alert_for(throttled) == (
+        "rate-limit",
+        "sms",
+        "sms throttled a request (HTTP 429); it asks to wait 2 s",
+    )
+    assert alert_for(LimiterWaited("sms", 30.0)) is None
+    assert alert_for(AttemptFinished("sms", "server-error", 0.01, status_code=503)) is None
+
+
+def test_refused_credentials_and_fallbacks_alert():
+    refused = AttemptFinished("kakaotalk", "auth-failed", 0.01, error="HTTP 401")
+    assert alert_for(refused) == (
+        "auth-failed",
+        "kakaotalk",
+        "HTTP 401; kakaotalk is disabled for this run",
+    )
+    fell = alert_for(FellBack("kakaotalk", "sms", "010-****-5678", "HTTP 503"))
+    assert fell == ("fallback", "kakaotalk", "messages fall back from kakaotalk to sms: HTTP 503")
+
+
+def test_alerter_listens_to_events():
+    alerter = Alerter(clock=FakeClock())
+    events = Events(alerter.on_event)
+    events.emit(CircuitChanged("sms", "closed", "open", "5 consecutive failures"))
+    events.emit(MessageFinished("010-****-5678", "sent", "sms", False, 1))
+    assert [(a.type, a.provider) for a in alerter.emitted] == [("provider-down", "sms")]

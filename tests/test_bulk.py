@@ -23,12 +23,12 @@ from msgsend.bulk import (
     BulkReport,
     ResultsExistError,
     ResultsInUseError,
-    RowOutcome,
     default_preview_path,
     default_results_path,
     send_bulk,
 )
 from msgsend.errors import InputError
+from msgsend.events import RowSettled
 from msgsend.models import Channel, DeliveryResult
 
 
@@ -154,10 +154,10 @@ def test_sends_every_row_and_records_it(tmp_path: Path) -> None:
         ],
     )
     sender = FakeSender(fail={"010-1234-0005"})
-    rows: list[RowOutcome] = []
+    rows: list[RowSettled] = []
     progress: list[tuple[int, int]] = []
     report = send_bulk(
-        source, sender, on_row=rows.append, on_progress=lambda d, t: progress.append((d, t))
+        source, sender, emit=rows.append, on_progress=lambda d, t: progress.append((d, t))
     )
     results_path = tmp_path / "in.results.csv"
     assert report.results_path == results_path == default_results_path(source)
@@ -346,7 +346,7 @@ def test_workers_are_bounded_and_rows_read_lazily(tmp_path: Path) -> None:
     stop = threading.Event()
 
     def run() -> None:
-        send_bulk(source, sender, concurrency=4, stop=stop, on_row=lambda o: seen.append(o.row))
+        send_bulk(source, sender, concurrency=4, stop=stop, emit=lambda o: seen.append(o.row))
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -418,12 +418,12 @@ def test_keyboard_interrupt_closes_the_results_cleanly(tmp_path: Path) -> None:
 def test_callback_error_stops_the_run_and_is_raised(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 50)
 
-    def on_row(outcome: RowOutcome) -> None:
+    def on_row(outcome: RowSettled) -> None:
         if outcome.row == 5:
             raise RuntimeError("progress bar broke")
 
     with pytest.raises(RuntimeError, match="progress bar broke"):
-        send_bulk(source, FakeSender(), concurrency=1, on_row=on_row)
+        send_bulk(source, FakeSender(), concurrency=1, emit=on_row)
     recorded = statuses(tmp_path / "in.results.csv")
     assert 5 in recorded and len(recorded) < 50
 
@@ -579,9 +579,9 @@ def test_dry_run_writes_a_preview_and_sends_nothing(tmp_path: Path) -> None:
         [(phone(1), "김철수"), (phone(1), "김철수"), ("bad", "이영희"), (phone(3), "박민수")],
         header="phone,name",
     )
-    outcomes: list[RowOutcome] = []
+    outcomes: list[RowSettled] = []
     report = send_bulk(
-        source, None, template="{name}님 안녕하세요", dry_run=True, on_row=outcomes.append
+        source, None, template="{name}님 안녕하세요", dry_run=True, emit=outcomes.append
     )
     preview = default_preview_path(source)
     assert report.results_path == preview and report.dry_run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import astuple
 
 import pytest
 
@@ -18,6 +19,7 @@ from msgsend.errors import (
     ReadTimeoutError,
     ServerError,
 )
+from msgsend.events import Events
 
 
 class FakeClock:
@@ -61,7 +63,7 @@ def breaker(
         failure_threshold=3,
         reset_timeout=30.0,
         clock=clock,
-        on_change=lambda *args: changes.append(args),
+        emit=lambda event: changes.append(astuple(event)),
     )
 
 
@@ -262,14 +264,15 @@ def test_call_wraps_a_function(breaker):
         breaker.call(lambda: 1)
 
 
-def test_a_failing_callback_does_not_break_the_breaker(clock, caplog):
-    def explode(*args: object) -> None:
-        raise RuntimeError("callback bug")
+def test_a_failing_listener_does_not_break_the_breaker(clock, caplog):
+    def explode(event: object) -> None:
+        raise RuntimeError("listener bug")
 
-    breaker = CircuitBreaker("sms", failure_threshold=1, clock=clock, on_change=explode)
+    events = Events(explode)
+    breaker = CircuitBreaker("sms", failure_threshold=1, clock=clock, emit=events.emit)
     breaker.record_failure(outage())
     assert state(breaker) is CircuitState.OPEN
-    assert "on_change callback failed" in caplog.text
+    assert "event listener" in caplog.text and "listener bug" in caplog.text
 
 
 def test_rejects_bad_settings():
@@ -312,7 +315,7 @@ def test_concurrent_opening_happens_once(clock, changes):
         "kakaotalk",
         failure_threshold=5,
         clock=clock,
-        on_change=lambda *args: changes.append(args),
+        emit=lambda event: changes.append(astuple(event)),
     )
     run_threads(16, lambda: breaker.record_failure(outage()))
     assert state(breaker) is CircuitState.OPEN

@@ -29,6 +29,7 @@ from fakes import (
 from msgsend.circuit import CircuitBreaker, CircuitState
 from msgsend.client import Sender
 from msgsend.errors import InputError, MsgsendError
+from msgsend.events import CircuitChanged, Events
 from msgsend.models import DeliveryResult
 from msgsend.report import RunStats
 from msgsend.retry import RetryPolicy
@@ -84,16 +85,18 @@ def make_rig(
     sleep = FakeSleep(clock)
     alerter = FakeAlerter()
     changes: list[tuple[str, Any, Any, str]] = []
-    sender_box: list[Sender] = []
 
-    def on_change(provider: str, old: Any, new: Any, reason: str) -> None:
-        changes.append((provider, old, new, reason))
-        sender_box[0]._circuit_changed(provider, old, new, reason)  # as from_config wires it
+    events = Events()
 
+    def on_change(event: Any) -> None:
+        if isinstance(event, CircuitChanged):
+            changes.append((event.provider, event.old, event.new, event.reason))
+
+    events.subscribe(on_change)
     breaker_map = (
         {
             name: CircuitBreaker(
-                name, failure_threshold, reset_timeout, clock=clock, on_change=on_change
+                name, failure_threshold, reset_timeout, clock=clock, emit=events.emit
             )
             for name in ("kakaotalk", "sms")
         }
@@ -106,10 +109,10 @@ def make_rig(
         fallback=fallback,
         limiter=limiter,
         breakers=breaker_map,
-        alerter=alerter,  # type: ignore[arg-type]
+        alerter=alerter,
+        events=events,
         sleep=sleep,
     )
-    sender_box.append(sender)
     return Rig(kakao, sms, sleep, clock, alerter, sender, changes)
 
 
@@ -515,13 +518,20 @@ def test_limiter_is_asked_before_every_attempt():
     assert stats["sms"]["limiter"]["waits"] == 1
 
 
-def test_429_is_reported_to_the_limiter():
+def test_429_is_reported_to_the_limiter_and_alerted_once():
     limiter = FakeLimiter()
     rig = make_rig(limiter=limiter)
     rig.kakao.enqueue(rate_limited(retry_after=3.0))
     rig.send()
     assert limiter.throttled == [("kakaotalk", 3.0)]
-    assert ("rate-limit", "kakaotalk") not in rig.alerter.kinds  # the limiter alerts
+    assert rig.alerter.kinds.count(("rate-limit", "kakaotalk")) == 1
+    assert "wait 3 s" in rig.alerter.alerts[0][2]
+
+
+def test_waiting_for_the_limiter_is_not_an_alert():
+    rig = make_rig(limiter=FakeLimiter(wait=5.0))
+    rig.send()
+    assert rig.alerter.alerts == []
 
 
 def test_429_without_limiter_alerts(rig):
@@ -555,7 +565,7 @@ def test_read_timeouts_are_counted_as_uncertain(rig):
 def test_run_stats_match_the_messages():
     stats = RunStats()
     rig = make_rig()
-    rig.sender.stats = stats
+    rig.sender.events.subscribe(stats.on_event)
     rig.kakao.enqueue(
         *repeat(server_error),  # message 1: three failures, then SMS
         ok(),  # message 2

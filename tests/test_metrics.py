@@ -21,11 +21,23 @@ from msgsend.errors import (
     CircuitOpenError,
     ConnectError,
     ConnectionLostError,
+    MsgsendError,
+    ProviderDisabledError,
     RateLimitedError,
     ReadTimeoutError,
     ServerError,
 )
-from msgsend.metrics import Metrics, MetricsExportError, request_result
+from msgsend.events import (
+    AttemptFinished,
+    CircuitChanged,
+    Events,
+    FellBack,
+    LimiterWaited,
+    MessageFinished,
+    RetryScheduled,
+    RowSettled,
+)
+from msgsend.metrics import Metrics, MetricsExportError
 
 SPEC_NAMES = {
     "msgsend_messages",
@@ -147,11 +159,15 @@ def test_no_recipient_or_free_text_in_labels():
         (ServerError("x", status_code=503), "server-error"),
         (AuthError("x", status_code=401), "auth-failed"),
         (CircuitOpenError("x"), "circuit-open"),
-        (ValueError("x"), "error"),
+        (MsgsendError("x"), "error"),
+        (ProviderDisabledError("x"), "provider-disabled"),
     ],
 )
-def test_request_result(exc, label):
-    assert request_result(exc) == label
+def test_every_error_kind_is_a_result_label(exc, label):
+    m = Metrics()
+    result = "success" if exc is None else exc.kind
+    m.observe_request("kakaotalk", result, 0.1)
+    assert m.sample("msgsend_requests_total", {"provider": "kakaotalk", "result": label}) == 1
 
 
 def test_error_kinds_are_accepted_as_results():
@@ -164,10 +180,30 @@ def test_error_kinds_are_accepted_as_results():
     assert m.sample("msgsend_requests_total", {"provider": "kakaotalk", "result": "error"})
 
 
-def test_observe_error_maps_exceptions():
+def test_metrics_listen_to_events():
     m = Metrics()
-    m.observe_error("sms", RateLimitedError("429"), 0.1)
-    assert m.sample("msgsend_requests_total", {"provider": "sms", "result": "rate-limited"}) == 1
+    events = Events(m.on_event)
+    events.emit(AttemptFinished("kakaotalk", "server-error", 0.02, status_code=503))
+    events.emit(AttemptFinished("kakaotalk", "circuit-open", None))
+    events.emit(RetryScheduled("kakaotalk", 1, 1.0, "HTTP 503"))
+    events.emit(FellBack("kakaotalk", "sms", "010-****-5678", "HTTP 503"))
+    events.emit(LimiterWaited("sms", 0.5))
+    events.emit(CircuitChanged("kakaotalk", "closed", "open", "5 failures"))
+    events.emit(MessageFinished("010-****-5678", "sent", "sms", True, 2))
+    for status in ("sent", "invalid", "duplicate"):
+        events.emit(RowSettled(2, "010-****-5678", status))
+    sample = m.sample
+    assert sample("msgsend_requests_total", {"provider": "kakaotalk", "result": "server-error"})
+    assert sample("msgsend_requests_total", {"provider": "kakaotalk", "result": "circuit-open"})
+    assert sample("msgsend_request_duration_seconds_count", {"provider": "kakaotalk"}) == 1
+    assert sample("msgsend_retries_total", {"provider": "kakaotalk"}) == 1
+    assert sample("msgsend_fallbacks_total") == 1
+    assert sample("msgsend_rate_limit_wait_seconds_total", {"provider": "sms"}) == 0.5
+    assert sample("msgsend_circuit_open_total", {"provider": "kakaotalk"}) == 1
+    # A sent row is the sender's MessageFinished: counted once, not again as a row.
+    assert sample("msgsend_messages_total", {"channel": "sms", "outcome": "sent"}) == 1
+    assert sample("msgsend_messages_total", {"channel": "none", "outcome": "invalid"}) == 1
+    assert sample("msgsend_messages_total", {"channel": "none", "outcome": "duplicate"}) == 1
 
 
 def test_write_textfile_is_atomic_and_world_readable(metrics, tmp_path):

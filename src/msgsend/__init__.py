@@ -28,6 +28,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "DeliveryResult",
+    "Events",
     "HealthReport",
     "InputError",
     "MsgsendError",
@@ -57,6 +58,7 @@ _LOCATIONS = {
     "ConfigError": "errors",
     "ConnectError": "errors",
     "DeliveryResult": "models",
+    "Events": "events",
     "HealthReport": "health",
     "InputError": "errors",
     "MsgsendError": "errors",
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
         ReadTimeoutError,
         ServerError,
     )
+    from .events import Events
     from .health import HealthReport, check_health
     from .models import Channel, DeliveryResult, normalize_recipient
     from .providers import Provider

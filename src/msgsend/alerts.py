@@ -16,15 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
+from .events import AttemptFinished, CircuitChanged, Event, FellBack, Listener
 from .logs import mask_text
 
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["ALERT_TYPES", "Alert", "Alerter", "alert_for_transition"]
+__all__ = ["ALERT_TYPES", "Alert", "Alerter", "SupportsEmit", "alert_for", "alert_listener"]
 
 ALERT_TYPES: Final = (
     "auth-failed",
@@ -50,19 +51,52 @@ def _utc_now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
 
-def alert_for_transition(old: str, new: str) -> str | None:
-    """Return the alert type for a circuit transition (``on_change``), or None for none.
+def alert_for(event: Event) -> tuple[str, str | None, str] | None:
+    """Return the alert ``(type, provider, message)`` that ``event`` calls for, or None.
 
-    >>> alert_for_transition("half-open", "closed")
-    'provider-recovered'
+    Every alert rule of msgsend is here. A circuit that fails its half-open trial and opens
+    again is still the same outage: ``provider-down`` fires when it first opens, and
+    ``provider-recovered`` when a trial closes it.
+
+    >>> alert_for(CircuitChanged("sms", "half-open", "closed", "trial request succeeded"))
+    ('provider-recovered', 'sms', 'sms answers again; circuit closed')
     """
-    if new == "open":
-        return "provider-down"
-    if new == "closed" and old == "half-open":
-        return "provider-recovered"
-    if new == "disabled":
-        return "auth-failed"
+    match event:
+        case AttemptFinished(result="auth-failed", provider=provider, error=error):
+            return "auth-failed", provider, f"{error}; {provider} is disabled for this run"
+        case AttemptFinished(result="rate-limited", provider=provider):
+            # Only the provider's own throttling: the client-side pacing is a metric.
+            status = event.status_code or 429
+            after = (
+                f"; it asks to wait {event.retry_after:g} s"
+                if event.retry_after is not None
+                else ""
+            )
+            return "rate-limit", provider, f"{provider} throttled a request (HTTP {status}){after}"
+        case FellBack(from_provider=source, to_provider=target, reason=reason):
+            return "fallback", source, f"messages fall back from {source} to {target}: {reason}"
+        case CircuitChanged(provider=provider, new="open", old=old) if old != "half-open":
+            return "provider-down", provider, f"{provider} circuit opened: {event.reason}"
+        case CircuitChanged(provider=provider, new="closed", old="half-open"):
+            return "provider-recovered", provider, f"{provider} answers again; circuit closed"
     return None
+
+
+class SupportsEmit(Protocol):
+    """What the alert rules need of an alerter (``Alerter``)."""
+
+    def emit(self, type: str, provider: str | None, message: str) -> bool: ...
+
+
+def alert_listener(alerter: SupportsEmit) -> Listener:
+    """Return an event listener that raises on ``alerter`` the alerts of ``alert_for``."""
+
+    def listen(event: Event) -> None:
+        alert = alert_for(event)
+        if alert is not None:
+            alerter.emit(*alert)
+
+    return listen
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +216,12 @@ class Alerter:
         return self._thread is not None and self._thread.is_alive()
 
     # -- emitting --------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Raise the alert ``event`` calls for, if any (an ``Events`` listener)."""
+        alert = alert_for(event)
+        if alert is not None:
+            self.emit(*alert)
 
     def emit(self, type: str, provider: str | None, message: str) -> bool:
         """Log an alert and queue its webhook post; return False if it was a duplicate."""

@@ -51,6 +51,7 @@ from typing import IO, Any, Protocol
 
 from .csvinput import CsvInfo, CsvRow, CsvSource, _clean, inspect_csv
 from .errors import InputError, InputFileError, TryLaterError, UsageError
+from .events import Emit, RowSettled
 from .models import Channel, DeliveryResult, mask_recipient
 from .report import LatencyHistogram
 
@@ -65,7 +66,6 @@ __all__ = [
     "CsvInfo",
     "ResultsExistError",
     "ResultsInUseError",
-    "RowOutcome",
     "SupportsSend",
     "default_preview_path",
     "default_results_path",
@@ -131,20 +131,6 @@ class ResultsInUseError(TryLaterError):
     """Another msgsend process is writing the results file, or paused in quiet hours (exit 75)."""
 
     kind = "results-in-use"
-
-
-@dataclass(frozen=True, slots=True)
-class RowOutcome:
-    """What happened to one row, as passed to ``on_row``."""
-
-    row: int
-    recipient_masked: str
-    status: str
-    channel: str | None
-    fallback: bool
-    attempts: int
-    error: str | None
-    latency_ms: float | None
 
 
 @dataclass(slots=True)
@@ -597,7 +583,7 @@ class _Run:
         allow_duplicates: bool,
         stop: threading.Event | None,
         on_progress: Callable[[int, int], None] | None,
-        on_row: Callable[[RowOutcome], None] | None,
+        emit: Emit | None,
     ) -> None:
         self.source = source
         self.sender = sender
@@ -609,7 +595,7 @@ class _Run:
         self.index = None if allow_duplicates else _DigestIndex()
         self.stop = stop
         self.on_progress = on_progress
-        self.on_row = on_row
+        self.emit = emit
         self.total = source.info.total_rows
         self.lock = threading.Lock()
         self.halt = threading.Event()
@@ -783,8 +769,8 @@ class _Run:
                 )
                 return
             self.count(item, status, channel, fallback, error, latency_ms, result)
-            if self.on_row is not None:
-                outcome = RowOutcome(
+            if self.emit is not None:
+                event = RowSettled(
                     row=item.row,
                     recipient_masked=mask_recipient(item.recipient),
                     status=status,
@@ -795,7 +781,7 @@ class _Run:
                     latency_ms=latency_ms,
                 )
                 try:
-                    self.on_row(outcome)
+                    self.emit(event)
                 except Exception as exc:
                     self.fail(exc)
             self.progress()
@@ -877,7 +863,7 @@ def send_bulk(
     allow_duplicates: bool = False,
     stop: threading.Event | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-    on_row: Callable[[RowOutcome], None] | None = None,
+    emit: Emit | None = None,
     info: CsvInfo | None = None,
 ) -> BulkReport:
     """Send every row of a CSV file, recording each outcome in a results file.
@@ -885,7 +871,8 @@ def send_bulk(
     Every problem with the file as a whole (missing, not text, no header, bad template,
     results file in the way) raises before anything is sent. Setting ``stop`` stops taking
     rows; in-flight sends finish and are recorded, and the report says ``interrupted``.
-    ``on_progress(done, total)`` and ``on_row`` are called from worker threads, one at a time.
+    ``on_progress(done, total)`` and ``emit`` (a ``RowSettled`` event per row) are called from
+    worker threads, one at a time.
     ``sender`` may be None for a dry run. ``info``, from ``inspect_csv`` of the same file,
     saves reading the file twice.
 
@@ -933,7 +920,7 @@ def send_bulk(
         allow_duplicates=allow_duplicates,
         stop=stop,
         on_progress=on_progress,
-        on_row=on_row,
+        emit=emit,
     )
     log.info(
         "bulk: %s, %d rows (%s), results in %s%s",

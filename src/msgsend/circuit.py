@@ -15,7 +15,6 @@ one HTTP request. Here the lock guards only the bookkeeping; the request runs ou
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,15 +22,11 @@ from enum import StrEnum
 from typing import TypeVar
 
 from .errors import AuthError, CircuitOpenError, HTTPStatusError, ProviderDisabledError
+from .events import CircuitChanged, Emit
 
-__all__ = ["CircuitBreaker", "CircuitState", "OnChange"]
-
-logger = logging.getLogger("msgsend.circuit")
+__all__ = ["CircuitBreaker", "CircuitState"]
 
 T = TypeVar("T")
-
-#: ``on_change(provider, old_state, new_state, reason)``
-OnChange = Callable[[str, "CircuitState", "CircuitState", str], None]
 
 
 class CircuitState(StrEnum):
@@ -55,7 +50,7 @@ class CircuitBreaker:
     while open or half-open. A trial that never reports expires after ``trial_timeout``
     (default ``reset_timeout``) and the next caller becomes the trial.
 
-        breaker = CircuitBreaker("kakaotalk", failure_threshold=5, reset_timeout=30)
+        breaker = CircuitBreaker("kakaotalk", 5, 30, emit=events.emit)
         result = breaker.call(lambda: provider.send(message))
     """
 
@@ -66,7 +61,7 @@ class CircuitBreaker:
         reset_timeout: float = 30.0,
         *,
         clock: Callable[[], float] = time.monotonic,
-        on_change: OnChange | None = None,
+        emit: Emit | None = None,
         trial_timeout: float | None = None,
     ) -> None:
         if failure_threshold < 1:
@@ -78,7 +73,7 @@ class CircuitBreaker:
         self.reset_timeout = float(reset_timeout)
         self.trial_timeout = float(trial_timeout if trial_timeout is not None else reset_timeout)
         self._clock = clock
-        self._on_change = on_change
+        self._emit = emit
         self._lock = threading.Lock()
         self._state = CircuitState.CLOSED
         self._failures = 0
@@ -253,21 +248,8 @@ class CircuitBreaker:
         self._trial_thread = None
 
     def _notify(self, changes: list[tuple[CircuitState, CircuitState, str]]) -> None:
-        """Log transitions and call ``on_change`` outside the lock; a failing callback is logged."""
+        """Emit a ``CircuitChanged`` event per transition, outside the lock."""
+        if self._emit is None:
+            return
         for old, new, reason in changes:
-            # INFO, not WARNING: the integrator turns transitions into alerts, which are the
-            # operator-visible signal; logging both at WARNING would say everything twice.
-            logger.info(
-                "%s circuit %s -> %s: %s",
-                self.provider,
-                old.value,
-                new.value,
-                reason,
-                extra={"provider": self.provider, "circuit": new.value},
-            )
-            if self._on_change is None:
-                continue
-            try:
-                self._on_change(self.provider, old, new, reason)
-            except Exception:
-                logger.exception("circuit on_change callback failed for %s", self.provider)
+            self._emit(CircuitChanged(self.provider, old, new, reason))

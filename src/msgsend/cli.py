@@ -35,6 +35,7 @@ from .errors import (
     MsgsendError,
     exit_code_for,
 )
+from .events import Event, Events, RowSettled
 
 # typer 0.2x parses every option through pydantic, whose import alone costs about what
 # `import requests` does: parse msgsend's plain options without it (start-up budget, see
@@ -128,6 +129,8 @@ class Run:
     alerter: Alerter | None = None
     metrics: Metrics | None = None
     sandbox: Sandbox | None = None
+    #: what the sender and the bulk run emit; alerts, metrics and progress listen
+    events: Events = field(default_factory=Events)
     closers: list[Any] = field(default_factory=list)
     #: whether every message was delivered (``msgsend_last_run_success``); commands set it
     ok: bool = True
@@ -231,10 +234,12 @@ def _run(
             from .alerts import Alerter
 
             run.alerter = Alerter(run.config.alerts.webhook_url)
+            run.events.subscribe(run.alerter.on_event)
             if common.metrics_file or common.pushgateway:
                 from .metrics import Metrics
 
                 run.metrics = Metrics()
+                run.events.subscribe(run.metrics.on_event)
         yield run
         success = run.ok
     finally:
@@ -317,9 +322,7 @@ def _build_sender(run: Run, *, pool_size: int | None = None) -> Sender:
     from .client import Sender
 
     assert run.config is not None
-    sender = Sender.from_config(
-        run.config, alerter=run.alerter, metrics=run.metrics, pool_size=pool_size
-    )
+    sender = Sender.from_config(run.config, events=run.events, pool_size=pool_size)
     run.closers.append(sender.close)
     return sender
 
@@ -659,6 +662,7 @@ def _bulk(run: Run, sender: Sender | None, file: Path, info: Any, **options: Any
     stop = threading.Event()
     progress = _BulkProgress(run, info.total_rows, options["via"], sender)
     restore = _install_interrupt_handlers(stop, run)
+    run.events.subscribe(progress.on_event)
     try:
         with progress:
             report = send_bulk(
@@ -666,17 +670,14 @@ def _bulk(run: Run, sender: Sender | None, file: Path, info: Any, **options: Any
                 sender,
                 stop=stop,
                 on_progress=progress.update,
-                on_row=progress.row,
+                emit=run.events.emit,
                 info=info,
                 **options,
             )
     finally:
+        run.events.unsubscribe(progress.on_event)
         restore()
     stats = sender.stats.to_json() if sender is not None else None
-    if run.metrics is not None:
-        for status in ("invalid", "duplicate"):
-            for _ in range(report.counts.get(status, 0)):
-                run.metrics.observe_message("none", status)
     if json_output:
         document = report.to_json()
         if stats is not None:
@@ -777,10 +778,12 @@ class _BulkProgress:
         while not self._stop.wait(1.0 if self.tty else self.INTERVAL):
             self._refresh(force=True)
 
-    def row(self, outcome: Any) -> None:
+    def on_event(self, event: Event) -> None:
+        if not isinstance(event, RowSettled):
+            return
         with self._lock:
-            self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
-            if getattr(outcome, "fallback", False):
+            self.counts[event.status] = self.counts.get(event.status, 0) + 1
+            if event.fallback:
                 self.counts["fallback"] += 1
 
     def update(self, done: int, total: int) -> None:

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .alerts import SupportsEmit, alert_listener
+from .circuit import CircuitBreaker, CircuitState
 from .errors import (
     AllProvidersFailedError,
     AuthError,
@@ -29,13 +31,22 @@ from .errors import (
     ProviderError,
     RateLimitedError,
 )
+from .events import (
+    AttemptFinished,
+    CircuitChanged,
+    Event,
+    Events,
+    FellBack,
+    LimiterWaited,
+    MessageFinished,
+    RetryScheduled,
+)
+from .logs import log_event
 from .models import Channel, DeliveryResult, mask_recipient, normalize_recipient, validate_message
 from .report import RunStats
 from .retry import RetryPolicy, call_with_retry
 
 if TYPE_CHECKING:
-    from .alerts import Alerter
-    from .circuit import CircuitBreaker, CircuitState
     from .config import Config
     from .metrics import Metrics
     from .providers import Provider
@@ -56,6 +67,10 @@ class Limiter(Protocol):
 class Sender:
     """Deliver messages through the configured providers.
 
+    Everything observable leaves as an event on ``events`` (see ``events.py``): the run's
+    ``stats`` and the log lines listen by default; ``metrics`` and ``alerter``, when given,
+    are subscribed too.
+
     Example::
 
         with Sender.from_config(load_config()) as sender:
@@ -71,9 +86,10 @@ class Sender:
         fallback: bool = True,
         limiter: Limiter | None = None,
         breakers: Mapping[str, CircuitBreaker] | None = None,
-        alerter: Alerter | None = None,
+        alerter: SupportsEmit | None = None,
         metrics: Metrics | None = None,
         stats: RunStats | None = None,
+        events: Events | None = None,
         sleep: Callable[[float], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -82,13 +98,19 @@ class Sender:
         self.fallback = fallback
         self.limiter = limiter
         self.breakers = dict(breakers or {})
-        self.alerter = alerter
-        self.metrics = metrics
         self.stats = stats or RunStats()
+        self.events = events if events is not None else Events()
         self._sleep = sleep
         self._on_close = on_close
         # Set while a provider's circuit is open: retry waits on that provider end early.
         self._circuit_open = {name: threading.Event() for name in self.providers}
+        self.events.subscribe(self._follow_circuits)
+        self.events.subscribe(self.stats.on_event)
+        self.events.subscribe(log_event)
+        if metrics is not None:
+            self.events.subscribe(metrics.on_event)
+        if alerter is not None:
+            self.events.subscribe(alert_listener(alerter))
 
     # ------------------------------------------------------------------ construction
 
@@ -97,15 +119,17 @@ class Sender:
         cls,
         config: Config,
         *,
-        alerter: Alerter | None = None,
+        alerter: SupportsEmit | None = None,
         metrics: Metrics | None = None,
         limiter: Limiter | None = None,
         pool_size: int | None = None,
         stats: RunStats | None = None,
+        events: Events | None = None,
     ) -> Sender:
-        """Build providers, limiter and breakers from ``config``."""
-        from .circuit import CircuitBreaker
+        """Build providers, limiter and breakers from ``config``; they emit on ``events``."""
         from .providers import build_provider
+
+        events = events if events is not None else Events()
 
         pool = max(pool_size or 0, config.bulk.concurrency, 4)
         providers = {
@@ -114,18 +138,13 @@ class Sender:
         }
         owned_limiter = None
         if limiter is None:
-            owned_limiter = limiter = build_limiter(config, alerter=alerter)
-        sender: Sender
-
-        def on_change(provider: str, old: CircuitState, new: CircuitState, reason: str) -> None:
-            sender._circuit_changed(provider, old, new, reason)
-
+            owned_limiter = limiter = build_limiter(config)
         breakers = {
             name: CircuitBreaker(
                 name,
                 config.circuit_breaker.failure_threshold,
                 config.circuit_breaker.reset_timeout,
-                on_change=on_change,
+                emit=events.emit,
             )
             for name in providers
         }
@@ -134,7 +153,7 @@ class Sender:
             if owned_limiter is not None:
                 owned_limiter.close()
 
-        sender = cls(
+        return cls(
             providers,
             retry=RetryPolicy.from_config(
                 config.retry.max_attempts,
@@ -148,9 +167,9 @@ class Sender:
             alerter=alerter,
             metrics=metrics,
             stats=stats,
+            events=events,
             on_close=close_owned,
         )
-        return sender
 
     def __enter__(self) -> Sender:
         return self
@@ -198,7 +217,9 @@ class Sender:
                 except InputError as exc:
                     errors.append(InputError(f"no fallback: {exc}", provider=current.value))
                     break
-                self._fallback(chain[index - 1].value, current.value, masked, errors[-1])
+                self.events.emit(
+                    FellBack(chain[index - 1].value, current.value, masked, str(errors[-1]))
+                )
                 result.fallback = True
             result.channel = current.value
             try:
@@ -216,28 +237,19 @@ class Sender:
             final = errors[-1] if len(errors) == 1 else AllProvidersFailedError(errors)
             result.error = str(final)
             result.error_kind = errors[-1].kind if errors else None
-        self.stats.message(result.channel, result.ok)
-        if self.metrics is not None:
-            self.metrics.observe_message(
-                result.channel or "none", "sent" if result.ok else "failed"
+        self.events.emit(
+            MessageFinished(
+                recipient=masked,
+                status=result.status,
+                channel=result.channel,
+                fallback=result.fallback,
+                attempts=result.attempts,
+                retries=result.retries,
+                error=result.error,
+                latency_ms=result.latency_ms,
+                limiter_wait_s=result.limiter_wait_s,
+                uncertain=result.uncertain,
             )
-        log.log(
-            logging.INFO if result.ok else logging.WARNING,
-            "%s %s via %s%s after %d attempt(s)%s",
-            masked,
-            "sent" if result.ok else "FAILED",
-            result.channel,
-            " (fallback)" if result.fallback else "",
-            result.attempts,
-            f": {result.error}" if result.error else "",
-            extra={
-                "event": "result",
-                "recipient": masked,
-                "status": result.status,
-                "channel": result.channel,
-                "fallback": result.fallback,
-                "attempts": result.attempts,
-            },
         )
         return result
 
@@ -253,9 +265,16 @@ class Sender:
                     breaker.before_request()
                 except MsgsendError as exc:
                     # Nothing was sent: counted, but not as a request with a duration.
-                    self.stats.request(provider_name, exc.kind, None)
-                    if self.metrics is not None:
-                        self.metrics.observe_request(provider_name, exc.kind, 0.0)
+                    self.events.emit(
+                        AttemptFinished(
+                            provider_name,
+                            exc.kind,
+                            None,
+                            masked,
+                            result.attempts,
+                            error=str(exc),
+                        )
+                    )
                     raise
             if self.limiter is not None:
                 waited = self._acquire(provider_name)
@@ -274,24 +293,15 @@ class Sender:
                 )
                 raise
             elapsed = time.perf_counter() - started
-            self._observe_request(provider_name, "success", elapsed)
+            self.events.emit(
+                AttemptFinished(provider_name, "success", elapsed, masked, result.attempts)
+            )
             if breaker is not None:
                 breaker.record_success()
 
         def on_retry(retry_number: int, delay: float, error: MsgsendError) -> None:
             result.retries += 1
-            self.stats.retry(provider_name)
-            if self.metrics is not None:
-                self.metrics.observe_retry(provider_name)
-            log.info(
-                "%s retry %d on %s in %.1f s after: %s",
-                masked,
-                retry_number,
-                provider_name,
-                delay,
-                error,
-                extra={"event": "retry", "recipient": masked, "provider": provider_name},
-            )
+            self.events.emit(RetryScheduled(provider_name, retry_number, delay, str(error), masked))
 
         call_with_retry(
             attempt,
@@ -310,9 +320,7 @@ class Sender:
             raise MsgsendError(
                 f"rate limiter for {provider_name} failed: {exc}", provider=provider_name
             ) from exc
-        self.stats.limiter_wait(provider_name, waited)
-        if self.metrics is not None and waited > 0:
-            self.metrics.observe_limiter_wait(provider_name, waited)
+        self.events.emit(LimiterWaited(provider_name, waited))
         return waited
 
     def _failed(
@@ -324,64 +332,31 @@ class Sender:
         masked: str,
         result: DeliveryResult,
     ) -> None:
-        self._observe_request(provider_name, exc.kind, elapsed)
-        log.info(
-            "%s attempt %d on %s failed: %s",
-            masked,
-            result.attempts,
-            provider_name,
-            exc,
-            extra={
-                "event": "attempt-failed",
-                "recipient": masked,
-                "provider": provider_name,
-                "status_code": exc.status_code,
-                "error": exc.kind,
-            },
+        retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+        self.events.emit(
+            AttemptFinished(
+                provider_name,
+                exc.kind,
+                elapsed,
+                masked,
+                result.attempts,
+                status_code=exc.status_code,
+                error=str(exc),
+                uncertain=exc.uncertain,
+                retry_after=retry_after,
+            )
         )
         if exc.uncertain:
             result.uncertain += 1
-            self.stats.uncertain(provider_name)
         if isinstance(exc, AuthError):
             if breaker is not None:
                 breaker.disable(str(exc))
-            self._alert(
-                "auth-failed", provider_name, f"{exc}; {provider_name} is disabled for this run"
-            )
-        else:
-            if isinstance(exc, RateLimitedError):
-                if self.limiter is not None:
-                    self.limiter.note_throttled(provider_name, exc.retry_after)
-                else:
-                    self._alert(
-                        "rate-limit",
-                        provider_name,
-                        f"{provider_name} answered 429 Too Many Requests",
-                    )
-            if breaker is not None:
-                # Only outages count; any HTTP answer ends a half-open trial.
-                breaker.record_failure(exc)
-
-    def _observe_request(self, provider_name: str, result: str, seconds: float) -> None:
-        self.stats.request(provider_name, result, seconds)
-        if self.metrics is not None:
-            self.metrics.observe_request(provider_name, result, seconds)
-
-    def _fallback(self, from_name: str, to_name: str, masked: str, error: MsgsendError) -> None:
-        self.stats.fallback(from_name)
-        if self.metrics is not None:
-            self.metrics.observe_fallback()
-        log.info(
-            "%s falling back from %s to %s: %s",
-            masked,
-            from_name,
-            to_name,
-            error,
-            extra={"event": "fallback", "recipient": masked, "provider": from_name},
-        )
-        self._alert(
-            "fallback", from_name, f"messages fall back from {from_name} to {to_name}: {error}"
-        )
+            return
+        if isinstance(exc, RateLimitedError) and self.limiter is not None:
+            self.limiter.note_throttled(provider_name, retry_after)
+        if breaker is not None:
+            # Only outages count; any HTTP answer ends a half-open trial.
+            breaker.record_failure(exc)
 
     def _wait(self, provider_name: str, delay: float) -> None:
         if self._sleep is not None:
@@ -390,37 +365,23 @@ class Sender:
         # Returns at once if the circuit is (or becomes) open: the next attempt fails fast.
         self._circuit_open[provider_name].wait(delay)
 
-    def _alert(self, kind: str, provider: str | None, message: str) -> None:
-        if self.alerter is not None:
-            self.alerter.emit(kind, provider, message)
-
-    def _circuit_changed(self, provider: str, old: Any, new: Any, reason: str) -> None:
-        from .circuit import CircuitState
-
-        event = self._circuit_open.get(provider)
-        if new in (CircuitState.OPEN, CircuitState.DISABLED):
-            if event is not None:
-                event.set()
-        elif event is not None:
-            event.clear()
-        if new is CircuitState.OPEN:
-            self.stats.circuit_opened(provider)
-            if self.metrics is not None:
-                self.metrics.observe_circuit_open(provider)
-            if old is not CircuitState.HALF_OPEN:
-                self._alert("provider-down", provider, f"{provider} circuit opened: {reason}")
-        elif new is CircuitState.CLOSED and old is CircuitState.HALF_OPEN:
-            self._alert("provider-recovered", provider, f"{provider} answers again; circuit closed")
+    def _follow_circuits(self, event: Event) -> None:
+        """End retry waits on a provider whose circuit opens (a listener: control, not stats)."""
+        if not isinstance(event, CircuitChanged):
+            return
+        waiting = self._circuit_open.get(event.provider)
+        if waiting is None:
+            return
+        if event.new in (CircuitState.OPEN, CircuitState.DISABLED):
+            waiting.set()
+        else:
+            waiting.clear()
 
 
-def build_limiter(config: Config, *, alerter: Alerter | None = None) -> Any:
+def build_limiter(config: Config) -> Any:
     """Return the ``RateLimiter`` of ``config``; raise ConfigError if its store is unusable."""
     from .errors import ConfigError
     from .ratelimit import Limit, LimiterError, RateLimiter
-
-    def on_event(kind: str, provider: str, message: str) -> None:
-        if alerter is not None:
-            alerter.emit(kind, provider, message)
 
     limits = {
         name: Limit(
@@ -436,7 +397,6 @@ def build_limiter(config: Config, *, alerter: Alerter | None = None) -> Any:
             store=config.limiter.store,
             path=config.limiter.path,
             redis_url=config.limiter.redis_url,
-            on_event=on_event,
         )
     except LimiterError as exc:
         raise ConfigError(str(exc), source=str(config.path) if config.path else None) from exc

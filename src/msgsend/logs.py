@@ -23,12 +23,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
+from .events import (
+    AttemptFinished,
+    CircuitChanged,
+    Event,
+    FellBack,
+    MessageFinished,
+    RetryScheduled,
+)
+
 __all__ = [
     "LOGGER_NAME",
     "JsonFormatter",
     "MaskingFilter",
     "TextFormatter",
     "level_for_verbosity",
+    "log_event",
     "mask_text",
     "reset_logging",
     "setup_logging",
@@ -279,3 +289,84 @@ def setup_logging(
         handler.addFilter(masking)
         setattr(handler, _HANDLER_MARK, True)
         logger.addHandler(handler)
+
+
+_client_log = logging.getLogger("msgsend.client")
+_circuit_log = logging.getLogger("msgsend.circuit")
+
+
+def log_event(event: Event) -> None:
+    """Log what ``event`` says, on the logger of the layer it comes from (an events listener).
+
+    INFO: failed attempts, retries, fallbacks, delivered messages and circuit transitions;
+    WARNING: a message that was not delivered. Alerts are logged by ``alerts.Alerter``.
+    """
+    match event:
+        case AttemptFinished(ok=False, seconds=float()):
+            _client_log.info(
+                "%s attempt %d on %s failed: %s",
+                event.recipient,
+                event.attempt,
+                event.provider,
+                event.error,
+                extra={
+                    "event": "attempt-failed",
+                    "recipient": event.recipient,
+                    "provider": event.provider,
+                    "status_code": event.status_code,
+                    "error": event.result,
+                },
+            )
+        case RetryScheduled():
+            _client_log.info(
+                "%s retry %d on %s in %.1f s after: %s",
+                event.recipient,
+                event.retry,
+                event.provider,
+                event.delay,
+                event.error,
+                extra={"event": "retry", "recipient": event.recipient, "provider": event.provider},
+            )
+        case FellBack():
+            _client_log.info(
+                "%s falling back from %s to %s: %s",
+                event.recipient,
+                event.from_provider,
+                event.to_provider,
+                event.reason,
+                extra={
+                    "event": "fallback",
+                    "recipient": event.recipient,
+                    "provider": event.from_provider,
+                },
+            )
+        case MessageFinished():
+            _client_log.log(
+                logging.INFO if event.ok else logging.WARNING,
+                "%s %s via %s%s after %d attempt(s)%s",
+                event.recipient,
+                "sent" if event.ok else "FAILED",
+                event.channel,
+                " (fallback)" if event.fallback else "",
+                event.attempts,
+                f": {event.error}" if event.error else "",
+                extra={
+                    "event": "result",
+                    "recipient": event.recipient,
+                    "status": event.status,
+                    "channel": event.channel,
+                    "fallback": event.fallback,
+                    "attempts": event.attempts,
+                },
+            )
+        case CircuitChanged():
+            # INFO, not WARNING: the alert rules turn transitions into the operator-visible
+            # signal; logging both at WARNING would say everything twice.
+            _circuit_log.info(
+                "%s circuit %s -> %s: %s",
+                event.provider,
+                event.old,
+                event.new,
+                event.reason,
+                extra={"provider": event.provider, "circuit": event.new},
+            )

@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-from .errors import (
-    AuthError,
-    CircuitOpenError,
-    ConnectError,
-    ConnectionLostError,
-    InvalidRequestError,
-    MsgsendError,
-    ProviderDisabledError,
-    RateLimitedError,
-    ReadTimeoutError,
-    ServerError,
+from .errors import MsgsendError
+from .events import (
+    AttemptFinished,
+    CircuitChanged,
+    Event,
+    FellBack,
+    LimiterWaited,
+    MessageFinished,
+    RetryScheduled,
+    RowSettled,
 )
 
 if TYPE_CHECKING:
@@ -45,7 +44,6 @@ __all__ = [
     "REQUEST_RESULTS",
     "Metrics",
     "MetricsExportError",
-    "request_result",
 ]
 
 CHANNEL_LABELS: Final = ("kakaotalk", "sms", "none")
@@ -76,33 +74,12 @@ _RESULT_ALIASES: Final = {
     "http": "error",
     "provider": "error",
 }
-_RESULT_BY_ERROR: Final[tuple[tuple[type[BaseException], str], ...]] = (
-    (ConnectError, "connect-error"),
-    (ReadTimeoutError, "read-timeout"),
-    (ConnectionLostError, "connection-lost"),
-    (RateLimitedError, "rate-limited"),
-    (ServerError, "server-error"),
-    (AuthError, "auth-failed"),
-    (InvalidRequestError, "invalid-request"),
-    (CircuitOpenError, "circuit-open"),
-    (ProviderDisabledError, "provider-disabled"),
-)
 
 
 class MetricsExportError(MsgsendError):
     """The metrics could not be pushed; the run's outcome is unaffected."""
 
     kind = "metrics"
-
-
-def request_result(exc: BaseException | None) -> str:
-    """Return the ``result`` label for a request that raised ``exc`` (None: success)."""
-    if exc is None:
-        return "success"
-    for error_type, label in _RESULT_BY_ERROR:
-        if isinstance(exc, error_type):
-            return label
-    return "error"
 
 
 def _safe_label(value: str, allowed: Iterable[str]) -> str:
@@ -210,7 +187,26 @@ class Metrics:
 
     # -- observations ----------------------------------------------------------------------
 
-    def observe_request(self, provider: str, result: str, seconds: float) -> None:
+    def on_event(self, event: Event) -> None:
+        """Update the series ``event`` concerns (the listener ``Sender`` and bulk feed)."""
+        match event:
+            case AttemptFinished(provider=provider, result=result, seconds=seconds):
+                self.observe_request(provider, result, seconds)
+            case RetryScheduled(provider=provider):
+                self.observe_retry(provider)
+            case FellBack():
+                self.observe_fallback()
+            case LimiterWaited(provider=provider, seconds=seconds):
+                self.observe_limiter_wait(provider, seconds)
+            case CircuitChanged(provider=provider, new="open"):
+                self.observe_circuit_open(provider)
+            case MessageFinished(channel=channel, status=status):
+                self.observe_message(channel, status)
+            case RowSettled(status="invalid" | "duplicate" as status):
+                # Rows that never reached the sender; the others are MessageFinished events.
+                self.observe_message(None, status)
+
+    def observe_request(self, provider: str, result: str, seconds: float | None) -> None:
         """Count one provider request and, if it was sent, its duration.
 
         ``result`` is a label of ``REQUEST_RESULTS`` or an error's ``kind`` (``connect`` is
@@ -219,12 +215,8 @@ class Metrics:
         label = _provider_label(provider)
         result = _safe_label(_RESULT_ALIASES.get(result, result), REQUEST_RESULTS)
         self.requests_total.labels(provider=label, result=result).inc()
-        if result not in _NOT_SENT:
+        if seconds is not None and result not in _NOT_SENT:
             self.request_duration_seconds.labels(provider=label).observe(max(0.0, seconds))
-
-    def observe_error(self, provider: str, exc: BaseException | None, seconds: float) -> None:
-        """Count one provider request by its exception (None: success)."""
-        self.observe_request(provider, request_result(exc), seconds)
 
     def observe_message(self, channel: str | None, outcome: str) -> None:
         """Count one message's final outcome (channel None: never sent)."""

@@ -11,6 +11,16 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from .events import (
+    AttemptFinished,
+    CircuitChanged,
+    Event,
+    FellBack,
+    LimiterWaited,
+    MessageFinished,
+    RetryScheduled,
+)
+
 __all__ = ["LatencyHistogram", "ProviderStats", "RunStats"]
 
 
@@ -94,7 +104,11 @@ class ProviderStats:
 
 
 class RunStats:
-    """Thread-safe per-provider counters that the message service feeds."""
+    """Thread-safe per-provider counters: a listener of the sender's events.
+
+    stats = RunStats()
+    sender.events.subscribe(stats.on_event)
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -107,55 +121,37 @@ class RunStats:
             stats = self.providers[provider] = ProviderStats()
         return stats
 
-    def request(self, provider: str, result: str, seconds: float | None) -> None:
-        """Count one HTTP attempt and its outcome; ``seconds`` None when nothing was sent."""
+    def on_event(self, event: Event) -> None:
+        """Count what ``event`` says; ignore the events that carry no counter."""
         with self._lock:
-            stats = self._get(provider)
-            stats.results[result] = stats.results.get(result, 0) + 1
-            if seconds is not None:
-                stats.requests += 1
-                stats.latency.add(seconds * 1000)
-
-    def retry(self, provider: str) -> None:
-        """Count one retry on ``provider``."""
-        with self._lock:
-            self._get(provider).retries += 1
-
-    def limiter_wait(self, provider: str, seconds: float) -> None:
-        """Add the time one acquire waited for the rate limiter."""
-        with self._lock:
-            stats = self._get(provider)
-            if seconds > 0:
-                stats.limiter_waits += 1
-                stats.limiter_wait_seconds += seconds
-                stats.limiter_wait_max = max(stats.limiter_wait_max, seconds)
-
-    def message(self, provider: str | None, delivered: bool) -> None:
-        """Count a message's final outcome on the channel that delivered it or failed last."""
-        if provider is None:
-            return
-        with self._lock:
-            stats = self._get(provider)
-            if delivered:
-                stats.delivered += 1
-            else:
-                stats.failed += 1
-
-    def fallback(self, from_provider: str) -> None:
-        """Count one fallback away from ``from_provider``."""
-        with self._lock:
-            self.fallbacks += 1
-            self._get(from_provider).fallbacks_from += 1
-
-    def uncertain(self, provider: str) -> None:
-        """Count a read timeout or lost connection: the message may have been delivered."""
-        with self._lock:
-            self._get(provider).uncertain += 1
-
-    def circuit_opened(self, provider: str) -> None:
-        """Count one opening of ``provider``'s circuit."""
-        with self._lock:
-            self._get(provider).circuit_opened += 1
+            match event:
+                case AttemptFinished(provider=provider, result=result, seconds=seconds):
+                    stats = self._get(provider)
+                    stats.results[result] = stats.results.get(result, 0) + 1
+                    if seconds is not None:  # None: refused before anything was sent
+                        stats.requests += 1
+                        stats.latency.add(seconds * 1000)
+                    if event.uncertain:
+                        stats.uncertain += 1
+                case RetryScheduled(provider=provider):
+                    self._get(provider).retries += 1
+                case LimiterWaited(provider=provider, seconds=seconds):
+                    stats = self._get(provider)
+                    if seconds > 0:
+                        stats.limiter_waits += 1
+                        stats.limiter_wait_seconds += seconds
+                        stats.limiter_wait_max = max(stats.limiter_wait_max, seconds)
+                case MessageFinished(channel=str(channel)):
+                    stats = self._get(channel)
+                    if event.ok:
+                        stats.delivered += 1
+                    else:
+                        stats.failed += 1
+                case FellBack(from_provider=provider):
+                    self.fallbacks += 1
+                    self._get(provider).fallbacks_from += 1
+                case CircuitChanged(provider=provider, new="open"):
+                    self._get(provider).circuit_opened += 1
 
     def to_json(self) -> dict[str, Any]:
         """Return the run report as a JSON-able dict."""

@@ -1,0 +1,189 @@
+"""What happens while msgsend sends, as typed events: the core emits, observers listen.
+
+Like httpx's ``event_hooks``: the sender, the circuit breaker, the rate limiter and the bulk
+run describe what happened once, as a frozen dataclass passed to ``Events.emit``; the run
+statistics (``report.RunStats``), the Prometheus metrics (``metrics.Metrics``), the alert
+rules (``alerts``), the log lines (``logs.log_event``) and the progress display are
+listeners. A new counter is a line in one listener; a new observable thing is a new event
+type here plus the listener lines that care about it.
+
+Events never carry a full phone number or a message text: ``recipient`` fields are masked
+(``010-****-5678``) by the emitter.
+
+    events = Events()
+    events.subscribe(print)
+    events.emit(FellBack("kakaotalk", "sms", "010-****-5678", "HTTP 503"))
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "AttemptFinished",
+    "CircuitChanged",
+    "Emit",
+    "Event",
+    "Events",
+    "FellBack",
+    "LimiterWaited",
+    "Listener",
+    "MessageFinished",
+    "RetryScheduled",
+    "RowSettled",
+]
+
+_log = logging.getLogger("msgsend.events")
+
+
+class Event:
+    """The base of every event (a frozen dataclass)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFinished(Event):
+    """One attempt on one provider ended (or was refused before sending).
+
+    ``result`` is ``success`` or the error's ``kind`` (``server-error``, ``rate-limited``,
+    ``circuit-open``...); ``seconds`` is the request's duration, None when nothing was sent
+    (circuit open, provider disabled).
+    """
+
+    provider: str
+    result: str
+    seconds: float | None
+    recipient: str = ""
+    attempt: int = 0
+    status_code: int | None = None
+    error: str | None = None
+    #: the request may have been delivered although it failed (read timeout, lost answer)
+    uncertain: bool = False
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Return whether the provider accepted the message."""
+        return self.result == "success"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled(Event):
+    """A failed attempt will be retried on the same provider after ``delay`` seconds."""
+
+    provider: str
+    retry: int
+    delay: float
+    error: str
+    recipient: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FellBack(Event):
+    """A message moves from one provider to the next (KakaoTalk → SMS)."""
+
+    from_provider: str
+    to_provider: str
+    recipient: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterWaited(Event):
+    """An attempt took a slot of ``provider``'s rate limit after waiting ``seconds`` (≥ 0)."""
+
+    provider: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitChanged(Event):
+    """A provider's circuit breaker moved from ``old`` to ``new`` (``circuit.CircuitState``)."""
+
+    provider: str
+    old: str
+    new: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFinished(Event):
+    """``Sender.send`` settled one message: ``status`` is ``sent`` or ``failed``."""
+
+    recipient: str
+    status: str
+    channel: str | None
+    fallback: bool
+    attempts: int
+    retries: int = 0
+    error: str | None = None
+    latency_ms: float | None = None
+    limiter_wait_s: float = 0.0
+    uncertain: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Return whether the message was delivered."""
+        return self.status == "sent"
+
+
+@dataclass(frozen=True, slots=True)
+class RowSettled(Event):
+    """A bulk row got its line in the results (or preview) file.
+
+    ``status`` is ``sent``, ``failed``, ``invalid``, ``duplicate`` or ``ready`` (dry run).
+    Rows that never reached the sender (invalid, duplicate) have ``attempts`` 0.
+    """
+
+    row: int
+    recipient_masked: str
+    status: str
+    channel: str | None = None
+    fallback: bool = False
+    attempts: int = 0
+    error: str | None = None
+    latency_ms: float | None = None
+
+
+#: A listener takes every event and ignores the types it does not handle.
+Listener = Callable[[Event], None]
+#: What an emitter holds: ``Events.emit`` (or any function of the same shape).
+Emit = Callable[[Event], None]
+
+
+class Events:
+    """The one way events leave the core: ``emit`` calls every listener, in order.
+
+    A listener that raises is logged and skipped; it never fails a send. Subscribing the
+    same listener twice has no effect. Thread-safe: workers emit concurrently.
+    """
+
+    def __init__(self, *listeners: Listener) -> None:
+        self._lock = threading.Lock()
+        self._listeners: tuple[Listener, ...] = ()
+        for listener in listeners:
+            self.subscribe(listener)
+
+    def subscribe(self, listener: Listener) -> Listener:
+        """Call ``listener`` for every event from now on; return it."""
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners = (*self._listeners, listener)
+        return listener
+
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (no error if it was not subscribed)."""
+        with self._lock:
+            self._listeners = tuple(item for item in self._listeners if item != listener)
+
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every listener."""
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                _log.exception("event listener %r failed on %s", listener, type(event).__name__)

@@ -309,3 +309,38 @@ def test_bulk_eta_follows_the_rate_limit_schedule() -> None:
     bucket.started, bucket.done = 1000.0, 100
     # A burst of 100, then 100 a minute for the other 150.
     assert bucket.eta(1000.0, rate=0.0) == pytest.approx(90.0)
+
+
+def test_config_show_never_prints_url_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "msgsend.toml"
+    path.write_text(
+        '[limiter]\nredis-url = "redis://default:r3dis-pw@cache:6379/0"\n'
+        '[alerts]\nwebhook-url = "https://hooks.slack.com/services/T0/B0/w3bhook"\n'
+        'apprise-urls = ["tgram://123456:t0ken/55"]\n'
+        '[sms]\nbase-url = "https://api:b4se-pw@sms.example.com"\n',
+        encoding="utf-8",
+    )
+    path.chmod(0o644)
+    monkeypatch.setenv("MSGSEND_KAKAOTALK_AUTH_PASSWORD", "k4kao-pw")
+    for args in (("config", "show"), ("config", "show", "--json")):
+        shown = invoke(*args, "--config", str(path))
+        assert shown.exit_code == 0, shown.output
+        for secret in ("r3dis-pw", "w3bhook", "t0ken", "b4se-pw", "k4kao-pw", "5678"):
+            assert secret not in shown.output, (args, secret)
+        assert "redis://default:***@cache:6379/0" in shown.stdout
+        assert "https://hooks.slack.com" in shown.stdout
+        assert "https://api:***@sms.example.com" in shown.stdout
+        # the file is readable by others and holds secrets: the warning names the keys
+        assert f"chmod 600 {path}" in shown.stderr
+        assert "limiter.redis-url" in shown.stderr
+
+
+def test_pushgateway_errors_never_echo_its_password(sandbox_config: Path) -> None:
+    result = invoke(
+        "send", "010-1234-5678", "hi", "--config", str(sandbox_config),
+        "--pushgateway", "http://ops:pushg4te-pw@127.0.0.1:1/",
+    )  # fmt: skip
+    assert "pushg4te-pw" not in result.output
+    assert "--pushgateway http://ops:***@127.0.0.1:1/" in result.stderr

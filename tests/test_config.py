@@ -720,6 +720,56 @@ def test_permission_warning_for_a_password(tmp_path, mode, warns):
         assert config.warnings == ()
 
 
+SECRET_FILES = [
+    ('[limiter]\nredis-url = "redis://:r3dis@cache:6379/0"\n', "limiter.redis-url", "r3dis"),
+    ('[alerts]\nwebhook-url = "https://hooks.example.com/T0/B0/w3bhook"\n', "alerts.webhook-url",
+     "w3bhook"),
+    ('[alerts]\napprise-urls = ["tgram://123:t0ken/55"]\n', "alerts.apprise-urls", "t0ken"),
+    ('[sms]\nbase-url = "https://u:b4se@sms.example.com"\n', "sms.base-url", "b4se"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "key", "secret"), SECRET_FILES)
+def test_permission_warning_covers_every_secret_bearing_key(tmp_path, text, key, secret):
+    path = write(tmp_path / "c.toml", text, mode=0o640)
+    (warning,) = load_config(path).warnings
+    assert key in warning
+    assert f"chmod 600 {path}" in warning
+    assert secret not in warning
+    assert load_config(write(tmp_path / "private.toml", text, mode=0o600)).warnings == ()
+
+
+@pytest.mark.parametrize(("text", "key", "secret"), SECRET_FILES)
+def test_effective_items_redact_every_secret_bearing_key(tmp_path, text, key, secret):
+    path = write(tmp_path / "c.toml", text)
+    items = {k: value for k, value, _source in effective_items(load_config(path))}
+    assert secret not in repr(items)
+    assert "***" in repr(items[key]) or "//" in repr(items[key])
+
+
+def test_effective_items_show_urls_without_their_secrets(monkeypatch):
+    monkeypatch.setenv("MSGSEND_LIMITER_REDIS_URL", "redis://default:pw@cache:6379/0")
+    monkeypatch.setenv("MSGSEND_ALERTS_WEBHOOK_URL", "https://hooks.slack.com/services/T/B/X")
+    monkeypatch.setenv(
+        "MSGSEND_ALERTS_APPRISE_URLS", '["tgram://123:abc/55", "mailto://u:p@mail.example.com"]'
+    )
+    items = {k: value for k, value, _source in effective_items(load_config())}
+    assert items["limiter.redis-url"] == "redis://default:***@cache:6379/0"
+    assert items["alerts.webhook-url"] == "https://hooks.slack.com"
+    assert items["alerts.apprise-urls"] == ["tgram://***", "mailto://mail.example.com"]
+    assert items["kakaotalk.base-url"] == "http://localhost:8081"
+
+
+def test_secrets_never_appear_in_the_config_repr(monkeypatch):
+    monkeypatch.setenv("MSGSEND_LIMITER_REDIS_URL", "redis://default:pw-redis@cache:6379/0")
+    monkeypatch.setenv("MSGSEND_ALERTS_WEBHOOK_URL", "https://hooks.slack.com/services/T/B/hook")
+    monkeypatch.setenv("MSGSEND_ALERTS_APPRISE_URLS", '["tgram://123:tok-apprise/55"]')
+    monkeypatch.setenv("MSGSEND_SMS_BASE_URL", "https://u:pw-base@sms.example.com")
+    text = repr(load_config())
+    for secret in ("pw-redis", "services/T/B/hook", "tok-apprise", "pw-base", "5678"):
+        assert secret not in text, secret
+
+
 def test_no_permission_warning_without_a_password(tmp_path):
     path = write(tmp_path / "c.toml", "[bulk]\nconcurrency = 2\n", mode=0o644)
     assert load_config(path).warnings == ()

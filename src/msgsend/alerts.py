@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
-from urllib.parse import urlsplit
 
 from .events import AttemptFinished, CircuitChanged, Event, FellBack, Listener
 from .logs import mask_text
+from .redact import redact_endpoint
 
 if TYPE_CHECKING:
     import requests
@@ -128,14 +128,6 @@ class Alert:
             "at": self.at,
             "text": self.text,
         }
-
-
-def _safe_url(url: str) -> str:
-    """Return scheme://host of a webhook URL: its path often embeds a secret token."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme or 'http'}://{host}{port}"
 
 
 class Alerter:
@@ -304,7 +296,7 @@ class Alerter:
     def _post(self, session: requests.Session, alert: Alert) -> None:
         """POST one alert; count the outcome; never raise."""
         assert self.webhook_url is not None
-        where = _safe_url(self.webhook_url)
+        where = redact_endpoint(self.webhook_url)
         try:
             response = session.post(
                 self.webhook_url,

@@ -36,6 +36,7 @@ from .errors import (
     exit_code_for,
 )
 from .events import Event, Events, RowSettled
+from .redact import redact_text, redact_url
 
 # typer 0.2x parses every option through pydantic, whose import alone costs about what
 # `import requests` does: parse msgsend's plain options without it (start-up budget, see
@@ -160,7 +161,7 @@ def _stdout_console() -> Console:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"msgsend: error: {message}\n")
+    sys.stderr.write(f"msgsend: error: {redact_text(message)}\n")
     sys.stderr.flush()
 
 
@@ -312,7 +313,7 @@ def _finish(run: Run, success: bool) -> None:
             try:
                 run.metrics.push(run.common.pushgateway)
             except Exception as exc:
-                _error(f"--pushgateway {run.common.pushgateway}: {exc}")
+                _error(f"--pushgateway {redact_url(run.common.pushgateway)}: {exc}")
     for close in reversed(run.closers):
         with suppress(Exception):
             close()

@@ -31,6 +31,7 @@ from .events import (
     MessageFinished,
     RetryScheduled,
 )
+from .redact import redact_text
 
 __all__ = [
     "LOGGER_NAME",
@@ -53,32 +54,6 @@ TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _MOBILE_IN_TEXT = re.compile(
     r"(?<![\d*])(?:(?:\+|00)?82[\s.\-]?0?|0)(1[016789])[\s.\-]?(\d{3,4})[\s.\-]?(\d{4})(?!\d)"
 )
-_SECRET_PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
-    # "Authorization: Basic ...", "'Authorization': 'Basic ...'", authorization=...
-    (
-        re.compile(r"(?i)(\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+"),
-        r"\1***",
-    ),
-    # a bare "Basic dXNlcjpwYXNz" / "Bearer abc.def" credential anywhere else
-    # (needs a digit or a base64 symbol, so that prose such as "basic validation" survives)
-    (
-        re.compile(
-            r"(?i)\b(basic|bearer|digest)\s+(?=[A-Za-z._~\-]*[0-9+/=])[A-Za-z0-9+/=._~\-]{6,}"
-        ),
-        r"\1 ***",
-    ),
-    # password=..., "password": "...", MSGSEND_SMS_AUTH_PASSWORD=..., api_key: ...
-    (
-        re.compile(
-            r"(?i)(\b[\w\-]*(?:password|passwd|pwd|secret|token|api[_\-]?key)[\"']?"
-            r"\s*[:=]\s*[\"']?)(?!\*\*\*)[^\"'\s,;}&]+"
-        ),
-        r"\1***",
-    ),
-    # scheme://user:password@host
-    (re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^/\s:@]+:)[^/\s@]+@"), r"\1***@"),
-)
-
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS: Final = frozenset(
     [*logging.LogRecord("", 0, "", 0, "", None, None).__dict__, "message", "asctime", "taskName"]
@@ -100,10 +75,7 @@ def mask_text(text: str) -> str:
     """
     if not text:
         return text
-    masked = _MOBILE_IN_TEXT.sub(_mask_mobile, text)
-    for pattern, replacement in _SECRET_PATTERNS:
-        masked = pattern.sub(replacement, masked)
-    return masked
+    return redact_text(_MOBILE_IN_TEXT.sub(_mask_mobile, text))
 
 
 def _mask_value(value: Any) -> Any:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
 
 from .errors import MsgsendError
 from .events import (
@@ -31,6 +30,7 @@ from .events import (
     RetryScheduled,
     RowSettled,
 )
+from .redact import redact_url
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -90,13 +90,6 @@ def _safe_label(value: str, allowed: Iterable[str]) -> str:
 def _provider_label(provider: str) -> str:
     """Return a provider name fit for a label, or ``other``."""
     return provider if _PROVIDER_LABEL.match(provider) else _OTHER
-
-
-def _safe_url(url: str) -> str:
-    """Return scheme://host[:port] of a URL, without credentials or path."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or '?'}{port}"
 
 
 class Metrics:
@@ -321,7 +314,7 @@ class Metrics:
 
         key = dict(grouping_key) if grouping_key is not None else {"instance": socket.gethostname()}
         send = push_to_gateway if replace else pushadd_to_gateway
-        where = _safe_url(gateway_url)
+        where = redact_url(gateway_url)
         try:
             send(
                 gateway_url,

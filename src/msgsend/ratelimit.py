@@ -41,9 +41,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from msgsend.errors import MsgsendError
+from msgsend.redact import redact_url
 
 if TYPE_CHECKING:
     import sqlite3
@@ -576,7 +576,7 @@ class RateLimiter:
         import redis
         from pyrate_limiter import RedisStateStore, StateBucket, TokenBucket, WallClock
 
-        shown = _mask_url(url)
+        shown = redact_url(url)
         self._store_errors = (redis.RedisError, OSError)
         try:
             client = self._redis = redis.Redis.from_url(
@@ -797,25 +797,6 @@ def _redis_reason(exc: BaseException) -> str:
     if "Timeout" in type(exc).__name__:
         return f"no answer within {REDIS_TIMEOUT:g} s"
     return str(exc) or type(exc).__name__
-
-
-def _mask_url(url: str) -> str:
-    """Hide a password in a Redis URL before it goes into a message."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2****", parts.query)
-    netloc = parts.netloc
-    if parts.password is not None:
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        netloc = f"{parts.username or ''}:****@{host}"
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    path = parts.path + (f"?{query}" if query else "")
-    return f"{parts.scheme}://{netloc}{path}"
 
 
 _redis_script_cache: list[str] = []

@@ -115,6 +115,9 @@ def redact_url(url: str) -> str:
     >>> redact_url("https://api.example.com/v1?token=abc&lang=ko")
     'https://api.example.com/v1?token=***&lang=ko'
     """
+    if "://" not in url:  # "user:pw@host:9091", as --pushgateway accepts it
+        shown = redact_url(f"http://{url}")
+        return shown.removeprefix("http://") if shown.startswith("http://") else shown
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -134,9 +137,13 @@ def redact_url(url: str) -> str:
     return rebuilt
 
 
-def _looks_like_a_host(hostname: str) -> bool:
+#: schemes whose host part is always a machine's name
+_WEB_SCHEMES: Final = frozenset({"http", "https"})
+
+
+def _looks_like_a_host(scheme: str, hostname: str) -> bool:
     """Return whether an URL's host is a machine's name (not a token, as Apprise URLs use)."""
-    return hostname == "localhost" or "." in hostname or ":" in hostname
+    return scheme in _WEB_SCHEMES or hostname == "localhost" or "." in hostname or ":" in hostname
 
 
 def redact_endpoint(url: str) -> str:
@@ -156,7 +163,7 @@ def redact_endpoint(url: str) -> str:
         return MASK
     scheme = parts.scheme or "?"
     host = _host_port(parts)
-    if not host or not _looks_like_a_host(parts.hostname or ""):
+    if not host or not _looks_like_a_host(scheme.lower(), parts.hostname or ""):
         return f"{scheme}://{MASK}"
     return f"{scheme}://{host}"
 

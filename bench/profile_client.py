@@ -130,7 +130,7 @@ def profile(
     makes the run many times slower.
     """
     timer = time.thread_time if cpu_timer else time.perf_counter
-    from msgsend.bulk import send_bulk
+    from msgsend.bulk import BulkOptions, send_bulk
     from msgsend.client import Sender
     from msgsend.config import load_config
 
@@ -150,8 +150,7 @@ def profile(
             send_bulk(
                 make_simple_csv(ws.path("warm.csv"), 50),
                 sender,
-                concurrency=concurrency,
-                results_path=ws.path("warm.results.csv"),
+                BulkOptions(concurrency=concurrency, results_path=ws.path("warm.results.csv")),
             )
             main_profile = cProfile.Profile(timer)
             cpu0 = time.process_time()
@@ -159,7 +158,9 @@ def profile(
             with _ThreadProfiles(timer) as threads:
                 main_profile.enable()
                 report = send_bulk(
-                    data, sender, concurrency=concurrency, results_path=ws.path("rows.results.csv")
+                    data,
+                    sender,
+                    BulkOptions(concurrency=concurrency, results_path=ws.path("rows.results.csv")),
                 )
                 main_profile.disable()
             cpu = time.process_time() - cpu0

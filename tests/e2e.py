@@ -76,7 +76,11 @@ def read_results(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader)
-        return [dict(zip(header, fields, strict=True)) for fields in reader if len(fields) == 9]
+        return [
+            dict(zip(header, fields, strict=True))
+            for fields in reader
+            if len(fields) == len(header)
+        ]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:

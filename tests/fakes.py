@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,18 +13,20 @@ from msgsend.errors import (
     AuthError,
     ConnectError,
     ConnectionLostError,
+    InputError,
     InvalidRequestError,
     RateLimitedError,
     ReadTimeoutError,
     ServerError,
 )
-from msgsend.models import HealthStatus, ProviderHealth
+from msgsend.models import Channel, DeliveryResult, HealthStatus, ProviderHealth
 from msgsend.providers.base import ProviderResponse
 
 __all__ = [
     "FakeClock",
     "FakeLimiter",
     "FakeProvider",
+    "FakeSender",
     "FakeSleep",
     "auth_error",
     "connect_error",
@@ -182,3 +187,85 @@ class FakeLimiter:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeSender:
+    """A thread-safe stand-in for Sender that records calls.
+
+    ``fail``: recipients answered ``failed``; ``invalid``: recipients refused with InputError;
+    ``latency``: seconds each send takes; ``gate``: every send waits for it (``entered`` counts
+    the sends waiting).
+    """
+
+    def __init__(
+        self,
+        *,
+        fail: Iterable[str] = (),
+        invalid: Iterable[str] = (),
+        latency: float = 0.0,
+        gate: threading.Event | None = None,
+        uncertain: Iterable[str] = (),
+    ) -> None:
+        self.fail = set(fail)
+        self.invalid = set(invalid)
+        self.uncertain = set(uncertain)
+        self.latency = latency
+        self.gate = gate
+        self.entered = threading.Semaphore(0)
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, str, Channel, bool | None]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def send(
+        self,
+        recipient: str,
+        text: str,
+        *,
+        via: Channel = Channel.KAKAOTALK,
+        fallback: bool | None = None,
+    ) -> DeliveryResult:
+        with self.lock:
+            self.calls.append((recipient, text, via, fallback))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.entered.release()
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(10), "the test never opened the gate"
+            if self.latency:
+                time.sleep(self.latency)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        if recipient in self.invalid:
+            raise InputError("kakaotalk rejected the message (HTTP 400)")
+        if recipient in self.fail:
+            return DeliveryResult(
+                recipient,
+                "failed",
+                channel="sms",
+                fallback=True,
+                attempts=6,
+                error="every provider failed (kakaotalk: HTTP 503; sms: HTTP 503)",
+                latency_ms=30.0,
+                retries=4,
+            )
+        if via is Channel.KAKAOTALK and recipient.endswith("9"):
+            return DeliveryResult(
+                recipient, "sent", channel="sms", fallback=True, attempts=4, latency_ms=20.0
+            )
+        return DeliveryResult(
+            recipient,
+            "sent",
+            channel=str(via),
+            attempts=2 if recipient in self.uncertain else 1,
+            latency_ms=10.0,
+            uncertain=1 if recipient in self.uncertain else 0,
+            retries=1 if recipient in self.uncertain else 0,
+        )
+
+    @property
+    def recipients(self) -> list[str]:
+        with self.lock:
+            return [call[0] for call in self.calls]

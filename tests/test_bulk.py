@@ -17,101 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from msgsend.bulk import (
+from fakes import FakeSender
+from msgsend.bulk import BulkOptions, BulkReport, send_bulk
+from msgsend.errors import InputError
+from msgsend.events import RowSettled
+from msgsend.models import Channel, DeliveryResult
+from msgsend.results import (
     PREVIEW_COLUMNS,
     RESULTS_COLUMNS,
-    BulkReport,
     ResultsExistError,
     ResultsInUseError,
     default_preview_path,
     default_results_path,
-    send_bulk,
 )
-from msgsend.errors import InputError
-from msgsend.events import RowSettled
-from msgsend.models import Channel, DeliveryResult
-
-
-class FakeSender:
-    """A thread-safe stand-in for Sender that records calls.
-
-    ``fail``: recipients answered ``failed``; ``invalid``: recipients refused with InputError;
-    ``latency``: seconds each send takes; ``gate``: every send waits for it (``entered`` counts
-    the sends waiting).
-    """
-
-    def __init__(
-        self,
-        *,
-        fail: Iterable[str] = (),
-        invalid: Iterable[str] = (),
-        latency: float = 0.0,
-        gate: threading.Event | None = None,
-        uncertain: Iterable[str] = (),
-    ) -> None:
-        self.fail = set(fail)
-        self.invalid = set(invalid)
-        self.uncertain = set(uncertain)
-        self.latency = latency
-        self.gate = gate
-        self.entered = threading.Semaphore(0)
-        self.lock = threading.Lock()
-        self.calls: list[tuple[str, str, Channel, bool | None]] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-
-    def send(
-        self,
-        recipient: str,
-        text: str,
-        *,
-        via: Channel = Channel.KAKAOTALK,
-        fallback: bool | None = None,
-    ) -> DeliveryResult:
-        with self.lock:
-            self.calls.append((recipient, text, via, fallback))
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        self.entered.release()
-        try:
-            if self.gate is not None:
-                assert self.gate.wait(10), "the test never opened the gate"
-            if self.latency:
-                time.sleep(self.latency)
-        finally:
-            with self.lock:
-                self.in_flight -= 1
-        if recipient in self.invalid:
-            raise InputError("kakaotalk rejected the message (HTTP 400)")
-        if recipient in self.fail:
-            return DeliveryResult(
-                recipient,
-                "failed",
-                channel="sms",
-                fallback=True,
-                attempts=6,
-                error="every provider failed (kakaotalk: HTTP 503; sms: HTTP 503)",
-                latency_ms=30.0,
-                retries=4,
-            )
-        if via is Channel.KAKAOTALK and recipient.endswith("9"):
-            return DeliveryResult(
-                recipient, "sent", channel="sms", fallback=True, attempts=4, latency_ms=20.0
-            )
-        return DeliveryResult(
-            recipient,
-            "sent",
-            channel=str(via),
-            attempts=2 if recipient in self.uncertain else 1,
-            latency_ms=10.0,
-            uncertain=1 if recipient in self.uncertain else 0,
-            retries=1 if recipient in self.uncertain else 0,
-        )
-
-    @property
-    def recipients(self) -> list[str]:
-        with self.lock:
-            return [call[0] for call in self.calls]
 
 
 def phone(i: int) -> str:
@@ -195,7 +113,7 @@ def test_sends_every_row_and_records_it(tmp_path: Path) -> None:
 def test_all_delivered_exit_zero_and_options_passed(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 10)
     sender = FakeSender()
-    report = send_bulk(source, sender, via="sms", fallback=False, concurrency=3)
+    report = send_bulk(source, sender, BulkOptions(via="sms", fallback=False, concurrency=3))
     assert report.exit_code == 0 and report.sent == 10 and not report.interrupted
     assert {(call[2], call[3]) for call in sender.calls} == {(Channel.SMS, False)}
 
@@ -239,7 +157,7 @@ def test_invalid_rows_reported_exactly_while_others_go_on(tmp_path: Path) -> Non
     rows = [bad.get(i, (phone(i), f"message {i}")) for i in range(1, 1001)]
     source = make_csv(tmp_path / "in.csv", rows)
     sender = FakeSender()
-    report = send_bulk(source, sender, concurrency=8)
+    report = send_bulk(source, sender, BulkOptions(concurrency=8))
     assert [row for row, _ in report.invalid_rows] == sorted(bad)
     reasons = dict(report.invalid_rows)
     assert reasons[256] == "empty message"
@@ -267,7 +185,9 @@ def test_duplicates(tmp_path: Path) -> None:
     assert report.duplicate == 2 and report.exit_code == 0 and len(sender.calls) == 2
 
     sender = FakeSender()
-    report = send_bulk(source, sender, allow_duplicates=True, results_path=tmp_path / "r2.csv")
+    report = send_bulk(
+        source, sender, BulkOptions(allow_duplicates=True, results_path=tmp_path / "r2.csv")
+    )
     assert report.sent == 4 and report.duplicate == 0 and len(sender.calls) == 4
 
 
@@ -284,7 +204,7 @@ def test_results_written_per_row_while_a_send_blocks(tmp_path: Path) -> None:
     sender = OneBlocks()
     results: list[BulkReport] = []
     thread = threading.Thread(
-        target=lambda: results.append(send_bulk(source, sender, concurrency=2))
+        target=lambda: results.append(send_bulk(source, sender, BulkOptions(concurrency=2)))
     )
     thread.start()
     try:
@@ -320,10 +240,10 @@ def test_template_error_before_any_send_or_file(tmp_path: Path) -> None:
     sender = FakeSender()
     for template in ("{name.x}", "{name[0]}", "{name:>5}", "{name!r}", "{}", "{nope}"):
         with pytest.raises(InputError, match="available: 'phone', 'name'"):
-            send_bulk(source, sender, template=template)
+            send_bulk(source, sender, BulkOptions(template=template))
     assert sender.calls == []
     assert not (tmp_path / "in.results.csv").exists()
-    report = send_bulk(source, sender, template="{name}님 {{안녕}}")
+    report = send_bulk(source, sender, BulkOptions(template="{name}님 {{안녕}}"))
     assert sender.calls[0][1] == "kim님 {안녕}" and report.sent == 1
 
 
@@ -331,7 +251,7 @@ def test_concurrency_is_real(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 64)
     sender = FakeSender(latency=0.05)
     started = time.monotonic()
-    report = send_bulk(source, sender, concurrency=16)
+    report = send_bulk(source, sender, BulkOptions(concurrency=16))
     elapsed = time.monotonic() - started
     assert report.sent == 64
     assert elapsed < 0.5 * 64 * 0.05
@@ -346,7 +266,13 @@ def test_workers_are_bounded_and_rows_read_lazily(tmp_path: Path) -> None:
     stop = threading.Event()
 
     def run() -> None:
-        send_bulk(source, sender, concurrency=4, stop=stop, emit=lambda o: seen.append(o.row))
+        send_bulk(
+            source,
+            sender,
+            BulkOptions(concurrency=4),
+            stop=stop,
+            emit=lambda o: seen.append(o.row),
+        )
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -370,7 +296,9 @@ def test_stop_event_finishes_in_flight_rows_and_takes_no_more(tmp_path: Path) ->
     stop = threading.Event()
     reports: list[BulkReport] = []
     thread = threading.Thread(
-        target=lambda: reports.append(send_bulk(source, sender, concurrency=2, stop=stop))
+        target=lambda: reports.append(
+            send_bulk(source, sender, BulkOptions(concurrency=2), stop=stop)
+        )
     )
     thread.start()
     assert sender.entered.acquire(timeout=5) and sender.entered.acquire(timeout=5)
@@ -383,7 +311,7 @@ def test_stop_event_finishes_in_flight_rows_and_takes_no_more(tmp_path: Path) ->
     assert statuses(report.results_path) == {1: "sent", 2: "sent"}
 
     resumed = FakeSender()
-    report = send_bulk(source, resumed, resume=True)
+    report = send_bulk(source, resumed, BulkOptions(resume=True))
     assert sorted(resumed.recipients) == [phone(i) for i in range(3, 21)]
     assert report.skipped == 2 and report.sent == 18 and report.exit_code == 0
 
@@ -400,7 +328,7 @@ def test_keyboard_interrupt_closes_the_results_cleanly(tmp_path: Path) -> None:
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            send_bulk(source, InterruptsMain(latency=0.01), concurrency=2)
+            send_bulk(source, InterruptsMain(latency=0.01), BulkOptions(concurrency=2))
     finally:
         signal.signal(signal.SIGINT, previous)
     path = tmp_path / "in.results.csv"
@@ -410,7 +338,7 @@ def test_keyboard_interrupt_closes_the_results_cleanly(tmp_path: Path) -> None:
     assert 0 < len(first_run) < 40 and set(first_run.values()) == {"sent"}
 
     resumed = FakeSender()
-    send_bulk(source, resumed, resume=True, concurrency=2)
+    send_bulk(source, resumed, BulkOptions(resume=True, concurrency=2))
     assert set(resumed.recipients).isdisjoint(phone(r) for r in first_run)
     assert len(statuses(path)) == 40
 
@@ -423,7 +351,7 @@ def test_callback_error_stops_the_run_and_is_raised(tmp_path: Path) -> None:
             raise RuntimeError("progress bar broke")
 
     with pytest.raises(RuntimeError, match="progress bar broke"):
-        send_bulk(source, FakeSender(), concurrency=1, emit=on_row)
+        send_bulk(source, FakeSender(), BulkOptions(concurrency=1), emit=on_row)
     recorded = statuses(tmp_path / "in.results.csv")
     assert 5 in recorded and len(recorded) < 50
 
@@ -447,7 +375,7 @@ def test_resume_sends_only_failed_and_missing_rows(tmp_path: Path) -> None:
     path.write_text("".join(kept))
 
     second = FakeSender()
-    report = send_bulk(source, second, resume=True)
+    report = send_bulk(source, second, BulkOptions(resume=True))
     assert sorted(second.recipients) == [phone(2), phone(5), phone(7)]
     assert (report.sent, report.failed, report.skipped) == (3, 0, 7)
     assert report.previously == {"sent": 5, "invalid": 1, "duplicate": 1}
@@ -458,7 +386,7 @@ def test_resume_sends_only_failed_and_missing_rows(tmp_path: Path) -> None:
     }  # fmt: skip
 
     third = FakeSender()
-    report = send_bulk(source, third, resume=True)
+    report = send_bulk(source, third, BulkOptions(resume=True))
     assert third.calls == [] and report.skipped == 10
 
 
@@ -467,11 +395,11 @@ def test_resume_never_resends_a_row_recorded_sent(tmp_path: Path) -> None:
     path = tmp_path / "in.results.csv"
     path.write_text(
         ",".join(RESULTS_COLUMNS) + "\n"
-        "1,010-0000-0001,sent,kakaotalk,false,1,,5.0,2024-01-01T00:00:00.000+00:00\n"
-        "1,010-0000-0001,failed,kakaotalk,false,1,x,5.0,2024-01-01T00:00:01.000+00:00\n"
+        "1,010-0000-0001,sent,kakaotalk,false,1,,5.0,2024-01-01T00:00:00.000+00:00,kakaotalk\n"
+        "1,010-0000-0001,failed,kakaotalk,false,1,x,5.0,2024-01-01T00:00:01.000+00:00,kakaotalk\n"
     )
     sender = FakeSender()
-    send_bulk(source, sender, resume=True)
+    send_bulk(source, sender, BulkOptions(resume=True))
     assert sorted(sender.recipients) == [phone(2), phone(3)]
 
 
@@ -480,13 +408,13 @@ def test_resume_ignores_a_torn_last_line(tmp_path: Path) -> None:
     path = tmp_path / "in.results.csv"
     header = ",".join(RESULTS_COLUMNS) + "\n"
     done = "".join(
-        f"{i},{phone(i)},sent,kakaotalk,false,1,,5.0,2024-01-01T00:00:00.000+00:00\n"
+        f"{i},{phone(i)},sent,kakaotalk,false,1,,5.0,2024-01-01T00:00:00.000+00:00,kakaotalk\n"
         for i in (1, 2)
     )
     torn = f"3,{phone(3)},se"  # killed mid-write
     path.write_text(header + done + torn)
     sender = FakeSender()
-    report = send_bulk(source, sender, resume=True)
+    report = send_bulk(source, sender, BulkOptions(resume=True))
     assert sorted(sender.recipients) == [phone(3), phone(4), phone(5)]
     text = path.read_text()
     assert text.startswith(header + done + torn + "\n")
@@ -494,7 +422,7 @@ def test_resume_ignores_a_torn_last_line(tmp_path: Path) -> None:
     assert report.skipped == 2
     # A second resume reads the repaired file, torn fragment included, without complaint.
     again = FakeSender()
-    send_bulk(source, again, resume=True)
+    send_bulk(source, again, BulkOptions(resume=True))
     assert again.calls == []
 
 
@@ -503,14 +431,14 @@ def test_resume_with_only_a_torn_header(tmp_path: Path) -> None:
     path = tmp_path / "in.results.csv"
     path.write_text("row,recip")
     sender = FakeSender()
-    send_bulk(source, sender, resume=True)
+    send_bulk(source, sender, BulkOptions(resume=True))
     assert len(sender.calls) == 2
-    assert path.read_text().splitlines()[0] == ",".join(RESULTS_COLUMNS)
+    assert path.read_text(encoding="utf-8-sig").splitlines()[0] == ",".join(RESULTS_COLUMNS)
 
 
 def test_resume_without_results_is_a_fresh_run(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 3)
-    report = send_bulk(source, FakeSender(), resume=True)
+    report = send_bulk(source, FakeSender(), BulkOptions(resume=True))
     assert report.sent == 3 and report.skipped == 0
 
 
@@ -521,10 +449,10 @@ def test_resume_rebuilds_the_duplicate_index(tmp_path: Path) -> None:
     # Row 1 was sent, then the run was killed before rows 2-4 were recorded.
     path.write_text(
         ",".join(RESULTS_COLUMNS) + "\n"
-        f"1,{phone(1)},sent,kakaotalk,false,1,,5.0,2024-01-01T00:00:00.000+00:00\n"
+        f"1,{phone(1)},sent,kakaotalk,false,1,,5.0,2024-01-01T00:00:00.000+00:00,kakaotalk\n"
     )
     sender = FakeSender()
-    report = send_bulk(source, sender, resume=True)
+    report = send_bulk(source, sender, BulkOptions(resume=True))
     assert sender.recipients == [phone(2)]
     lines = {int(x["row"]): x for x in read_results(path)}
     assert lines[3]["status"] == "duplicate" and lines[3]["error"] == "duplicate of row 1"
@@ -534,15 +462,15 @@ def test_resume_rebuilds_the_duplicate_index(tmp_path: Path) -> None:
 
 def test_resume_detects_results_of_another_file(tmp_path: Path) -> None:
     first = numbered(tmp_path / "first.csv", 5)
-    report = send_bulk(first, FakeSender(), results_path=tmp_path / "shared.csv")
+    report = send_bulk(first, FakeSender(), BulkOptions(results_path=tmp_path / "shared.csv"))
     assert report.sent == 5
     other = numbered(tmp_path / "other.csv", 5, start=100)
     sender = FakeSender()
     with pytest.raises(InputError, match=r"does not match.*row 1"):
-        send_bulk(other, sender, results_path=tmp_path / "shared.csv", resume=True)
+        send_bulk(other, sender, BulkOptions(results_path=tmp_path / "shared.csv", resume=True))
     shorter = numbered(tmp_path / "short.csv", 3)
     with pytest.raises(InputError, match=r"records row [45] but .* has 3 rows"):
-        send_bulk(shorter, sender, results_path=tmp_path / "shared.csv", resume=True)
+        send_bulk(shorter, sender, BulkOptions(results_path=tmp_path / "shared.csv", resume=True))
     assert sender.calls == []
 
 
@@ -550,20 +478,20 @@ def test_resume_refuses_a_foreign_file(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 2)
     (tmp_path / "in.results.csv").write_text("phone,message\n010-1234-5678,hi\n")
     with pytest.raises(InputError, match="not a msgsend results file"):
-        send_bulk(source, FakeSender(), resume=True)
+        send_bulk(source, FakeSender(), BulkOptions(resume=True))
 
 
 def test_results_locked_while_in_use(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 4)
     gate = threading.Event()
     sender = FakeSender(gate=gate)
-    thread = threading.Thread(target=lambda: send_bulk(source, sender, concurrency=1))
+    thread = threading.Thread(target=lambda: send_bulk(source, sender, BulkOptions(concurrency=1)))
     thread.start()
     try:
         assert sender.entered.acquire(timeout=5)
         second = FakeSender()
         with pytest.raises(ResultsInUseError, match="in use by another msgsend run"):
-            send_bulk(source, second, resume=True)
+            send_bulk(source, second, BulkOptions(resume=True))
         assert second.calls == []
     finally:
         gate.set()
@@ -581,7 +509,10 @@ def test_dry_run_writes_a_preview_and_sends_nothing(tmp_path: Path) -> None:
     )
     outcomes: list[RowSettled] = []
     report = send_bulk(
-        source, None, template="{name}님 안녕하세요", dry_run=True, emit=outcomes.append
+        source,
+        None,
+        BulkOptions(template="{name}님 안녕하세요", dry_run=True),
+        emit=outcomes.append,
     )
     preview = default_preview_path(source)
     assert report.results_path == preview and report.dry_run
@@ -600,12 +531,12 @@ def test_dry_run_writes_a_preview_and_sends_nothing(tmp_path: Path) -> None:
 
     sender = FakeSender()
     send_bulk(
-        source, sender, template="{name}님 안녕하세요", dry_run=True
+        source, sender, BulkOptions(template="{name}님 안녕하세요", dry_run=True)
     )  # overwrites the preview
     assert sender.calls == []
     # A real run never takes the preview for results.
     with pytest.raises(InputError, match="dry-run preview"):
-        send_bulk(source, sender, template="{name}", results_path=preview, resume=True)
+        send_bulk(source, sender, BulkOptions(template="{name}", results_path=preview, resume=True))
     assert sender.calls == []
 
 
@@ -614,7 +545,7 @@ def test_dry_run_never_overwrites_results(tmp_path: Path) -> None:
     report = send_bulk(source, FakeSender())
     before = report.results_path.read_bytes()
     with pytest.raises(ResultsExistError, match="not a dry-run preview"):
-        send_bulk(source, None, dry_run=True, results_path=report.results_path)
+        send_bulk(source, None, BulkOptions(dry_run=True, results_path=report.results_path))
     assert report.results_path.read_bytes() == before
 
 
@@ -627,7 +558,7 @@ def test_dry_run_memory_is_flat_per_row(tmp_path: Path) -> None:
             handle.write(f"{phone(i)},고객{i},안녕하세요 고객{i}님 주문이 출발했습니다\n")
     tracemalloc.start()
     try:
-        report = send_bulk(path, None, dry_run=True)
+        report = send_bulk(path, None, BulkOptions(dry_run=True))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -657,7 +588,7 @@ def test_dry_run_of_100k_rows_keeps_memory_flat(tmp_path: Path) -> None:
             peak[0] = max(peak[0], rss())
 
     started = time.monotonic()
-    report = send_bulk(path, None, dry_run=True, on_progress=sample)
+    report = send_bulk(path, None, BulkOptions(dry_run=True), on_progress=sample)
     elapsed = time.monotonic() - started
     assert report.ready == n and report.total_rows == n
     assert peak[0] - baseline < 20_000_000, (peak[0] - baseline) / 1e6
@@ -669,7 +600,7 @@ def test_dry_run_of_100k_rows_keeps_memory_flat(tmp_path: Path) -> None:
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
-    from msgsend.bulk import send_bulk
+    from msgsend.bulk import BulkOptions, send_bulk
     from msgsend.models import Channel, DeliveryResult
 
     source, results, delivered, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -682,7 +613,8 @@ KILL_SCRIPT = textwrap.dedent(
             time.sleep(delay)  # ... but not yet recorded: a kill now means a re-send
             return DeliveryResult(recipient, "sent", channel=str(via), attempts=1)
 
-    report = send_bulk(source, SlowSender(), concurrency=4, results_path=results, resume=True)
+    options = BulkOptions(concurrency=4, results_path=results, resume=True)
+    report = send_bulk(source, SlowSender(), options)
     print(report.sent, report.skipped)
     """
 )
@@ -729,8 +661,8 @@ def test_default_paths() -> None:
 def test_usage_errors(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 1)
     with pytest.raises(ValueError, match="concurrency"):
-        send_bulk(source, FakeSender(), concurrency=0)
+        send_bulk(source, FakeSender(), BulkOptions(concurrency=0))
     with pytest.raises(InputError, match="dry run cannot resume"):
-        send_bulk(source, None, dry_run=True, resume=True)
+        send_bulk(source, None, BulkOptions(dry_run=True, resume=True))
     with pytest.raises(ValueError, match="sender is required"):
         send_bulk(source, None)

@@ -29,8 +29,8 @@ from msgsend.sandbox import ProviderOptions, Sandbox, SandboxOptions
 
 runner = CliRunner()
 
-RESULTS_HEADER = "row,recipient,status,channel,fallback,attempts,error,latency_ms,finished_at"
-PREVIEW_HEADER = RESULTS_HEADER + ",message"
+RESULTS_HEADER = "row,recipient,status,channel,fallback,attempts,error,latency_ms,finished_at,kind"
+PREVIEW_HEADER = RESULTS_HEADER + ",bytes,message"
 SETTLED = {"sent", "invalid", "duplicate"}
 
 
@@ -620,5 +620,5 @@ def test_all_delivered_exits_zero_with_a_plain_results_file(sandbox: Any, tmp_pa
     result = invoke("bulk", str(source), "--config", str(config))
     assert result.exit_code == 0, result.output
     data = (tmp_path / "in.results.csv").read_text(encoding="utf-8")
-    assert data.startswith(RESULTS_HEADER + "\n")
+    assert data.startswith("\ufeff" + RESULTS_HEADER + "\n")
     assert "\x1b" not in data and "\r" not in data

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 import pytest
 
 from msgsend import errors
-from msgsend.bulk import ResultsExistError, ResultsInUseError
+from msgsend.results import ResultsExistError, ResultsInUseError
 from msgsend.errors import (
     AllProvidersFailedError,
     AuthError,

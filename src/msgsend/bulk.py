@@ -3,107 +3,68 @@
 Row numbers: row 1 is the first data record after the header row; blank records use up a
 number but are neither sent nor recorded (see ``msgsend.csvinput``).
 
-Results file (``FILE.results.csv`` beside the input unless ``results_path`` is given), UTF-8,
-one line per row, in the order rows finish::
-
-    row,recipient,status,channel,fallback,attempts,error,latency_ms,finished_at
-
-``status`` is ``sent``, ``failed``, ``invalid`` or ``duplicate``; ``error`` holds the reason,
-or for a ``sent`` row a note when a read timeout means it may have arrived twice. Each line is
-handed to the OS with one unbuffered ``write`` as soon as its row is settled, so a ``kill -9``
-loses only rows whose send was in flight; the file is fsynced at most once a second (per row
-would cap the rate on slow disks) and on close. Values never contain newlines, so each line is
-one record.
-
-An existing results file is never overwritten (``ResultsExistError``). With ``resume=True`` it
-is read back: only complete lines count (a torn last line is ignored and a newline is written
-before appending); rows whose latest status is ``sent``, ``invalid`` or ``duplicate`` are
-skipped (``sent`` is never downgraded); ``failed`` rows and rows without a line are processed
-again. The duplicate index is rebuilt from the whole input, so a repeat of a row sent in an
-earlier run is still a duplicate. Before anything is sent, the recorded recipients are compared
-with the input's rows: a mismatch means the results belong to another file (InputError). The
-results file is locked (``flock``) while a run uses it, so overlapping runs cannot send the same
-rows (``ResultsInUseError``).
-
-A dry run sends nothing and writes a preview (``FILE.preview.csv``, UTF-8 with BOM for Excel)
-with the same columns plus ``message`` and status ``ready``, ``invalid`` or ``duplicate``; resume
-refuses to read a preview.
+Options travel as one ``BulkOptions``. Each settled row becomes one line of the results file
+(``msgsend.results``: the format, resume reading and locking); a dry run sends nothing and
+writes a preview instead. With ``resume`` the rows an earlier run settled (``sent``, ``invalid``,
+``duplicate``) are skipped and ``failed`` rows and rows without a line are processed again. The
+duplicate index is rebuilt from the whole input, so a repeat of a row sent in an earlier run is
+still a duplicate. Before anything is sent, the recorded recipients are compared with the
+input's rows: a mismatch means the results belong to another file (InputError).
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import hashlib
-import io
 import logging
 import os
 import queue
-import sys
 import threading
 import time
-import zlib
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from .csvinput import CsvInfo, CsvRow, CsvSource, _clean, inspect_csv
-from .errors import InputError, InputFileError, TryLaterError, UsageError
+from .errors import InputError, ResultsWriteError
 from .events import Emit, RowSettled
-from .models import Channel, DeliveryResult, mask_recipient
+from .models import Channel, DeliveryResult, mask_recipient, message_kind, sms_bytes
 from .report import LatencyHistogram
-
-if sys.platform != "win32":
-    import fcntl
+from .results import (
+    DUPLICATE,
+    FAILED,
+    INVALID,
+    READY,
+    SENT,
+    STATUS_CODES,
+    Previous,
+    ResultsSink,
+    Timestamps,
+    default_preview_path,
+    default_results_path,
+    open_preview,
+    open_results,
+    recipient_crc,
+)
 
 __all__ = [
-    "PREVIEW_COLUMNS",
-    "RESULTS_COLUMNS",
+    "BulkOptions",
     "BulkReport",
     "ChannelStats",
     "CsvInfo",
-    "ResultsExistError",
-    "ResultsInUseError",
     "SupportsSend",
-    "default_preview_path",
-    "default_results_path",
     "inspect_csv",
     "send_bulk",
 ]
 
 log = logging.getLogger(__name__)
 
-RESULTS_COLUMNS: tuple[str, ...] = (
-    "row",
-    "recipient",
-    "status",
-    "channel",
-    "fallback",
-    "attempts",
-    "error",
-    "latency_ms",
-    "finished_at",
-)
-PREVIEW_COLUMNS: tuple[str, ...] = (*RESULTS_COLUMNS, "message")
-
-SENT = "sent"
-FAILED = "failed"
-INVALID = "invalid"
-DUPLICATE = "duplicate"
-READY = "ready"
-
 #: how many invalid / failed rows the report keeps for display
 REPORT_ROWS_CAP = 100
-#: fsync the results file at most this often (seconds); every line is written at once anyway
-SYNC_INTERVAL = 1.0
 
-_CODES = {SENT: 1, FAILED: 2, INVALID: 3, DUPLICATE: 4}
-_NAMES = {code: name for name, code in _CODES.items()}
-_SETTLED = frozenset({_CODES[SENT], _CODES[INVALID], _CODES[DUPLICATE]})
-_HEADER_LINE = ",".join(RESULTS_COLUMNS)
-_PREVIEW_LINE = ",".join(PREVIEW_COLUMNS)
+_SETTLED = frozenset({STATUS_CODES[SENT], STATUS_CODES[INVALID], STATUS_CODES[DUPLICATE]})
 
 
 class SupportsSend(Protocol):
@@ -121,16 +82,32 @@ class SupportsSend(Protocol):
         ...
 
 
-class ResultsExistError(UsageError):
-    """The results file exists: resume that run or choose another results file (exit 2)."""
+@dataclass(frozen=True, slots=True)
+class BulkOptions:
+    """How ``send_bulk`` reads, sends and records a file (the ``bulk`` command's options)."""
 
-    kind = "results-exist"
+    #: message text with ``{column}`` placeholders; None reads a message column
+    template: str | None = None
+    #: the channel of rows without a ``via`` value
+    via: Channel = Channel.KAKAOTALK
+    #: KakaoTalk -> SMS fallback; None leaves it to the sender's configuration
+    fallback: bool | None = None
+    #: parallel sends
+    concurrency: int = 8
+    #: results (or preview) file; default beside the input
+    results_path: Path | None = None
+    resume: bool = False
+    dry_run: bool = False
+    #: input encoding; None detects UTF-8 or CP949
+    encoding: str | None = None
+    allow_duplicates: bool = False
 
-
-class ResultsInUseError(TryLaterError):
-    """Another msgsend process is writing the results file, or paused in quiet hours (exit 75)."""
-
-    kind = "results-in-use"
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+        object.__setattr__(self, "via", Channel(str(self.via).strip().lower()))
+        if self.results_path is not None:
+            object.__setattr__(self, "results_path", Path(self.results_path))
 
 
 @dataclass(slots=True)
@@ -256,21 +233,6 @@ class BulkReport:
         }
 
 
-def default_results_path(path: str | os.PathLike[str]) -> Path:
-    """Return ``FILE.results.csv`` beside the input ``FILE.csv``."""
-    return _beside(Path(path), "results")
-
-
-def default_preview_path(path: str | os.PathLike[str]) -> Path:
-    """Return ``FILE.preview.csv`` beside the input ``FILE.csv``."""
-    return _beside(Path(path), "preview")
-
-
-def _beside(path: Path, kind: str) -> Path:
-    stem = path.stem if path.suffix.lower() == ".csv" else path.name
-    return path.with_name(f"{stem}.{kind}.csv")
-
-
 class _DigestIndex:
     """Map 64-bit message digests to the first row that had them, in two flat arrays.
 
@@ -325,240 +287,18 @@ def _digest(recipient: str, message: str) -> int:
     return value or 1
 
 
-class _Clock:
-    """ISO-8601 UTC timestamps with milliseconds, formatting the date part once a second."""
-
-    def __init__(self) -> None:
-        self._cache = (-1, "")  # one attribute, replaced whole: safe across threads
-
-    def now(self) -> str:
-        stamp = time.time()
-        second = int(stamp)
-        cached, prefix = self._cache
-        if second != cached:
-            prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            self._cache = (second, prefix)
-        return f"{prefix}.{int((stamp - second) * 1000):03d}+00:00"
-
-
-class _Sink(Protocol):
-    def write(self, values: Sequence[str]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _ResultsWriter:
-    """Append one CSV line per call with a single unbuffered write; fsync once a second."""
-
-    def __init__(self, raw: io.FileIO, path: Path) -> None:
-        self._raw = raw
-        self.path = path
-        self._buffer = io.StringIO()
-        self._csv = csv.writer(self._buffer, lineterminator="\n")
-        self._synced = time.monotonic()
-
-    def write(self, values: Sequence[str]) -> None:
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        self._csv.writerow(values)
-        self.write_bytes(self._buffer.getvalue().encode("utf-8", "surrogateescape"))
-        now = time.monotonic()
-        if now - self._synced >= SYNC_INTERVAL:
-            os.fsync(self._raw.fileno())
-            self._synced = now
-
-    def write_bytes(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = self._raw.write(view)
-            view = view[written or 0 :]
-
-    def close(self) -> None:
-        if self._raw.closed:
-            return
-        try:
-            os.fsync(self._raw.fileno())
-        finally:
-            self._raw.close()
-
-
-class _PreviewWriter:
-    """A buffered CSV writer for the dry-run preview."""
-
-    def __init__(self, handle: IO[str]) -> None:
-        self._handle = handle
-        self._csv = csv.writer(handle, lineterminator="\n")
-
-    def write(self, values: Sequence[str]) -> None:
-        self._csv.writerow(values)
-
-    def close(self) -> None:
-        self._handle.close()
-
-
-class _Previous:
-    """What an earlier run recorded: a status code and a recipient checksum per row."""
-
-    def __init__(self, last_row: int) -> None:
-        self.status = bytearray(last_row + 1)
-        self.crc = array("I", [0]) * (last_row + 1)
-        self.lines = 0
-
-    def record(self, row: int, code: int, recipient: str) -> None:
-        if self.status[row] == _CODES[SENT]:
-            return  # a row recorded sent is never sent again, whatever follows
-        self.status[row] = code
-        self.crc[row] = zlib.crc32(recipient.encode("utf-8", "surrogateescape"))
-        self.lines += 1
-
-
-def _lock(raw: io.FileIO, path: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover
-        return
-    try:
-        fcntl.flock(raw.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raw.close()
-        raise ResultsInUseError(
-            f"{path} is in use by another msgsend run; wait for it to finish "
-            "or choose another file with --results"
-        ) from None
-
-
-def _not_results(path: Path, first_line: str) -> InputError:
-    if first_line == _PREVIEW_LINE:
-        return InputError(
-            f"{path} is a dry-run preview, not a results file; "
-            "choose the results file with --results"
-        )
-    return InputError(
-        f"{path} is not a msgsend results file (its first line is {first_line[:80]!r}); "
-        "choose another file with --results"
-    )
-
-
-def _lines(raw: io.FileIO, tail: list[bytes]) -> Iterator[bytes]:
-    """Yield the complete lines of ``raw`` from the start; leave a torn last line in ``tail``."""
-    raw.seek(0)
-    rest = b""
-    while True:
-        chunk = raw.read(1 << 16)
-        if not chunk:
-            break
-        parts = (rest + chunk).split(b"\n")
-        rest = parts.pop()
-        yield from parts
-    tail.append(rest)
-
-
-def _parse_line(line: str) -> list[str] | None:
-    try:
-        return next(csv.reader([line], strict=True))
-    except (csv.Error, StopIteration):
-        return None
-
-
-def _read_previous(raw: io.FileIO, path: Path, info: CsvInfo) -> tuple[_Previous, bytes]:
-    """Read an earlier run's results; return them and what to write before appending."""
-    previous = _Previous(info.last_row)
-    tail: list[bytes] = []
-    lines = _lines(raw, tail)
-    first = next(lines, None)
-    if first is None:
-        torn = b"".join(tail).removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace")
-        if not _HEADER_LINE.startswith(torn):
-            raise _not_results(path, torn)
-        raw.truncate(0)  # empty, or a header torn by a kill: no row was recorded
-        return previous, (_HEADER_LINE + "\n").encode()
-    header = first.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace").rstrip("\r")
-    if header != _HEADER_LINE:
-        raise _not_results(path, header)
-    width = len(RESULTS_COLUMNS)
-    for line in lines:
-        fields = _parse_line(line.decode("utf-8", "surrogateescape").rstrip("\r"))
-        if fields is None or len(fields) != width:
-            continue  # a line torn by a kill in an earlier run
-        code = _CODES.get(fields[2])
-        if code is None or not fields[0].isdigit():
-            continue
-        row = int(fields[0])
-        if not 1 <= row <= info.last_row:
-            raise InputError(
-                f"{path} records row {row} but {info.path} has {info.last_row} rows: "
-                "the results belong to another file; choose another file with --results"
-            )
-        previous.record(row, code, fields[1])
-    return previous, (b"\n" if tail[0] else b"")
-
-
-def _open_results(
-    path: Path, info: CsvInfo, resume: bool
-) -> tuple[_ResultsWriter, _Previous | None]:
-    """Create the results file, or open it for appending when resuming."""
-    try:
-        raw = io.FileIO(path, "a+" if resume else "x")
-    except FileExistsError:
-        raise ResultsExistError(
-            f"{path} already exists: pass --resume to continue that run (rows recorded "
-            "sent, invalid or duplicate are skipped, failed ones are tried again), "
-            "or choose another file with --results"
-        ) from None
-    except OSError as exc:
-        raise InputFileError(
-            f"{path}: cannot open the results file: {exc.strerror or exc}"
-        ) from None
-    _lock(raw, path)
-    writer = _ResultsWriter(raw, path)
-    try:
-        if resume:
-            previous, prefix = _read_previous(raw, path, info)
-        else:
-            previous, prefix = None, (_HEADER_LINE + "\n").encode()
-        writer.write_bytes(prefix)
-    except BaseException:
-        raw.close()
-        raise
-    return writer, previous
-
-
-def _open_preview(path: Path) -> _PreviewWriter:
-    """Open the dry-run preview, overwriting only an earlier preview."""
-    try:
-        with open(path, "rb") as existing:
-            first = existing.readline().removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n")
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    else:
-        if first.decode("utf-8", "replace") != _PREVIEW_LINE and first:
-            raise ResultsExistError(
-                f"{path} exists and is not a dry-run preview; refusing to overwrite it: "
-                "choose another file with --results"
-            )
-    try:
-        handle = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot write the preview: {exc.strerror or exc}") from None
-    handle.write("\ufeff")  # a BOM, so that Excel shows Korean text correctly
-    writer = _PreviewWriter(handle)
-    writer.write(PREVIEW_COLUMNS)
-    return writer
-
-
-def _verify_previous(source: CsvSource, previous: _Previous, path: Path) -> None:
+def _verify_previous(source: CsvSource, previous: Previous, path: Path) -> None:
     """Refuse to resume when the recorded recipients are not the input's."""
     with source.rows() as rows:
         for item in rows:
-            code = previous.status[item.row]
-            if not code:
+            if not previous.status[item.row]:
                 continue
-            crc = zlib.crc32(item.recipient.encode("utf-8", "surrogateescape"))
-            if item.blank or crc != previous.crc[item.row]:
+            if item.blank or recipient_crc(item.recipient) != previous.crc[item.row]:
                 shown = mask_recipient(item.recipient) if item.recipient else "(nothing)"
                 raise InputError(
                     f"{path} does not match {source.path}: row {item.row} was recorded "
-                    f"{_NAMES[code]} for another recipient (the file has {shown} there); "
+                    f"{previous.status_name(item.row)} for another recipient (the file has "
+                    f"{shown} there); "
                     "the input changed since that run or the results belong to another "
                     "file: choose another file with --results"
                 )
@@ -575,9 +315,9 @@ class _Run:
         *,
         source: CsvSource,
         sender: SupportsSend | None,
-        sink: _Sink,
+        sink: ResultsSink,
         report: BulkReport,
-        previous: _Previous | None,
+        previous: Previous | None,
         fallback: bool | None,
         concurrency: int,
         allow_duplicates: bool,
@@ -603,7 +343,7 @@ class _Run:
         self.closed = False
         self.queue: queue.Queue[CsvRow | None] = queue.Queue(maxsize=2 * concurrency)
         self.workers: list[threading.Thread] = []
-        self.clock = _Clock()
+        self.clock = Timestamps()
 
     def stopping(self) -> bool:
         return self.halt.is_set() or (self.stop is not None and self.stop.is_set())
@@ -618,7 +358,8 @@ class _Run:
     def produce(self, rows: Iterator[CsvRow], dry_run: bool) -> None:
         """Settle or queue every row until the file ends or a stop is requested."""
         report = self.report
-        status = self.previous.status if self.previous is not None else None
+        previous = self.previous
+        status = previous.status if previous is not None else None
         for item in rows:
             if self.stopping():
                 return
@@ -630,7 +371,8 @@ class _Run:
                 assert item.message is not None
                 first = self.index.first(_digest(item.recipient, item.message), item.row)
             if status is not None and status[item.row] in _SETTLED:
-                self.skip(_NAMES[status[item.row]])
+                assert previous is not None
+                self.skip(previous.status_name(item.row))
             elif item.error is not None:
                 self.record(item, INVALID, error=item.error)
             elif first != item.row:
@@ -742,6 +484,9 @@ class _Run:
         result: DeliveryResult | None = None,
     ) -> None:
         error = _clean(error) if error else None
+        kind = ""
+        if channel and item.message and status in (SENT, FAILED, READY):
+            kind = message_kind(item.message, channel).value
         values = [
             str(item.row),
             item.recipient,
@@ -752,20 +497,21 @@ class _Run:
             error or "",
             f"{latency_ms:.1f}" if latency_ms is not None else "",
             self.clock.now(),
+            kind,
         ]
-        if self.sender is None:
-            values.append(item.message or "")  # the preview's message column
+        if self.sender is None:  # the preview's bytes and message columns
+            values.append(str(sms_bytes(item.message)) if item.message else "")
+            values.append(item.message or "")
         with self.lock:
             if self.closed:
                 return  # interrupted: the row is in flight for resume's purposes
             try:
                 self.sink.write(values)
-            except OSError as exc:
+            except ResultsWriteError as exc:
+                # Stop at once: rows still in flight end unrecorded and resume sends them.
+                self.closed = True
                 self.fail(
-                    InputFileError(
-                        f"cannot write the results file: {exc.strerror or exc}; "
-                        f"row {item.row} ended {status} but is not recorded"
-                    )
+                    ResultsWriteError(f"{exc}; row {item.row} ended {status} but is not recorded")
                 )
                 return
             self.count(item, status, channel, fallback, error, latency_ms, result)
@@ -842,8 +588,6 @@ class _Run:
 
     def close(self) -> None:
         with self.lock:
-            if self.closed:
-                return
             self.closed = True
             self.sink.close()
 
@@ -851,16 +595,8 @@ class _Run:
 def send_bulk(
     path: str | os.PathLike[str],
     sender: SupportsSend | None,
+    options: BulkOptions | None = None,
     *,
-    template: str | None = None,
-    via: Channel | str = Channel.KAKAOTALK,
-    fallback: bool | None = None,
-    concurrency: int = 8,
-    results_path: str | os.PathLike[str] | None = None,
-    resume: bool = False,
-    dry_run: bool = False,
-    encoding: str | None = None,
-    allow_duplicates: bool = False,
     stop: threading.Event | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     emit: Emit | None = None,
@@ -878,20 +614,23 @@ def send_bulk(
 
     Example::
 
-        report = send_bulk("customers.csv", sender, template="{name}님, 주문이 출발했어요")
+        options = BulkOptions(template="{name}님, 주문이 출발했어요")
+        report = send_bulk("customers.csv", sender, options)
         raise SystemExit(report.exit_code)
     """
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+    options = options if options is not None else BulkOptions()
+    dry_run = options.dry_run
     if sender is None and not dry_run:
         raise ValueError("a sender is required unless dry_run is set")
-    if dry_run and resume:
+    if dry_run and options.resume:
         raise InputError("a dry run cannot resume: run --dry-run without --resume")
     started = time.monotonic()
-    source = CsvSource(path, template=template, via=via, encoding=encoding, info=info)
+    source = CsvSource(
+        path, template=options.template, via=options.via, encoding=options.encoding, info=info
+    )
     info = source.info
-    if results_path is not None:
-        target = Path(results_path)
+    if options.results_path is not None:
+        target = options.results_path
     elif dry_run:
         target = default_preview_path(info.path)
     else:
@@ -903,21 +642,23 @@ def send_bulk(
         encoding=info.encoding,
         total_rows=info.total_rows,
     )
-    previous: _Previous | None = None
-    sink: _Sink
+    previous: Previous | None = None
+    sink: ResultsSink
     if dry_run:
-        sink = _open_preview(target)
+        sink = open_preview(target)
     else:
-        sink, previous = _open_results(target, info, resume)
+        sink, previous = open_results(
+            target, last_row=info.last_row, input_path=info.path, resume=options.resume
+        )
     run = _Run(
         source=source,
         sender=None if dry_run else sender,
         sink=sink,
         report=report,
         previous=previous,
-        fallback=fallback,
-        concurrency=concurrency,
-        allow_duplicates=allow_duplicates,
+        fallback=options.fallback,
+        concurrency=options.concurrency,
+        allow_duplicates=options.allow_duplicates,
         stop=stop,
         on_progress=on_progress,
         emit=emit,
@@ -953,9 +694,13 @@ def send_bulk(
         # and leave rows in flight unrecorded (resume sends them again).
         run.halt.set()
         run.finish_workers(wait=False)
-        run.close()
+        with contextlib.suppress(ResultsWriteError):  # the error under way says more
+            run.close()
         raise
-    run.close()
+    try:
+        run.close()
+    except ResultsWriteError as exc:
+        run.fail(exc)
     if run.error is not None:
         raise run.error
     report.elapsed = time.monotonic() - started

@@ -47,8 +47,10 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from .alerts import Alerter
+    from .bulk import BulkOptions
     from .client import Sender
     from .config import Config
+    from .csvinput import CsvInfo
     from .metrics import Metrics
     from .sandbox import Sandbox
 
@@ -628,7 +630,8 @@ def bulk(
                 f"unknown encoding {encoding!r}", param_hint="--encoding"
             ) from None
     with _errors_to_exit_codes():
-        from .bulk import inspect_csv
+        from .bulk import BulkOptions, inspect_csv
+        from .models import Channel
 
         info = inspect_csv(file, encoding=encoding)
         overrides = {"bulk.concurrency": concurrency} if concurrency else None
@@ -636,44 +639,41 @@ def bulk(
             assert run.config is not None
             workers = run.config.bulk.concurrency
             sender = None if dry_run else _build_sender(run, pool_size=workers)
-            code = _bulk(
-                run,
-                sender,
-                file,
-                info,
+            options = BulkOptions(
                 template=template,
-                via=channel,
-                fallback=False if no_fallback else None,
+                via=Channel(channel),
+                fallback=False if no_fallback else run.config.fallback,
                 concurrency=workers,
                 results_path=results,
                 resume=resume,
                 dry_run=dry_run,
                 encoding=info.encoding,
                 allow_duplicates=allow_duplicates,
-                json_output=json_output,
             )
+            code = _bulk(run, sender, info, options, json_output=json_output)
             run.ok = code == EXIT_OK
     raise typer.Exit(code)
 
 
-def _bulk(run: Run, sender: Sender | None, file: Path, info: Any, **options: Any) -> int:
+def _bulk(
+    run: Run, sender: Sender | None, info: CsvInfo, options: BulkOptions, *, json_output: bool
+) -> int:
     from .bulk import send_bulk
 
-    json_output = options.pop("json_output")
     stop = threading.Event()
-    progress = _BulkProgress(run, info.total_rows, options["via"], sender)
+    progress = _BulkProgress(run, info.total_rows, options.via, sender)
     restore = _install_interrupt_handlers(stop, run)
     run.events.subscribe(progress.on_event)
     try:
         with progress:
             report = send_bulk(
-                file,
+                info.path,
                 sender,
+                options,
                 stop=stop,
                 on_progress=progress.update,
                 emit=run.events.emit,
                 info=info,
-                **options,
             )
     finally:
         run.events.unsubscribe(progress.on_event)

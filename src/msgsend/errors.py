@@ -9,6 +9,7 @@ Hierarchy::
     ├── InputError                  bad input data: recipient, message, CSV, template (exit 65)
     │   ├── InputFileError          input file missing or unreadable (exit 66)
     │   └── UsageError              the command asks for what cannot be done as given (exit 2)
+    ├── ResultsWriteError           results file unwritable: a full or failing device (exit 74)
     ├── TryLaterError               nothing is wrong, but not now: run again later (exit 75)
     │   └── OutageError             no provider could deliver for ``[bulk] max-outage``
     ├── ProviderError               one provider request failed
@@ -59,6 +60,7 @@ __all__ = [
     "ProviderError",
     "RateLimitedError",
     "ReadTimeoutError",
+    "ResultsWriteError",
     "ServerError",
     "SystematicRefusalError",
     "TransportError",
@@ -148,6 +150,12 @@ class SystematicRefusalError(ConfigError):
     """Every request was refused the same way: the request format or the account is wrong."""
 
     kind = "systematic-refusal"
+
+
+class ResultsWriteError(MsgsendError):
+    """A write to the results or preview file failed (a full or failing device): exit 74."""
+
+    kind = "results-write"
 
 
 class TryLaterError(MsgsendError):
@@ -295,6 +303,7 @@ EXIT_CODES: Mapping[type[BaseException], int] = {
     KeyboardInterrupt: EXIT_INTERRUPTED,
     ConfigError: EXIT_CONFIG,
     TryLaterError: EXIT_TEMPFAIL,
+    ResultsWriteError: EXIT_IOERR,
     UsageError: EXIT_USAGE,
     InputFileError: EXIT_NOINPUT,
     InputError: EXIT_DATAERR,

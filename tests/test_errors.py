@@ -8,7 +8,6 @@ from email.utils import format_datetime
 import pytest
 
 from msgsend import errors
-from msgsend.results import ResultsExistError, ResultsInUseError
 from msgsend.errors import (
     AllProvidersFailedError,
     AuthError,
@@ -27,6 +26,7 @@ from msgsend.errors import (
     ProviderError,
     RateLimitedError,
     ReadTimeoutError,
+    ResultsWriteError,
     ServerError,
     SystematicRefusalError,
     TransportError,
@@ -35,6 +35,7 @@ from msgsend.errors import (
     exit_code_for,
     most_severe,
 )
+from msgsend.results import ResultsExistError, ResultsInUseError
 
 
 def test_all_is_sorted_and_complete():
@@ -218,6 +219,7 @@ def test_retry_after_http_date_in_the_past_is_zero():
         (TryLaterError("x"), 75),
         (ResultsInUseError("x"), 75),
         (ResultsExistError("x"), 2),
+        (ResultsWriteError("x"), 74),
         (InputFileError("x"), 66),
         (InputError("x"), 65),
         (ServerError("x"), 1),

@@ -342,7 +342,36 @@ def test_unbalanced_quote_at_the_end(tmp_path: Path) -> None:
     assert rows[1].error is not None and "unexpected end of data" in rows[1].error
 
 
-def test_runaway_field_stops_before_anything(tmp_path: Path) -> None:
-    text = 'phone,message\n010-1234-0001,"' + "x" * 200_000 + "\n010-1234-0002,two\n"
-    with pytest.raises(InputError, match=r"line 2: unreadable CSV.*unbalanced quote"):
-        inspect_csv(write(tmp_path / "a.csv", text))
+def test_fields_up_to_one_mebibyte_are_read(tmp_path: Path) -> None:
+    big = "가" * 200_000  # over the csv module's default 128 Ki limit
+    text = f'phone,message\n010-1234-0001,"{big}"\n010-1234-0002,two\n'
+    path = write(tmp_path / "a.csv", text)
+    assert inspect_csv(path).total_rows == 2
+    rows = rows_of(CsvSource(path))
+    assert rows[0].error is not None and "too long for KakaoTalk" in rows[0].error
+    assert rows[1].error is None and rows[1].message == "two"
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_field_over_one_mebibyte_makes_its_row_invalid_not_the_file(
+    tmp_path: Path, quoted: bool
+) -> None:
+    huge = "x" * (1024 * 1024 + 1)
+    cell = f'"{huge}"' if quoted else huge
+    text = f"phone,message\n010-1234-0001,one\n010-1234-0002,{cell}\n010-1234-0003,three\n"
+    path = write(tmp_path / "a.csv", text)
+    assert inspect_csv(path).total_rows == 3
+    rows = rows_of(CsvSource(path))
+    assert [r.row for r in rows] == [1, 2, 3]
+    assert rows[0].error is None and rows[2].error is None and rows[2].message == "three"
+    assert rows[1].error == (
+        "a field is longer than 1,048,576 characters (line 3); no message is that long"
+    )
+
+
+def test_runaway_quote_past_one_mebibyte_is_one_invalid_row(tmp_path: Path) -> None:
+    text = 'phone,message\n010-1234-0001,"' + ("x" * 1000 + "\n") * 1100 + "010-1234-0002,two\n"
+    rows = rows_of(CsvSource(write(tmp_path / "a.csv", text)))
+    assert rows[0].error is not None
+    assert "longer than 1,048,576 characters" in rows[0].error
+    assert "unbalanced quote" in rows[0].error

@@ -173,6 +173,13 @@ def test_error_message_includes_a_short_body_snippet():
     assert len(str(exc)) < 300
 
 
+def test_provider_text_is_shown_with_control_characters_escaped():
+    exc = error_for_status("sms", 400, "bad\x1b[2J\x1b]0;pwned\x07 request\r\nINFO forged\u202e")
+    text = str(exc)
+    assert all(ch.isprintable() for ch in text)
+    assert "bad\\x1b[2J\\x1b]0;pwned\\x07 request INFO forged\\u202e" in text
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [

@@ -275,3 +275,40 @@ def test_failed_result_has_no_channel_in_json():
     assert result.to_json()["channel"] is None
     assert result.to_json()["error"] == "x"
     assert result.as_dict()["channel"] == "kakaotalk"
+
+
+# text, the character named, its 1-based position
+FORBIDDEN_CHARACTERS = [
+    ("a\x00b", "U+0000 (NUL)", 2),
+    ("\x07ring", "U+0007 (BEL)", 1),
+    ("hi\x1b[31mred", "U+001B (ESCAPE)", 3),
+    ("line one\r\nline two", "U+000D (CARRIAGE RETURN)", 9),
+    ("del\x7f", "U+007F (DELETE)", 4),
+    ("csi\x9b2J", "U+009B (control character)", 4),
+    ("invoice\u202etxt.exe", "U+202E (RIGHT-TO-LEFT OVERRIDE)", 8),
+    ("x\u202ay", "U+202A (LEFT-TO-RIGHT EMBEDDING)", 2),
+    ("\u2066isolated\u2069", "U+2066 (LEFT-TO-RIGHT ISOLATE)", 1),
+    ("ok\u2069", "U+2069 (POP DIRECTIONAL ISOLATE)", 3),
+]
+
+
+@pytest.mark.parametrize("channel", ["kakaotalk", "sms"])
+@pytest.mark.parametrize(("text", "named", "position"), FORBIDDEN_CHARACTERS)
+def test_control_and_bidi_characters_are_refused_naming_character_and_place(
+    text, named, position, channel
+):
+    with pytest.raises(InputError) as info:
+        validate_message(text, channel)
+    message = str(info.value)
+    assert message.startswith(f"message contains {named} at character {position}: ")
+    assert all(ch.isprintable() for ch in message)
+
+
+@pytest.mark.parametrize("text", ["two\nlines", "tab\tseparated", "안녕하세요 😀", "a\u200bb"])
+def test_newline_tab_and_ordinary_unicode_pass(text):
+    validate_message(text, "kakaotalk")
+
+
+def test_bytes_that_were_not_utf8_are_refused_as_such():
+    with pytest.raises(InputError, match=r"^message is not UTF-8 text: byte 0xFF at character 3$"):
+        validate_message("hi\udcff", "kakaotalk")

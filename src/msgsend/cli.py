@@ -417,10 +417,19 @@ def _read_message(message: str) -> str:
         return message
     if sys.stdin is None:
         raise InputError("MESSAGE is - but there is no standard input")
+    # Bytes, decoded here strictly: the text layer's surrogateescape would let bytes that are
+    # not UTF-8 through as lone surrogates.
+    buffer = getattr(sys.stdin, "buffer", None)
+    raw = (
+        buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
+    )
     try:
-        data = sys.stdin.read()
+        data = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
-        raise InputError(f"standard input is not UTF-8 text ({exc.reason})") from None
+        raise InputError(
+            f"standard input is not UTF-8 text: byte 0x{raw[exc.start]:02X} at offset "
+            f"{exc.start} ({exc.reason})"
+        ) from None
     return data.rstrip("\r\n")
 
 

@@ -46,7 +46,11 @@ VIA_COLUMN = "via"
 #: Encoding tried when a file is not valid UTF-8: Korean Excel's export (superset of EUC-KR).
 FALLBACK_ENCODING = "cp949"
 
-_CSV_ERROR_FATAL = "field larger than field limit"
+#: The longest CSV field read (characters; the csv module's default is 128 Ki). A longer field
+#: makes its row invalid, not the file: no message is that long, and the rows after it are read.
+MAX_FIELD_CHARS = 1024 * 1024
+csv.field_size_limit(MAX_FIELD_CHARS)
+_FIELD_TOO_LARGE = "field larger than field limit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +125,7 @@ def _records(path: Path, handle: TextIO) -> Iterator[_Record]:
             return
         except csv.Error as exc:
             text = str(exc)
-            if _CSV_ERROR_FATAL in text or reader.line_num == last:
+            if reader.line_num == last:
                 raise InputError(
                     f"{path}: line {last + 1}: unreadable CSV ({text}); an unbalanced quote? "
                     "fix the file (quote fields that contain commas, quotes or newlines)"
@@ -414,6 +418,14 @@ class CsvSource:
             else f"lines {record.first_line}-{record.last_line}"
         )
         fields = record.fields
+        if fields is None and _FIELD_TOO_LARGE in (record.error or ""):
+            reason = (
+                f"a field is longer than {MAX_FIELD_CHARS:,} characters ({span}); "
+                "no message is that long"
+            )
+            if record.last_line > record.first_line:
+                reason += ": an unbalanced quote?"
+            return _invalid(row, record, "", reason)
         if fields is None:
             reason = f"malformed CSV record ({span}): {record.error}; an unbalanced quote?"
             return _invalid(row, record, "", reason)

@@ -42,6 +42,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
+from .redact import printable
+
 __all__ = [
     "AllProvidersFailedError",
     "AuthError",
@@ -365,7 +367,8 @@ def error_for_status(
     location: str | None = None,
 ) -> HTTPStatusError:
     """Return the exception of SPEC §3 for a non-2xx ``status_code``."""
-    snippet = body.strip().replace("\n", " ")[:200]
+    # A provider's text is shown escaped: it must not move the cursor or forge a log line.
+    snippet = printable(" ".join(body.strip().splitlines()))[:200]
     detail = f": {snippet}" if snippet else ""
     if status_code == 429:
         return RateLimitedError(

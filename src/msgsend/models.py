@@ -21,6 +21,8 @@ __all__ = [
     "HealthStatus",
     "MessageKind",
     "ProviderHealth",
+    "check_characters",
+    "describe_char",
     "mask_recipient",
     "message_kind",
     "normalize_recipient",
@@ -138,10 +140,57 @@ def mask_recipient(recipient: str) -> str:
     return f"{digits[:3]}-{'*' * (len(digits) - 7)}-{digits[-4:]}"
 
 
+# C0 controls but tab and newline, DEL, C1 controls, the bidi embeddings/overrides
+# (U+202A-U+202E) and isolates (U+2066-U+2069), and lone surrogates (bytes that were not UTF-8,
+# smuggled in by the surrogateescape of argv and stdin): none is text a person meant to send,
+# and each can hide or reorder what the recipient (or an operator's terminal) shows.
+_FORBIDDEN_CHARS = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_CONTROL_NAMES = {
+    0x00: "NUL", 0x07: "BEL", 0x08: "BACKSPACE", 0x0B: "VERTICAL TAB", 0x0C: "FORM FEED",
+    0x0D: "CARRIAGE RETURN", 0x1B: "ESCAPE", 0x7F: "DELETE",
+}  # fmt: skip
+
+
+def describe_char(char: str) -> str:
+    """Return ``U+001B (ESCAPE)``: a character named so that it can be shown safely."""
+    code = ord(char)
+    name = _CONTROL_NAMES.get(code) or unicodedata.name(char, "")
+    if not name:
+        name = "not UTF-8" if 0xD800 <= code <= 0xDFFF else "control character"
+    return f"U+{code:04X} ({name})"
+
+
+def check_characters(text: str, what: str = "message") -> None:
+    """Raise InputError naming the first control or bidi character of ``text`` and its place.
+
+    Newline and tab are allowed; every other C0 control, DEL, C1 controls, bidi overrides and
+    isolates are refused, in ``send`` and ``bulk`` alike::
+
+        >>> check_characters("hi\x1b[31m")
+        Traceback (most recent call last):
+        msgsend.errors.InputError: message contains U+001B (ESCAPE) at character 3: ...
+    """
+    match = _FORBIDDEN_CHARS.search(text)
+    if match is None:
+        return
+    code = ord(match.group())
+    if 0xD800 <= code <= 0xDFFF:
+        raise InputError(
+            f"{what} is not UTF-8 text: byte 0x{code & 0xFF:02X} at character {match.start() + 1}"
+        )
+    raise InputError(
+        f"{what} contains {describe_char(match.group())} at character {match.start() + 1}: "
+        "control characters (other than newline and tab) and bidi overrides are refused"
+    )
+
+
 def validate_message(text: str, channel: Channel | str) -> None:
-    """Raise InputError if ``text`` is empty or too long for ``channel`` (SPEC §7)."""
+    """Raise InputError if ``text`` is empty, holds a control character or is too long (§7)."""
     if not text or not text.strip():
         raise InputError("empty message")
+    check_characters(text)
     if Channel(channel) is Channel.KAKAOTALK:
         if len(text) > KAKAOTALK_MAX_CHARS:
             raise InputError(

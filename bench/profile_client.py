@@ -33,7 +33,7 @@ AREAS = (
     ("socket.py", "socket I/O"),
     ("ssl.py", "socket I/O"),
     ("selectors.py", "socket I/O"),
-    ("ratelimit.py", "msgsend rate limiter"),
+    ("msgsend/ratelimit/", "msgsend rate limiter"),
     ("pyrate_limiter/", "msgsend rate limiter"),
     ("sqlite3", "msgsend rate limiter"),
     ("fcntl", "msgsend rate limiter"),
@@ -74,7 +74,7 @@ WAITS = (
 ENTRY_POINTS = (
     ("Sender.send (everything for one message)", "msgsend/client.py", "send"),
     ("  HTTP exchange (requests Session.send)", "requests/sessions.py", "send"),
-    ("  rate limiter acquire", "msgsend/ratelimit.py", "acquire"),
+    ("  rate limiter acquire", "msgsend/ratelimit/limiter.py", "acquire"),
     ("  retry loop around the attempt (backoff)", "msgsend/retry.py", "call_with_retry"),
     ("  request body (json.dumps)", "json/__init__.py", "dumps"),
     ("results line and counts (bulk record)", "msgsend/bulk.py", "record"),

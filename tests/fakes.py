@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from msgsend.errors import (
 )
 from msgsend.models import Channel, DeliveryResult, HealthStatus, ProviderHealth
 from msgsend.providers.base import ProviderResponse
+from msgsend.ratelimit import Lease
 
 __all__ = [
     "FakeClock",
@@ -178,9 +179,16 @@ class FakeLimiter:
     throttled: list[tuple[str, float | None]] = field(default_factory=list)
     closed: bool = False
 
-    def acquire(self, provider: str) -> float:
+    settled: list[str] = field(default_factory=list)
+
+    def acquire(self, providers: str | Sequence[str], timeout: float | None = None) -> Lease:
+        provider = providers if isinstance(providers, str) else providers[0]
         self.acquired.append(provider)
-        return self.wait
+
+        def end(lease: Lease, sent: bool) -> None:
+            self.settled.append(lease.provider)
+
+        return Lease(provider, self.wait, 0.0, 60.0, end)
 
     def note_throttled(self, provider: str, retry_after: float | None) -> None:
         self.throttled.append((provider, retry_after))

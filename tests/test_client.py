@@ -511,6 +511,7 @@ def test_limiter_is_asked_before_every_attempt():
     rig.kakao.enqueue(server_error(), server_error(), server_error())
     result = rig.send()
     assert limiter.acquired == ["kakaotalk"] * 3 + ["sms"]
+    assert limiter.settled == limiter.acquired  # each lease settled once its attempt ended
     assert result.limiter_wait_s == pytest.approx(1.0)
     stats = rig.stats["providers"]
     assert stats["kakaotalk"]["limiter"] == {"waits": 3, "wait_seconds": 0.75,
@@ -542,7 +543,7 @@ def test_429_without_limiter_alerts(rig):
 
 def test_broken_limiter_fails_the_message_not_the_run():
     class Broken(FakeLimiter):
-        def acquire(self, provider: str) -> float:
+        def acquire(self, providers: Any, timeout: float | None = None) -> Any:
             raise OSError("database is locked")
 
     rig = make_rig(limiter=Broken())

@@ -32,6 +32,7 @@ from msgsend.ratelimit import (
     STRATEGIES,
     Limit,
     LimiterError,
+    LimiterTimeout,
     RateLimiter,
     check_limiter_settings,
     default_guard,
@@ -105,12 +106,22 @@ def store_options(store: str, tmp_path: Path, request: pytest.FixtureRequest) ->
     return {}
 
 
+def try_take(limiter: RateLimiter, provider: str = "p") -> float:
+    """Take a slot now and settle it at once (0), or return the seconds until one is free."""
+    try:
+        lease = limiter.acquire(provider, timeout=0)
+    except LimiterTimeout as exc:
+        return exc.wait
+    lease.settle()
+    return 0
+
+
 def sequence(limiter: RateLimiter, clock: FakeClock, steps: list[tuple[int, float]]) -> list[Any]:
     """Run (offset ms, expected) steps; expected 0 = admitted, else the seconds to wait."""
     seen = []
     for offset_ms, _ in steps:
         clock.at(offset_ms)
-        seen.append((offset_ms, round(limiter.try_acquire("p"), 6)))
+        seen.append((offset_ms, round(try_take(limiter), 6)))
     return seen
 
 
@@ -336,12 +347,12 @@ def test_two_limiters_on_one_store_share_the_budget(
             for _ in range(2)
         )
         clock.at(0)
-        assert [first.try_acquire("p"), second.try_acquire("p"), first.try_acquire("p")] == [0] * 3
-        assert second.try_acquire("p") > 0
-        assert first.try_acquire("p") > 0
+        assert [try_take(first, "p"), try_take(second, "p"), try_take(first, "p")] == [0] * 3
+        assert try_take(second, "p") > 0
+        assert try_take(first, "p") > 0
         # Each provider has its own table / key: a full "p" leaves "other" alone.
-        assert second.try_acquire("other") == 0
-        assert first.try_acquire("other") > 0
+        assert try_take(second, "other") == 0
+        assert try_take(first, "other") > 0
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -355,12 +366,12 @@ def test_a_clock_gone_back_does_not_block_for_hours(
         {"p": Limit(3, 1.0)}, strategy=strategy, store=store, clock=clock, guard=0, **options
     ) as limiter:
         clock.at(3_600_000)
-        assert [limiter.try_acquire("p") for _ in range(3)] == [0, 0, 0]
-        assert 0 < limiter.try_acquire("p") <= 1.001
+        assert [try_take(limiter, "p") for _ in range(3)] == [0, 0, 0]
+        assert 0 < try_take(limiter, "p") <= 1.001
         clock.at(0)  # an hour earlier
-        assert limiter.try_acquire("p") == 0
-        assert [limiter.try_acquire("p") for _ in range(2)] == [0, 0]
-        assert 0 < limiter.try_acquire("p") <= 1.001  # and limiting again at once
+        assert try_take(limiter, "p") == 0
+        assert [try_take(limiter, "p") for _ in range(2)] == [0, 0]
+        assert 0 < try_take(limiter, "p") <= 1.001  # and limiting again at once
     assert "did the clock go back?" in caplog.text
 
 
@@ -387,7 +398,7 @@ def test_blocking_acquire_sleeps_exactly_and_reports_waits(
         on_event=events,
         **options,
     ) as limiter:
-        waits = [round(limiter.acquire("p"), 6) for _ in range(5)]
+        waits = [round(limiter.acquire("p").waited, 6) for _ in range(5)]
         assert waits == [0, 0, 1.001, 0, 1.001]
         assert clock.sleeps == [1.001, 1.001]
         stats = limiter.stats("p")
@@ -401,9 +412,9 @@ def test_blocking_acquire_sleeps_exactly_and_reports_waits(
 
         # A quiet period ends the episode; the next wait raises the event again.
         clock.sleep(5)
-        assert limiter.acquire("p") == 0
-        assert limiter.acquire("p") == 0
-        assert limiter.acquire("p") > 0
+        assert limiter.acquire("p").waited == 0
+        assert limiter.acquire("p").waited == 0
+        assert limiter.acquire("p").waited > 0
         assert len(events.seen) == 2
 
 
@@ -426,20 +437,20 @@ def test_note_throttled_raises_the_event_and_pauses(tmp_path: Path) -> None:
                 "pausing its sends for 2.5 s",
             )
         ]
-        assert limiter.try_acquire("p") == pytest.approx(2.5)
-        assert limiter.try_acquire("q") == 0  # only the throttled provider pauses
-        assert limiter.acquire("p") == pytest.approx(2.5)
+        assert try_take(limiter, "p") == pytest.approx(2.5)
+        assert try_take(limiter, "q") == 0  # only the throttled provider pauses
+        assert limiter.acquire("p").waited == pytest.approx(2.5)
         assert clock.sleeps == [2.5]
         assert len(events.seen) == 1  # the pause is not a second alert
         stats = limiter.stats("p")
         assert (stats.throttled, stats.waits) == (1, 1)
 
         limiter.note_throttled("p", 3600)  # capped at one period of the limit
-        assert limiter.try_acquire("p") == pytest.approx(10.0)
+        assert try_take(limiter, "p") == pytest.approx(10.0)
         clock.sleep(10)
         limiter.note_throttled("p", None)  # no Retry-After: alert, no pause
         assert events.seen[-1][2].endswith("despite the client-side limit 5 per 10 s")
-        assert limiter.try_acquire("p") == 0
+        assert try_take(limiter, "p") == 0
 
 
 def test_a_failing_alert_hook_never_fails_a_send(caplog: pytest.LogCaptureFixture) -> None:
@@ -450,8 +461,8 @@ def test_a_failing_alert_hook_never_fails_a_send(caplog: pytest.LogCaptureFixtur
     with RateLimiter(
         {"p": Limit(1, 1.0)}, store="memory", clock=clock, sleep=clock.sleep, on_event=broken
     ) as limiter:
-        limiter.acquire("p")
-        assert limiter.acquire("p") > 0
+        limiter.acquire("p").settle()
+        assert limiter.acquire("p").waited > 0
         limiter.note_throttled("p", 1)
     assert "rate-limit alert hook failed" in caplog.text
 
@@ -599,8 +610,8 @@ def send_from_threads(limiter: RateLimiter, url: str, total: int, threads: int) 
                     jobs.get_nowait()
                 except queue.Empty:
                     return
-                limiter.acquire("p")
-                post(url)
+                with limiter.acquire("p"):
+                    post(url)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -651,8 +662,8 @@ sys.stdin.readline()
 
 def work():
     for _ in range(cfg["per_thread"]):
-        limiter.acquire("p")
-        post(cfg["url"])
+        with limiter.acquire("p"):
+            post(cfg["url"])
 
 threads = [threading.Thread(target=work) for _ in range(cfg["threads"])]
 for thread in threads:
@@ -809,9 +820,9 @@ def _closed_port() -> int:
 
 
 def test_fair_lock_serves_threads_in_arrival_order() -> None:
-    from msgsend.ratelimit import _FairLock
+    from msgsend.ratelimit.core import FairLock
 
-    lock = _FairLock()
+    lock = FairLock()
     order: list[int] = []
     lock.acquire()
     threads = []

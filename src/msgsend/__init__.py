@@ -31,6 +31,9 @@ __all__ = [
     "Events",
     "HealthReport",
     "InputError",
+    "Lease",
+    "LimiterTimeout",
+    "LimiterUnavailableError",
     "MsgsendError",
     "Provider",
     "ProviderError",
@@ -61,6 +64,9 @@ _LOCATIONS = {
     "Events": "events",
     "HealthReport": "health",
     "InputError": "errors",
+    "Lease": "ratelimit",
+    "LimiterTimeout": "errors",
+    "LimiterUnavailableError": "errors",
     "MsgsendError": "errors",
     "Provider": "providers",
     "ProviderError": "errors",
@@ -88,6 +94,8 @@ if TYPE_CHECKING:
         ConfigError,
         ConnectError,
         InputError,
+        LimiterTimeout,
+        LimiterUnavailableError,
         MsgsendError,
         ProviderError,
         RateLimitedError,
@@ -98,7 +106,7 @@ if TYPE_CHECKING:
     from .health import HealthReport, check_health
     from .models import Channel, DeliveryResult, normalize_recipient
     from .providers import Provider
-    from .ratelimit import RateLimiter
+    from .ratelimit import Lease, RateLimiter
     from .retry import RetryPolicy
 
 

@@ -5,7 +5,7 @@ Layers, outermost first (each can be tested alone)::
     Sender.send ─ validation, fallback KakaoTalk → SMS
       └ call_with_retry ─ attempts on one provider, exponential backoff, Retry-After
           └ CircuitBreaker.before_request ─ fail fast while the provider is down
-              └ RateLimiter.acquire ─ wait for a slot of the provider's budget
+              └ RateLimiter.acquire ─ a lease on a slot, settled when the provider answers
                   └ Provider.send ─ exactly one HTTP request
 
 The breaker sits inside the retry loop so that it sees every attempt: an outage opens it
@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .alerts import SupportsEmit, alert_listener
@@ -50,16 +50,20 @@ if TYPE_CHECKING:
     from .config import Config
     from .metrics import Metrics
     from .providers import Provider
+    from .ratelimit import Lease
 
 __all__ = ["Limiter", "Sender"]
 
 log = logging.getLogger("msgsend.client")
 
+#: seconds a rate-limit lease outlives the provider's timeouts when its process dies
+HOLD_MARGIN = 2.0
+
 
 class Limiter(Protocol):
     """What the service needs of a rate limiter (``ratelimit.RateLimiter``)."""
 
-    def acquire(self, provider: str) -> float: ...
+    def acquire(self, providers: str | Sequence[str], timeout: float | None = None) -> Lease: ...
 
     def note_throttled(self, provider: str, retry_after: float | None) -> None: ...
 
@@ -276,9 +280,9 @@ class Sender:
                         )
                     )
                     raise
-            if self.limiter is not None:
-                waited = self._acquire(provider_name)
-                result.limiter_wait_s += waited
+            lease = self._acquire(provider_name) if self.limiter is not None else None
+            if lease is not None:
+                result.limiter_wait_s += lease.waited
             result.attempts += 1
             result.attempts_by_channel[provider_name] = (
                 result.attempts_by_channel.get(provider_name, 0) + 1
@@ -286,7 +290,12 @@ class Sender:
             log.debug("%s attempt %d on %s: %r", masked, result.attempts, provider_name, text)
             started = time.perf_counter()
             try:
-                provider.send(number, text)
+                try:
+                    provider.send(number, text)
+                finally:
+                    # The provider answered or the request failed: its slot counts from now.
+                    if lease is not None:
+                        lease.settle()
             except ProviderError as exc:
                 self._failed(
                     provider_name, exc, time.perf_counter() - started, breaker, masked, result
@@ -310,18 +319,19 @@ class Sender:
             on_retry=on_retry,
         )
 
-    def _acquire(self, provider_name: str) -> float:
+    def _acquire(self, provider_name: str) -> Lease:
+        """Take a lease on one slot of ``provider_name``'s budget (waiting for it)."""
         assert self.limiter is not None
         try:
-            waited = self.limiter.acquire(provider_name)
+            lease = self.limiter.acquire(provider_name)
         except MsgsendError:
             raise
         except Exception as exc:  # a limiter store failing mid-run fails the message, not the run
             raise MsgsendError(
                 f"rate limiter for {provider_name} failed: {exc}", provider=provider_name
             ) from exc
-        self.events.emit(LimiterWaited(provider_name, waited))
-        return waited
+        self.events.emit(LimiterWaited(provider_name, lease.waited))
+        return lease
 
     def _failed(
         self,
@@ -390,6 +400,14 @@ def build_limiter(config: Config) -> Any:
         )
         for name in ("kakaotalk", "sms")
     }
+    # A lease whose process died before the answer keeps its slot until the request could
+    # no longer be answered: the provider's timeouts, plus a margin.
+    hold = {
+        name: config.provider(name).connect_timeout
+        + config.provider(name).read_timeout
+        + HOLD_MARGIN
+        for name in limits
+    }
     try:
         return RateLimiter(
             limits,
@@ -397,6 +415,7 @@ def build_limiter(config: Config) -> Any:
             store=config.limiter.store,
             path=config.limiter.path,
             redis_url=config.limiter.redis_url,
+            hold=hold,
         )
     except LimiterError as exc:
         raise ConfigError(str(exc), source=str(config.path) if config.path else None) from exc

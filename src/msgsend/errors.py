@@ -11,7 +11,8 @@ Hierarchy::
     │   └── UsageError              the command asks for what cannot be done as given (exit 2)
     ├── ResultsWriteError           results file unwritable: a full or failing device (exit 74)
     ├── TryLaterError               nothing is wrong, but not now: run again later (exit 75)
-    │   └── OutageError             no provider could deliver for ``[bulk] max-outage``
+    │   ├── OutageError             no provider could deliver for ``[bulk] max-outage``
+    │   └── LimiterUnavailableError the limiter's store is down or locked: nothing goes unpaced
     ├── ProviderError               one provider request failed
     │   ├── TransportError          no HTTP response
     │   │   ├── ConnectError        refused / unreachable / connect timeout: not delivered
@@ -24,6 +25,8 @@ Hierarchy::
     │       └── InvalidRequestError any other 4xx: the message itself is refused
     ├── CircuitOpenError            the provider's circuit is open: failed fast, nothing sent
     ├── ProviderDisabledError       the provider refused our credentials earlier in this process
+    ├── LimiterError                the rate limiter's store cannot be used as configured (exit 78)
+    ├── LimiterTimeout              no rate-limit slot within the caller's timeout; nothing sent
     └── AllProvidersFailedError     every channel tried failed; carries ``errors``
 
 Decisions are taken from the class attributes ``retryable`` (try the same provider again),
@@ -56,6 +59,9 @@ __all__ = [
     "InputError",
     "InputFileError",
     "InvalidRequestError",
+    "LimiterError",
+    "LimiterTimeout",
+    "LimiterUnavailableError",
     "MsgsendError",
     "OutageError",
     "ProviderDisabledError",
@@ -279,6 +285,39 @@ class ProviderDisabledError(MsgsendError):
 
     fallback = True
     kind = "provider-disabled"
+
+
+class LimiterError(MsgsendError):
+    """The limiter's store cannot be used; the message names the ``[limiter]`` setting."""
+
+    kind = "limiter"
+
+
+class LimiterTimeout(MsgsendError):
+    """No rate-limit slot came within the caller's timeout; ``wait`` estimates the next one."""
+
+    kind = "limiter-timeout"
+
+    def __init__(self, message: str, *, provider: str | None = None, wait: float = 0.0) -> None:
+        super().__init__(message, provider=provider)
+        self.wait = wait
+
+
+class LimiterUnavailableError(TryLaterError):
+    """The limiter's store is down (Redis away) or locked too long: wait, never send unpaced.
+
+    In ``bulk`` this is an outage: the row waits. ``holder`` names the process holding a
+    sqlite lock when it is known.
+    """
+
+    unavailable = True
+    kind = "limiter-unavailable"
+
+    def __init__(
+        self, message: str, *, provider: str | None = None, holder: str | None = None
+    ) -> None:
+        super().__init__(message, provider=provider)
+        self.holder = holder
 
 
 class AllProvidersFailedError(MsgsendError):

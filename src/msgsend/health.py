@@ -6,12 +6,12 @@ credentials, so 400/422 means up and authenticated while nothing is delivered (S
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import LimiterTimeout
 from .models import HealthStatus, ProviderHealth
 
 if TYPE_CHECKING:
@@ -60,28 +60,6 @@ class HealthReport:
 SLOT_WAIT = 5.0
 
 
-def _take_slot(
-    limiter: Any,
-    name: str,
-    budget: float,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> float:
-    """Take a slot within ``budget`` seconds; return 0.0, or the wait still ahead if none came."""
-    try_acquire = getattr(limiter, "try_acquire", None)
-    if try_acquire is None:
-        limiter.acquire(name)
-        return 0.0
-    deadline = clock() + budget
-    while True:
-        wait = float(try_acquire(name))
-        if wait <= 0:
-            return 0.0
-        if clock() + wait > deadline:
-            return wait
-        sleep(wait)
-
-
 def check_health(
     sender: Sender, names: Sequence[str] | None = None, *, slot_wait: float = SLOT_WAIT
 ) -> HealthReport:
@@ -99,17 +77,19 @@ def check_health(
     chosen = list(names) if names else list(sender.providers)
 
     def probe(name: str) -> ProviderHealth:
-        if sender.limiter is not None:
-            ahead = _take_slot(sender.limiter, name, slot_wait)
-            if ahead > 0:
-                return ProviderHealth(
-                    name,
-                    HealthStatus.THROTTLED,
-                    None,
-                    f"not probed: the client-side rate limit is in use (next slot in "
-                    f"{ahead:.1f} s)",
-                )
-        return sender.providers[name].ping()
+        if sender.limiter is None:
+            return sender.providers[name].ping()
+        try:
+            lease = sender.limiter.acquire(name, timeout=slot_wait)
+        except LimiterTimeout as exc:
+            return ProviderHealth(
+                name,
+                HealthStatus.THROTTLED,
+                None,
+                f"not probed: the client-side rate limit is in use (next slot in {exc.wait:.1f} s)",
+            )
+        with lease:  # settled when the provider answered
+            return sender.providers[name].ping()
 
     with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
         results = list(pool.map(probe, chosen))

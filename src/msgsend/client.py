@@ -26,8 +26,10 @@ from .circuit import CircuitBreaker, CircuitState
 from .errors import (
     AllProvidersFailedError,
     AuthError,
+    CircuitOpenError,
     InputError,
     MsgsendError,
+    ProviderDisabledError,
     ProviderError,
     RateLimitedError,
 )
@@ -41,8 +43,15 @@ from .events import (
     MessageFinished,
     RetryScheduled,
 )
-from .logs import log_event
-from .models import Channel, DeliveryResult, mask_recipient, normalize_recipient, validate_message
+from .logs import log_event, mask_text
+from .models import (
+    Channel,
+    DeliveryResult,
+    Refusal,
+    mask_recipient,
+    normalize_recipient,
+    validate_message,
+)
 from .report import RunStats
 from .retry import RetryPolicy, call_with_retry
 
@@ -58,6 +67,8 @@ log = logging.getLogger("msgsend.client")
 
 #: seconds a rate-limit lease outlives the provider's timeouts when its process dies
 HOLD_MARGIN = 2.0
+#: characters of a refusing provider's answer quoted when a run stops on systematic refusal
+REFUSAL_EXCERPT = 160
 
 
 class Limiter(Protocol):
@@ -241,6 +252,11 @@ class Sender:
             final = errors[-1] if len(errors) == 1 else AllProvidersFailedError(errors)
             result.error = str(final)
             result.error_kind = errors[-1].kind if errors else None
+            self._classify_failure(result, errors, [c.value for c in chain])
+        if result.unavailable:
+            # Not an outcome yet: a bulk run keeps the row and tries it again, and the message
+            # is counted when it settles. The waiting is what the run reports.
+            return result
         self.events.emit(
             MessageFinished(
                 recipient=masked,
@@ -256,6 +272,76 @@ class Sender:
             )
         )
         return result
+
+    def _classify_failure(
+        self, result: DeliveryResult, errors: list[MsgsendError], chain: list[str]
+    ) -> None:
+        """Say whether a failed message may simply wait, can never go, or was refused."""
+        if not errors:
+            return
+        if all(isinstance(e, AuthError | ProviderDisabledError) for e in errors):
+            result.credentials_refused = True
+            return
+        if all(e.fallback or e.unavailable or isinstance(e, InputError) for e in errors):
+            # Nothing refused the message itself (a channel that cannot carry it is skipped).
+            # If every channel of it is now down (its circuit open, even when this message's
+            # own request reopened it) or unusable, the failure is the outage's, not the
+            # message's: it can wait for a channel.
+            hints = self._unavailable_channels(errors, chain)
+            if hints is not None:
+                result.unavailable = True
+                known = [h for h in hints if h is not None]
+                result.available_in = min(known) if known and len(known) == len(hints) else None
+                return
+        last = errors[-1]
+        if isinstance(last, ProviderError) and last.provider and not last.retryable:
+            body = " ".join(str(getattr(last, "body", "") or "").split())
+            result.refusal = Refusal(
+                provider=last.provider,
+                status_code=last.status_code,
+                kind=last.kind,
+                excerpt=mask_text(body[:REFUSAL_EXCERPT]),
+            )
+
+    def _unavailable_channels(
+        self, errors: list[MsgsendError], chain: list[str]
+    ) -> list[float | None] | None:
+        """Return, per channel that may come back, seconds until it may; None if one is up.
+
+        Channels disabled for the run (credentials refused) and channels that cannot carry the
+        message are skipped; at least one channel must be one that may come back.
+        """
+        from .circuit import CircuitState
+
+        last_error = {e.provider: e for e in errors}
+        hints: list[float | None] = []
+        for name in chain:
+            if name not in last_error:
+                continue  # not reached: an unavailable error before it ended the chain
+            error = last_error[name]
+            breaker = self.breakers.get(name)
+            state = breaker.state if breaker is not None else None
+            if isinstance(error, AuthError | ProviderDisabledError | InputError) or (
+                state is CircuitState.DISABLED
+            ):
+                continue  # refused our credentials, or cannot carry this message
+            if state is CircuitState.OPEN:
+                assert breaker is not None
+                seconds = float(breaker.seconds_until_trial())
+                hints.append(seconds if seconds > 0 else None)
+            elif error is not None and error.unavailable:
+                hints.append(self._available_in(error))
+            else:
+                return None  # this channel can be tried now: the message failed on its own
+        return hints or None
+
+    def _available_in(self, error: MsgsendError) -> float | None:
+        """Return seconds until the channel of an ``unavailable`` error may take messages."""
+        breaker = self.breakers.get(error.provider or "")
+        if isinstance(error, CircuitOpenError) and breaker is not None:
+            seconds = float(breaker.seconds_until_trial())
+            return seconds if seconds > 0 else None  # a trial is in flight: soon
+        return error.available_in
 
     def _deliver(self, provider_name: str, number: str, text: str, result: DeliveryResult) -> None:
         """Send on one provider with retries; raise the last error if it never succeeds."""

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 __all__ = [
     "AttemptFinished",
@@ -34,6 +35,9 @@ __all__ = [
     "MessageFinished",
     "RetryScheduled",
     "RowSettled",
+    "RunPaused",
+    "RunResumed",
+    "RunStopped",
 ]
 
 _log = logging.getLogger("msgsend.events")
@@ -147,6 +151,46 @@ class RowSettled(Event):
     attempts: int = 0
     error: str | None = None
     latency_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunPaused(Event):
+    """A bulk run is not sending for now: ``kind`` is ``outage`` or ``quiet-hours``.
+
+    ``until`` (wall clock) is when it tries again, if known. During an outage the run emits
+    this again each time that moment passes and it goes on waiting.
+    """
+
+    kind: str
+    reason: str
+    until: datetime | None = None
+
+    def describe(self) -> str:
+        """Return the progress line's words: ``waiting: REASON until 08:00:00``."""
+        if self.until is None:
+            return f"waiting: {self.reason}"
+        return f"waiting: {self.reason} until {self.until:%H:%M:%S}"
+
+
+@dataclass(frozen=True, slots=True)
+class RunResumed(Event):
+    """A paused bulk run sends again (a delivery ended the outage, or quiet hours ended)."""
+
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunStopped(Event):
+    """A bulk run stopped before the end of its file; ``left`` rows stay for ``--resume``.
+
+    ``reason`` is the error that stopped it (an outage past ``max-outage``: exit 75; refused
+    credentials or a systematic refusal: exit 78).
+    """
+
+    reason: str
+    exit_code: int
+    left: int
 
 
 #: A listener takes every event and ignores the types it does not handle.

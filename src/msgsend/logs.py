@@ -30,6 +30,9 @@ from .events import (
     FellBack,
     MessageFinished,
     RetryScheduled,
+    RunPaused,
+    RunResumed,
+    RunStopped,
 )
 from .redact import redact_text
 
@@ -265,6 +268,7 @@ def setup_logging(
 
 _client_log = logging.getLogger("msgsend.client")
 _circuit_log = logging.getLogger("msgsend.circuit")
+_bulk_log = logging.getLogger("msgsend.bulk")
 
 
 def log_event(event: Event) -> None:
@@ -330,6 +334,23 @@ def log_event(event: Event) -> None:
                     "fallback": event.fallback,
                     "attempts": event.attempts,
                 },
+            )
+        case RunPaused():
+            _bulk_log.log(
+                logging.INFO if event.kind == "quiet-hours" else logging.WARNING,
+                "bulk: %s",
+                event.describe(),
+                extra={"event": f"paused-{event.kind}"},
+            )
+        case RunResumed():
+            _bulk_log.info("bulk: sending again after %s", event.reason, extra={"event": "resumed"})
+        case RunStopped():
+            _bulk_log.error(
+                "bulk: stopped (exit %d, %d rows left for --resume): %s",
+                event.exit_code,
+                event.left,
+                event.reason,
+                extra={"event": "stopped", "exit_code": event.exit_code, "left": event.left},
             )
         case CircuitChanged():
             # INFO, not WARNING: the alert rules turn transitions into the operator-visible

@@ -21,6 +21,7 @@ __all__ = [
     "HealthStatus",
     "MessageKind",
     "ProviderHealth",
+    "Refusal",
     "check_characters",
     "describe_char",
     "mask_recipient",
@@ -209,6 +210,32 @@ def validate_message(text: str, channel: Channel | str) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A non-retryable answer that ended a message: who refused it, how, and what they said.
+
+    ``signature`` is what a bulk run compares to spot a systematic refusal (SPEC §10): the
+    provider, the HTTP status (a 2xx when the body said no) and the error's kind.
+    """
+
+    provider: str
+    status_code: int | None
+    kind: str
+    #: the start of the provider's answer, numbers and secrets masked
+    excerpt: str = ""
+
+    @property
+    def signature(self) -> tuple[str, int | None, str]:
+        """Return what two refusals share when they are the same refusal."""
+        return (self.provider, self.status_code, self.kind)
+
+    def describe(self) -> str:
+        """Return e.g. ``kakaotalk with HTTP 400 (invalid-request): {"error": ...}``."""
+        status = f"HTTP {self.status_code}" if self.status_code is not None else "no status"
+        said = f": {self.excerpt}" if self.excerpt else " (empty answer)"
+        return f"{self.provider} with {status} ({self.kind}){said}"
+
+
 @dataclass(slots=True)
 class DeliveryResult:
     """What happened to one message: the library's answer to ``Sender.send``."""
@@ -226,6 +253,15 @@ class DeliveryResult:
     retries: int = 0
     limiter_wait_s: float = 0.0
     attempts_by_channel: dict[str, int] = field(default_factory=dict)
+    #: not sent because every channel of the message is unavailable for now (circuit open,
+    #: provider paused, limiter store down): seconds until one may be, if known. A bulk run
+    #: keeps such a row and tries it again instead of recording it failed.
+    unavailable: bool = False
+    available_in: float | None = None
+    #: every channel tried refused our credentials (401/403): nothing can be delivered
+    credentials_refused: bool = False
+    #: the non-retryable answer that ended the message, if one did
+    refusal: Refusal | None = None
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,226 @@
+"""End to end: outages pause a bulk run instead of failing rows; stops say how to resume.
+
+The real CLI against the real sandbox on loopback. Both providers go down; the circuits open
+after one failed message (threshold 1, one attempt each) so that the following rows find no
+channel and wait. Waits are short (reset-timeout 0.3 s, max-outage 1.5 s).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from e2e import phone, read_results, write_csv
+from msgsend.cli import app
+
+runner = CliRunner()
+
+
+def config_file(path: Path, sandbox: Any, *, max_outage: float) -> Path:
+    path.write_text(
+        f"""
+[kakaotalk]
+base-url = "{sandbox.kakaotalk_url}"
+timeout = 2.0
+[sms]
+base-url = "{sandbox.sms_url}"
+timeout = 2.0
+[retry]
+max-attempts = 1
+[limiter]
+store = "memory"
+[circuit-breaker]
+failure-threshold = 1
+reset-timeout = 0.3
+[bulk]
+max-outage = {max_outage}
+""",
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+    return path
+
+
+def rows(path: Path, n: int) -> Path:
+    return write_csv(path, ((phone(i), f"안내 {i}") for i in range(1, n + 1)))
+
+
+def by_row(results: Path) -> dict[int, dict[str, str]]:
+    return {int(line["row"]): line for line in read_results(results)}
+
+
+def test_rows_wait_for_providers_that_come_back(sandbox: Any, tmp_path: Path) -> None:
+    source = rows(tmp_path / "in.csv", 6)
+    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=60)
+    sandbox.set_down("kakaotalk")
+    sandbox.set_down("sms")
+
+    def recover() -> None:
+        # Row 1 is tried on both providers (503, 503): both circuits open and the row waits
+        # for them; the providers come back while it does.
+        deadline = time.monotonic() + 20
+        while sandbox.count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        sandbox.set_down("kakaotalk", False)
+        sandbox.set_down("sms", False)
+
+    helper = threading.Thread(target=recover, daemon=True)
+    helper.start()
+    result = runner.invoke(
+        app, ["bulk", str(source), "--concurrency", "1", "--config", str(config)]
+    )
+    helper.join(20)
+    assert result.exit_code == 0, result.output
+    recorded = by_row(tmp_path / "in.results.csv")
+    assert [recorded[i]["status"] for i in range(1, 7)] == ["sent"] * 6
+    # Row 1's own requests opened both circuits: it waited too, its failed tries counted.
+    assert int(recorded[1]["attempts"]) >= 3
+    assert "waiting: " in result.stderr and "circuit" in result.stderr
+    assert "not sent yet" not in result.stderr
+
+
+def test_a_lasting_outage_stops_with_75_and_prints_the_resume_command(
+    sandbox: Any, tmp_path: Path
+) -> None:
+    source = rows(tmp_path / "in.csv", 6)
+    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=1.5)
+    sandbox.set_down("kakaotalk")
+    sandbox.set_down("sms")
+    started = time.monotonic()
+    result = runner.invoke(
+        app,
+        [
+            "bulk",
+            str(source),
+            "--concurrency",
+            "2",
+            "--template",
+            "{message}!",
+            "--config",
+            str(config),
+        ],
+    )
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 75, result.output
+    assert elapsed < 15  # bounded by max-outage, not by the file
+    assert "no provider could deliver for" in result.stderr
+    assert "[bulk] max-outage is 1.5 s" in result.stderr
+    recorded = by_row(tmp_path / "in.results.csv")
+    assert all(line["attempts"] != "0" for line in recorded.values())
+    left = 6 - len(recorded)
+    assert left >= 4
+    match = re.search(
+        r"(\d+) row\(s\) not sent yet.*to send them: (msgsend bulk .*)", result.stderr
+    )
+    assert match is not None, result.stderr
+    assert int(match[1]) == left
+    command = shlex.split(match[2])
+    assert command[:4] == ["msgsend", "bulk", str(source), "--resume"]
+    assert command[command.index("--template") + 1] == "{message}!"
+    assert command[command.index("--config") + 1] == str(config)
+
+    sandbox.set_down("kakaotalk", False)
+    sandbox.set_down("sms", False)
+    again = runner.invoke(app, command[1:])
+    assert again.exit_code == 0, again.output
+    final = by_row(tmp_path / "in.results.csv")
+    assert {line["status"] for line in final.values()} == {"sent"} and len(final) == 6
+
+
+def test_the_json_document_says_the_run_stopped(sandbox: Any, tmp_path: Path) -> None:
+    source = rows(tmp_path / "in.csv", 3)
+    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=1)
+    sandbox.set_down("kakaotalk")
+    sandbox.set_down("sms")
+    result = runner.invoke(
+        app, ["bulk", str(source), "--json", "--concurrency", "1", "--config", str(config)]
+    )
+    assert result.exit_code == 75, result.output
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 75 and document["left"] == 3
+    assert "no provider could deliver" in document["stopped"]
+    assert document["resume_command"].startswith(f"msgsend bulk {source} --resume")
+
+
+def test_credentials_refused_by_both_stop_at_once_with_78(sandbox: Any, tmp_path: Path) -> None:
+    source = rows(tmp_path / "in.csv", 30)
+    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=60)
+    sandbox.set_status("kakaotalk", 401)
+    sandbox.set_status("sms", 403)
+    result = runner.invoke(
+        app, ["bulk", str(source), "--concurrency", "1", "--config", str(config)]
+    )
+    assert result.exit_code == 78, result.output
+    assert "refused our credentials" in result.stderr
+    assert sandbox.count() == 2  # one request each, then nothing
+    recorded = by_row(tmp_path / "in.results.csv")
+    assert list(recorded) == [1]
+    assert "29 row(s) not sent yet" in result.stderr
+
+
+def test_a_systematic_refusal_stops_with_78_after_twenty_rows(sandbox: Any, tmp_path: Path) -> None:
+    source = rows(tmp_path / "in.csv", 60)
+    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=60)
+    sandbox.set_status("kakaotalk", 400)
+    result = runner.invoke(
+        app, ["bulk", str(source), "--concurrency", "1", "--config", str(config)]
+    )
+    assert result.exit_code == 78, result.output
+    assert "20 rows in a row were refused by kakaotalk with HTTP 400" in result.stderr
+    assert "forced status 400" in result.stderr  # the body excerpt
+    assert "request format" in result.stderr
+    assert len(by_row(tmp_path / "in.results.csv")) == 20
+    assert sandbox.count() == 20
+    assert "40 row(s) not sent yet" in result.stderr
+
+
+def test_quiet_hours_pause_a_run_and_a_second_run_exits_75(sandbox: Any, tmp_path: Path) -> None:
+    """A window around the current time: the run waits, holds its file; others exit 75."""
+    source = rows(tmp_path / "in.csv", 5)
+    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=60)
+    now = dt.datetime.now(dt.UTC)
+    window = f"{now - dt.timedelta(hours=1):%H:%M}-{now + dt.timedelta(hours=1):%H:%M}"
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write(f'quiet-hours = "{window}"\ntimezone = "UTC"\n')
+    first = subprocess.Popen(
+        [sys.executable, "-m", "msgsend", "bulk", str(source), "--config", str(config)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert first.stderr is not None
+        line = ""
+        deadline = time.monotonic() + 30
+        while "waiting: quiet hours" not in line and time.monotonic() < deadline:
+            line = first.stderr.readline()
+            assert line or first.poll() is None, "the first run ended early"
+        assert f"waiting: quiet hours {window} UTC until " in line
+        second = runner.invoke(app, ["bulk", str(source), "--resume", "--config", str(config)])
+        assert second.exit_code == 75, second.output
+        assert "in use by another msgsend run" in second.stderr
+        assert sandbox.count() == 0
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, rest = first.communicate(timeout=30)
+    assert first.returncode == 130, rest
+    assert sandbox.count() == 0 and by_row(tmp_path / "in.results.csv") == {}
+
+    third = runner.invoke(
+        app,
+        ["bulk", str(source), "--resume", "--ignore-quiet-hours", "--config", str(config)],
+    )
+    assert third.exit_code == 0, third.output
+    assert sandbox.count() == 5

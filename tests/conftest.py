@@ -72,3 +72,13 @@ def _plain_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from msgsend.logs import reset_logging
 
     reset_logging()
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """Run with umask 000, so that a file's mode is exactly what msgsend asked for."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)

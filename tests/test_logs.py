@@ -216,3 +216,25 @@ def test_json_formatter_handles_odd_values():
 def test_masking_filter_survives_bad_format_args():
     record = logging.LogRecord("msgsend", logging.INFO, __file__, 1, "%d", ("x",), None)
     assert MaskingFilter().filter(record) is True
+
+
+@pytest.mark.usefixtures("permissive_umask")
+def test_log_file_is_created_private_whatever_the_umask(tmp_path, stream):
+    log_file = tmp_path / "msgsend.log"
+    setup_logging(1, stream=stream, log_file=log_file, rich_tty=False)
+    log.info("hello")
+    reset_logging()
+    assert log_file.stat().st_mode & 0o777 == 0o600
+    assert "hello" in log_file.read_text(encoding="utf-8")
+
+
+def test_an_existing_log_file_is_appended_to_and_keeps_its_mode(tmp_path, stream):
+    log_file = tmp_path / "msgsend.log"
+    log_file.write_text("earlier line\n", encoding="utf-8")
+    log_file.chmod(0o640)
+    setup_logging(1, stream=stream, log_file=log_file, rich_tty=False)
+    log.info("later line")
+    reset_logging()
+    assert log_file.stat().st_mode & 0o777 == 0o640
+    text = log_file.read_text(encoding="utf-8")
+    assert text.startswith("earlier line\n") and "later line" in text

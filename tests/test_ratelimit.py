@@ -182,6 +182,17 @@ def test_sqlite_is_the_default_store_in_the_state_directory(tmp_path: Path) -> N
     assert limiter.path.exists()
 
 
+@pytest.mark.usefixtures("permissive_umask")
+def test_sqlite_store_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "rl" / "limits.sqlite"
+    with RateLimiter({"p": RATE}, path=path) as limiter:
+        limiter.acquire("p")
+        files = [p for p in path.parent.iterdir() if p.name.startswith("limits.sqlite")]
+        assert path in files and len(files) >= 2  # the database, its lock, its WAL files
+        for file in files:
+            assert file.stat().st_mode & 0o777 == 0o600, file.name
+
+
 def test_sqlite_path_may_be_a_string_with_a_tilde(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

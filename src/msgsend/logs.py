@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -118,6 +119,14 @@ class MaskingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = mask_text(record.stack_info)
         return True
+
+
+class _PrivateFileHandler(logging.FileHandler):
+    """A log file appended to, created 0600 whatever the umask (it names hosts, runs, files)."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
 
 def _alert_prefix(record: logging.LogRecord) -> str:
@@ -244,7 +253,7 @@ def setup_logging(
 
     handlers: list[logging.Handler] = []
     if log_file is not None:
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler = _PrivateFileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(_formatter(log_format))
         handlers.append(file_handler)
     console: logging.Handler

@@ -51,6 +51,8 @@ class SQLiteStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.lock = _FileLock(str(path) + ".lock")
+            # Created 0600 whatever the umask: SQLite gives its -wal/-shm files the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             self.conn = sqlite3.connect(
                 path, isolation_level="DEFERRED", check_same_thread=False, timeout=30.0
             )

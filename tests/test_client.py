@@ -466,6 +466,24 @@ def test_input_errors_before_any_request(rig, recipient, text, kwargs, words):
     assert rig.stats == {"providers": {}, "fallbacks": 0}
 
 
+def test_a_message_too_long_for_kakaotalk_goes_straight_to_sms(rig):
+    text = "a" * 1200  # too long for KakaoTalk, an LMS for SMS
+    result = rig.send(text=text)
+    assert rig.kakao.calls == []
+    assert rig.sms.calls == [(RECIPIENT, text)]
+    assert (result.status, result.channel, result.fallback) == ("sent", "sms", False)
+    assert (
+        result.note == "too long for KakaoTalk (1200 characters, at most 1000): sent by SMS as LMS"
+    )
+    assert result.error is None
+
+
+def test_a_message_too_long_for_kakaotalk_is_refused_without_fallback(rig):
+    with pytest.raises(InputError, match="too long for KakaoTalk: 1200 characters"):
+        rig.send(text="a" * 1200, fallback=False)
+    assert rig.kakao.calls == [] and rig.sms.calls == []
+
+
 def test_unknown_channel_is_refused(rig):
     with pytest.raises(ValueError):
         rig.send(via="email")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from msgsend.csvinput import CsvRow, CsvSource, compile_template, inspect_csv
-from msgsend.errors import InputError, InputFileError
+from msgsend.errors import InputError, InputFileError, UsageError
 from msgsend.models import Channel
 
 KOREAN = "안녕하세요 고객님 주문하신 상품이 발송되었습니다."
@@ -375,3 +375,179 @@ def test_runaway_quote_past_one_mebibyte_is_one_invalid_row(tmp_path: Path) -> N
     assert rows[0].error is not None
     assert "longer than 1,048,576 characters" in rows[0].error
     assert "unbalanced quote" in rows[0].error
+
+
+# -- Korean headers and naming the columns ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "전화번호",
+        "휴대폰",
+        "휴대폰번호",
+        "휴대전화",
+        "핸드폰",
+        "핸드폰번호",
+        "연락처",
+        "수신번호",
+        "수신자번호",
+    ],
+)
+@pytest.mark.parametrize("message", ["메시지", "메세지", "내용", "문자내용", "발송내용"])
+def test_korean_header_aliases_in_a_cp949_file(
+    tmp_path: Path, recipient: str, message: str
+) -> None:
+    path = write(
+        tmp_path / "excel.csv",
+        f"이름, {recipient} ,{message}\n김철수,010-1234-5678,{KOREAN}\n",
+        "cp949",
+    )
+    source = CsvSource(path)
+    assert source.info.encoding == "cp949"
+    (row,) = rows_of(source)
+    assert (row.recipient, row.message, row.error) == ("010-1234-5678", KOREAN, None)
+
+
+def test_korean_headers_with_a_template_in_cp949(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "excel.csv", "이름,전화번호,메시지\n김철수,010-1234-5678,무시됨\n", "cp949"
+    )
+    (row,) = rows_of(CsvSource(path, template="{이름}님, 주문이 발송되었습니다"))
+    assert row.message == "김철수님, 주문이 발송되었습니다"
+
+
+def test_korean_header_in_decomposed_hangul(tmp_path: Path) -> None:
+    import unicodedata
+
+    header = unicodedata.normalize("NFD", "휴대폰") + ",message"
+    path = write(tmp_path / "mac.csv", f"{header}\n010-1234-5678,hi\n")
+    (row,) = rows_of(CsvSource(path))
+    assert row.recipient == "010-1234-5678"
+
+
+@pytest.mark.parametrize(
+    ("header", "chosen"),
+    [
+        ("전화번호,휴대폰,message", 1),
+        ("연락처,핸드폰번호,message", 1),
+        ("phone,휴대전화,message", 1),
+        ("휴대폰번호,수신번호,message", 0),
+    ],
+)
+def test_the_mobile_specific_column_wins(tmp_path: Path, header: str, chosen: int) -> None:
+    numbers = ["02-123-4567", "010-1234-5678"]
+    if chosen == 0:
+        numbers.reverse()
+    path = write(tmp_path / "a.csv", f"{header}\n{numbers[0]},{numbers[1]},hi\n")
+    source = CsvSource(path)
+    assert source.recipient_index == chosen
+    assert rows_of(source)[0].recipient == "010-1234-5678"
+
+
+@pytest.mark.parametrize("header", ["전화번호,연락처,message", "휴대폰,핸드폰,message"])
+def test_several_candidates_are_listed_with_the_option(tmp_path: Path, header: str) -> None:
+    path = write(tmp_path / "a.csv", f"{header}\n010-1234-5678,010-1234-5679,hi\n")
+    first, second, _ = header.split(",")
+    with pytest.raises(InputError) as info:
+        CsvSource(path)
+    text = str(info.value)
+    assert f"several recipient columns ('{first}', '{second}')" in text
+    assert "--recipient-column NAME" in text
+
+
+def test_several_message_columns_suggest_the_option(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,메시지,내용\n010-1234-5678,a,b\n")
+    with pytest.raises(
+        InputError, match=r"several message columns \('메시지', '내용'\).*--message-column"
+    ):
+        CsvSource(path)
+
+
+def test_missing_columns_list_what_was_found_and_suggest_the_options(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "고객명,번호,문자\n김,010-1234-5678,hi\n", "cp949")
+    with pytest.raises(InputError) as info:
+        CsvSource(path)
+    text = str(info.value)
+    assert "no recipient column (columns found: '고객명', '번호', '문자')" in text
+    assert "--recipient-column NAME" in text and "휴대폰" in text
+    with pytest.raises(InputError) as info:
+        CsvSource(path, recipient_column="번호")
+    text = str(info.value)
+    assert "no message column (columns found: '고객명', '번호', '문자')" in text
+    assert "--message-column NAME" in text and "--template" in text
+
+
+def test_columns_named_by_option(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "a.csv", "고객명,번호,문자,phone\n김,010-1234-5678,안녕,02-123-4567\n", "cp949"
+    )
+    source = CsvSource(path, recipient_column=" 번호 ", message_column="문자")
+    (row,) = rows_of(source)
+    assert (row.recipient, row.message) == ("010-1234-5678", "안녕")
+    # any case when no column has the exact name
+    other = write(tmp_path / "b.csv", "Mobile,Text\n010-1234-5678,hi\n")
+    (row,) = rows_of(CsvSource(other, recipient_column="mobile", message_column="TEXT"))
+    assert (row.recipient, row.message) == ("010-1234-5678", "hi")
+
+
+def test_a_column_option_naming_no_column_lists_the_columns(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,message\n010-1234-5678,hi\n")
+    with pytest.raises(
+        InputError,
+        match=r"--recipient-column 'mobile' names no column \(columns found: 'phone', 'message'\)",
+    ):
+        CsvSource(path, recipient_column="mobile")
+    with pytest.raises(InputError, match="--message-column 'text' names no column"):
+        CsvSource(path, message_column="text")
+
+
+def test_message_column_and_template_exclude_each_other(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,message\n010-1234-5678,hi\n")
+    with pytest.raises(UsageError, match="--message-column and --template"):
+        CsvSource(path, template="{message}", message_column="message")
+
+
+# -- empty template fields -------------------------------------------------------------------------
+
+
+def test_a_template_field_left_empty_makes_the_row_invalid(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "a.csv",
+        "phone,이름,상품\n"
+        "010-1234-0001,김철수,신발\n010-1234-0002,,가방\n010-1234-0003,이영희,  \n",
+    )
+    rows = rows_of(CsvSource(path, template="{이름}님, {상품} 발송"))
+    assert [r.error for r in rows] == [
+        None,
+        "empty field {이름} (fill it in, or pass --allow-empty-fields to send anyway)",
+        "empty field {상품} (fill it in, or pass --allow-empty-fields to send anyway)",
+    ]
+    assert rows[1].recipient == "010-1234-0002"  # normalised: the number was fine
+    allowed = rows_of(CsvSource(path, template="{이름}님, {상품} 발송", allow_empty_fields=True))
+    assert [r.error for r in allowed] == [None, None, None]
+    assert allowed[1].message == "님, 가방 발송"
+
+
+def test_empty_cells_outside_the_template_do_not_matter(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.csv", "phone,이름,memo\n010-1234-0001,김철수,\n")
+    (row,) = rows_of(CsvSource(path, template="{이름}님 안녕하세요"))
+    assert row.error is None
+
+
+# -- too long for KakaoTalk ------------------------------------------------------------------------
+
+
+def test_a_message_too_long_for_kakaotalk_goes_by_sms_with_a_note(tmp_path: Path) -> None:
+    text = "가" * 1001  # 2,002 bytes: too long for SMS too
+    fits = "가" * 600 + "a" * 500  # 1,100 characters, 1,700 bytes
+    path = write(tmp_path / "a.csv", f"phone,message\n010-1234-0001,{fits}\n010-1234-0002,{text}\n")
+    first, second = rows_of(CsvSource(path))
+    assert (first.channel, first.error) == (Channel.SMS, None)
+    assert first.note == (
+        "too long for KakaoTalk (1100 characters, at most 1000): sent by SMS as LMS"
+    )
+    assert second.error is not None and "too long for SMS: 2002 bytes" in second.error
+    # without fallback the row is invalid, as before
+    (refused, _) = rows_of(CsvSource(path, fallback=False))
+    assert refused.error is not None and "too long for KakaoTalk: 1100 characters" in refused.error

@@ -13,6 +13,7 @@ from msgsend.models import (
     Channel,
     DeliveryResult,
     MessageKind,
+    choose_channel,
     mask_recipient,
     message_kind,
     normalize_recipient,
@@ -189,6 +190,96 @@ def test_sms_refuses_characters_without_euc_kr_encoding(text):
 def test_unknown_channel_is_refused():
     with pytest.raises(ValueError):
         validate_message("hi", "email")
+
+
+# ---------------------------------------------------------------------- number hygiene
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "010\u20131234\u20135678",  # en dash
+        "010\u20141234\u20145678",  # em dash
+        "010\u20111234\u20115678",  # non-breaking hyphen
+        "010\u20101234\u20105678",  # hyphen
+        "010\u20121234\u20125678",  # figure dash
+        "010\u22121234\u22125678",  # minus sign
+        "010\ufe631234\ufe635678",  # small hyphen-minus
+        "010\xa01234\xa05678",  # no-break space
+        "010\u202f1234\u202f5678",  # narrow no-break space
+        "\u200b010-1234-5678\u200b",  # zero-width space
+        "010\u200c1234\u200d5678",  # zero-width (non-)joiner
+        "\ufeff01012345678",  # BOM
+        "010\u20601234\u20605678",  # word joiner
+        "010\xad1234\xad5678",  # soft hyphen
+        "\u200e010-1234-5678\u200f",  # direction marks
+        "+82\xa010\u20131234\u20135678",
+    ],
+)
+def test_dash_look_alikes_and_invisible_characters_are_cleaned(raw):
+    assert normalize_recipient(raw) == "010-1234-5678"
+
+
+@pytest.mark.parametrize(
+    ("raw", "hint"),
+    [
+        ("1012345678", "Excel dropped the leading 0 (01012345678?)"),
+        ("10-1234-5678", "Excel dropped the leading 0 (01012345678?)"),
+        ("1112345678", "Excel dropped the leading 0 (01112345678?)"),
+        ("8.21012E+11", "scientific notation"),
+        ("1.01235E+10", "scientific notation"),
+        ("8.21012e+11", "scientific notation"),
+        ("8210123456", "a +82 number whose + Excel dropped"),
+    ],
+)
+def test_excel_mangled_numbers_get_a_hint(raw, hint):
+    with pytest.raises(InputError) as info:
+        normalize_recipient(raw)
+    text = str(info.value)
+    assert text.startswith(f"invalid recipient {raw!r}")
+    assert hint in text and "format the column as text" in text
+
+
+@pytest.mark.parametrize("raw", ["02-123-4567", "12345", "hello", "0101234567"])
+def test_other_bad_numbers_get_no_excel_hint(raw):
+    with pytest.raises(InputError) as info:
+        normalize_recipient(raw)
+    assert "Excel" not in str(info.value)
+
+
+def test_a_number_without_its_plus_is_still_read():
+    assert normalize_recipient("821012345678") == "010-1234-5678"
+
+
+# ---------------------------------------------------------------------- choosing the channel
+
+
+def test_choose_channel_keeps_a_valid_channel():
+    assert choose_channel("hi", "kakaotalk", fallback=True) == (Channel.KAKAOTALK, "")
+    assert choose_channel("hi", "sms", fallback=False) == (Channel.SMS, "")
+
+
+def test_choose_channel_sends_a_message_too_long_for_kakaotalk_by_sms():
+    channel, note = choose_channel("a" * 1001, "kakaotalk", fallback=True)
+    assert channel is Channel.SMS
+    assert note == "too long for KakaoTalk (1001 characters, at most 1000): sent by SMS as LMS"
+
+
+def test_choose_channel_refuses_a_message_too_long_for_both():
+    with pytest.raises(InputError, match=r"too long for KakaoTalk.*too long for SMS: 2002 bytes"):
+        choose_channel("가" * 1001, "kakaotalk", fallback=True)
+
+
+def test_choose_channel_without_fallback_refuses_a_long_kakaotalk_message():
+    with pytest.raises(InputError, match="too long for KakaoTalk: 1001 characters"):
+        choose_channel("a" * 1001, "kakaotalk", fallback=False)
+
+
+def test_choose_channel_never_reroutes_other_refusals():
+    with pytest.raises(InputError, match="empty message"):
+        choose_channel(" ", "kakaotalk", fallback=True)
+    with pytest.raises(InputError, match="too long for SMS"):
+        choose_channel("a" * 2001, "sms", fallback=True)
 
 
 # ---------------------------------------------------------------------- message kind

@@ -348,3 +348,80 @@ def test_cli_dev_null_with_resume_sends_everything(tmp_path: Path, sandbox: Any)
     result = _bulk(str(source), "--results", "/dev/null", "--resume", "--config", str(config))
     assert result.exit_code == 0, result.output
     assert len(sandbox.delivered()) == 3
+
+
+def test_a_message_too_long_for_kakaotalk_is_recorded_sms_with_the_reason(tmp_path: Path) -> None:
+    long = "a" * 1100
+    source = write_csv(tmp_path / "in.csv", [(phone(1), long), (phone(2), "short")])
+    sender = FakeSender()
+    send_bulk(source, sender)
+    assert sorted((call[0], str(call[2])) for call in sender.calls) == [
+        (phone(1), "sms"),
+        (phone(2), "kakaotalk"),
+    ]
+    line = by_row(tmp_path / "in.results.csv")[1]
+    assert (line["status"], line["channel"], line["kind"]) == ("sent", "sms", "lms")
+    assert line["error"] == (
+        "too long for KakaoTalk (1100 characters, at most 1000): sent by SMS as LMS"
+    )
+    send_bulk(source, None, BulkOptions(dry_run=True))
+    preview = by_row(tmp_path / "in.preview.csv")[1]
+    assert (preview["status"], preview["channel"], preview["kind"]) == ("ready", "sms", "lms")
+    assert preview["error"].startswith("too long for KakaoTalk")
+    assert preview["bytes"] == "1100"
+
+
+def test_without_fallback_a_message_too_long_for_kakaotalk_is_invalid(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "in.csv", [(phone(1), "a" * 1100)])
+    sender = FakeSender()
+    report = send_bulk(source, sender, BulkOptions(fallback=False))
+    assert sender.calls == [] and report.invalid == 1
+    assert "too long for KakaoTalk: 1100 characters" in by_row(report.results_path)[1]["error"]
+
+
+def test_cli_korean_excel_file_with_named_columns(tmp_path: Path, sandbox: Any) -> None:
+    source = tmp_path / "고객.csv"
+    source.write_bytes(
+        "이름,번호,문자내용,휴대폰\n"
+        f"김철수,02-123-4567,안녕하세요,{phone(1)}\n"
+        f"이영희,{phone(2)},반갑습니다,02-765-4321\n".encode("cp949")
+    )
+    config = write_config(tmp_path / "c.toml", sandbox)
+    # 휴대폰 wins over the other candidates; 문자내용 is a message alias
+    result = _bulk(str(source), "--config", str(config), "--results", str(tmp_path / "a.csv"))
+    assert result.exit_code == 1, result.output  # row 2's 휴대폰 is a landline
+    assert [r.recipient for r in sandbox.delivered()] == [phone(1)]
+    # --recipient-column picks the other one; the template may use Korean names
+    sandbox.reset()
+    result = _bulk(
+        str(source), "--config", str(config), "--results", str(tmp_path / "b.csv"),
+        "--recipient-column", "번호", "--template", "{이름}님, {문자내용}",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert [(r.recipient, r.message) for r in sandbox.delivered()] == [
+        (phone(2), "이영희님, 반갑습니다")
+    ]
+
+
+def test_cli_empty_template_field_is_invalid_unless_allowed(tmp_path: Path, sandbox: Any) -> None:
+    source = write_csv(
+        tmp_path / "in.csv", [(phone(1), ""), (phone(2), "김")], header=("phone", "name")
+    )
+    config = write_config(tmp_path / "c.toml", sandbox)
+    args = [str(source), "--config", str(config), "--template", "{name}님, 안녕하세요"]
+    result = _bulk(*args, "--results", str(tmp_path / "a.csv"))
+    assert result.exit_code == 1
+    assert by_row(tmp_path / "a.csv")[1]["error"].startswith("empty field {name}")
+    assert [r.message for r in sandbox.delivered()] == ["김님, 안녕하세요"]
+    sandbox.reset()
+    result = _bulk(*args, "--results", str(tmp_path / "b.csv"), "--allow-empty-fields")
+    assert result.exit_code == 0, result.output
+    assert sorted(r.message for r in sandbox.delivered()) == ["김님, 안녕하세요", "님, 안녕하세요"]
+
+
+def test_cli_missing_column_error_suggests_the_option(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "in.csv", [("x", "y")], header=("고객", "번호"))
+    result = _bulk(str(source), "--dry-run")
+    assert result.exit_code == 65
+    assert "no recipient column (columns found: '고객', '번호')" in result.stderr
+    assert "--recipient-column NAME" in result.stderr

@@ -100,7 +100,8 @@ class BulkOptions:
     template: str | None = None
     #: the channel of rows without a ``via`` value
     via: Channel = Channel.KAKAOTALK
-    #: KakaoTalk -> SMS fallback; None leaves it to the sender's configuration
+    #: KakaoTalk -> SMS fallback (also: a message too long for KakaoTalk goes by SMS);
+    #: None leaves the fallback to the sender's configuration and lets long messages go by SMS
     fallback: bool | None = None
     #: parallel sends
     concurrency: int = 8
@@ -115,6 +116,11 @@ class BulkOptions:
     max_outage: float = 300.0
     #: no message is started inside this window; None sends at any hour
     quiet_hours: QuietHours | None = None
+    #: a template field left empty is sent as is instead of making the row invalid
+    allow_empty_fields: bool = False
+    #: the recipient / message column by name, instead of the names msgsend knows
+    recipient_column: str | None = None
+    message_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -451,7 +457,7 @@ class _Run:
             elif first != item.row:
                 self.record(item, DUPLICATE, error=f"duplicate of row {first}")
             elif dry_run:
-                self.record(item, READY, channel=item.channel)
+                self.record(item, READY, channel=item.channel, error=item.note or None)
             else:
                 self.enqueue(item)
 
@@ -569,16 +575,21 @@ class _Run:
         systematic = self.streak.observe(None if ok else result.refusal, retried=retried)
         if systematic is not None:
             self.stop_run(systematic)
-        error = result.error
+        notes = [item.note or result.note] if item.note or result.note else []
         if ok and result.uncertain:
-            error = f"{result.uncertain} read timeout(s): may have been delivered more than once"
+            notes.append(
+                f"{result.uncertain} read timeout(s): may have been delivered more than once"
+            )
+        if not ok:
+            notes.append(result.error or "failed")
+        error = "; ".join(notes)
         self.record(
             item,
             SENT if ok else FAILED,
             channel=result.channel,
             fallback=result.fallback,
             attempts=result.attempts,
-            error=error if error or ok else "failed",
+            error=error or None,
             latency_ms=result.latency_ms,
             result=result,
         )
@@ -770,7 +781,15 @@ def send_bulk(
         raise InputError("a dry run cannot resume: run --dry-run without --resume")
     started = time.monotonic()
     source = CsvSource(
-        path, template=options.template, via=options.via, encoding=options.encoding, info=info
+        path,
+        template=options.template,
+        via=options.via,
+        encoding=options.encoding,
+        info=info,
+        recipient_column=options.recipient_column,
+        message_column=options.message_column,
+        allow_empty_fields=options.allow_empty_fields,
+        fallback=options.fallback is not False,
     )
     info = source.info
     if options.results_path is not None:

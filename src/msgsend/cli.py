@@ -456,6 +456,8 @@ def _render_send(console: Console, result: Any, report: dict[str, Any] | None) -
             f"[red]failed[/red] to send to {mask_recipient(result.recipient)} after "
             f"{result.attempts} attempt(s): {escape(str(result.error))}"
         )
+    if result.note:
+        console.print(f"[yellow]note:[/yellow] {result.note}")
     if report is not None:
         console.print(_provider_table(report))
 
@@ -621,6 +623,26 @@ def bulk(
             "--ignore-quiet-hours", help="Send even inside [bulk] quiet-hours (e.g. not ads)."
         ),
     ] = False,
+    allow_empty_fields: Annotated[
+        bool,
+        typer.Option("--allow-empty-fields", help="Send rows whose template uses an empty field."),
+    ] = False,
+    recipient_column: Annotated[
+        str | None,
+        typer.Option(
+            "--recipient-column",
+            help="Recipient column by name (default: phone, 전화번호, 휴대폰, ...).",
+            show_default=False,
+        ),
+    ] = None,
+    message_column: Annotated[
+        str | None,
+        typer.Option(
+            "--message-column",
+            help="Message column by name (default: message, content, 메시지, 내용, ...).",
+            show_default=False,
+        ),
+    ] = None,
     json_output: JsonOpt = False,
     sandbox: SandboxOpt = False,
     config: ConfigOpt = None,
@@ -667,6 +689,9 @@ def bulk(
                 allow_duplicates=allow_duplicates,
                 ignore_quiet_hours=ignore_quiet_hours,
                 config=config,
+                allow_empty_fields=allow_empty_fields,
+                recipient_column=recipient_column,
+                message_column=message_column,
             )
             options = BulkOptions(
                 template=template,
@@ -678,6 +703,9 @@ def bulk(
                 dry_run=dry_run,
                 encoding=info.encoding,
                 allow_duplicates=allow_duplicates,
+                allow_empty_fields=allow_empty_fields,
+                recipient_column=recipient_column,
+                message_column=message_column,
                 max_outage=run.config.bulk.max_outage,
                 quiet_hours=quiet,
             )
@@ -716,6 +744,9 @@ def _resume_command(
     allow_duplicates: bool,
     ignore_quiet_hours: bool,
     config: Path | None,
+    allow_empty_fields: bool = False,
+    recipient_column: str | None = None,
+    message_column: str | None = None,
 ) -> str:
     """Return the command line that resumes this run: its own options plus ``--resume``."""
     import shlex
@@ -727,6 +758,8 @@ def _resume_command(
         ("--concurrency", concurrency),
         ("--results", results),
         ("--encoding", encoding),
+        ("--recipient-column", recipient_column),
+        ("--message-column", message_column),
         ("--config", config),
     ]
     for name, value in options:
@@ -736,6 +769,7 @@ def _resume_command(
         ("--no-fallback", no_fallback),
         ("--allow-duplicates", allow_duplicates),
         ("--ignore-quiet-hours", ignore_quiet_hours),
+        ("--allow-empty-fields", allow_empty_fields),
     ]
     args += [name for name, on in flags if on]
     return shlex.join(args)

@@ -48,6 +48,7 @@ from .models import (
     Channel,
     DeliveryResult,
     Refusal,
+    choose_channel,
     mask_recipient,
     normalize_recipient,
     validate_message,
@@ -213,15 +214,15 @@ class Sender:
 
         Raises InputError for a recipient or message that no provider could take.
         """
-        channel = Channel(via)
         number = normalize_recipient(recipient)
-        validate_message(text, channel)
         use_fallback = self.fallback if fallback is None else fallback
+        can_fall_back = use_fallback and Channel.SMS.value in self.providers
+        channel, note = choose_channel(text, via, fallback=can_fall_back)
         chain = [channel]
-        if use_fallback and channel is Channel.KAKAOTALK and Channel.SMS.value in self.providers:
+        if can_fall_back and channel is Channel.KAKAOTALK:
             chain.append(Channel.SMS)
 
-        result = DeliveryResult(recipient=number, status="failed")
+        result = DeliveryResult(recipient=number, status="failed", note=note)
         masked = mask_recipient(number)
         started = time.perf_counter()
         errors: list[MsgsendError] = []

@@ -16,17 +16,19 @@ import codecs
 import csv
 import os
 import string
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .errors import InputError, InputFileError
-from .models import Channel, normalize_recipient, validate_message
+from .errors import InputError, InputFileError, UsageError
+from .models import Channel, choose_channel, normalize_recipient
 
 __all__ = [
     "MESSAGE_COLUMNS",
+    "MOBILE_COLUMNS",
     "RECIPIENT_COLUMNS",
     "VIA_COLUMN",
     "CsvInfo",
@@ -37,9 +39,34 @@ __all__ = [
 ]
 
 #: Header names (any case, surrounding whitespace ignored) of the recipient column.
-RECIPIENT_COLUMNS: tuple[str, ...] = ("phone", "recipient", "phoneNumber", "phone_number", "to")
+RECIPIENT_COLUMNS: tuple[str, ...] = (
+    "phone",
+    "recipient",
+    "phoneNumber",
+    "phone_number",
+    "to",
+    "전화번호",
+    "휴대폰",
+    "휴대폰번호",
+    "휴대전화",
+    "핸드폰",
+    "핸드폰번호",
+    "연락처",
+    "수신번호",
+    "수신자번호",
+)
+#: Recipient names that say "mobile": one of them wins over the other candidates of a file.
+MOBILE_COLUMNS: tuple[str, ...] = ("휴대폰", "휴대폰번호", "휴대전화", "핸드폰", "핸드폰번호")
 #: Header names of the message column, used when no template is given.
-MESSAGE_COLUMNS: tuple[str, ...] = ("message", "content")
+MESSAGE_COLUMNS: tuple[str, ...] = (
+    "message",
+    "content",
+    "메시지",
+    "메세지",
+    "내용",
+    "문자내용",
+    "발송내용",
+)
 #: Header name of the optional per-row channel column.
 VIA_COLUMN = "via"
 
@@ -81,6 +108,8 @@ class CsvRow:
     message: str | None
     error: str | None = None
     blank: bool = False
+    #: why the row goes by another channel than asked (too long for KakaoTalk: by SMS)
+    note: str = ""
 
 
 def _invalid(
@@ -257,13 +286,52 @@ def inspect_csv(path: str | os.PathLike[str], encoding: str | None = None) -> Cs
     )
 
 
-def _find_column(path: Path, columns: Sequence[str], names: Sequence[str], what: str) -> int | None:
-    wanted = {name.lower() for name in names}
-    found = [i for i, name in enumerate(columns) if name.lower() in wanted]
+def _fold(name: str) -> str:
+    """The form header names are compared in: any case, surrounding spaces, NFC Hangul."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
+def _find_column(
+    path: Path,
+    columns: Sequence[str],
+    names: Sequence[str],
+    what: str,
+    *,
+    option: str | None = None,
+    preferred: Sequence[str] = (),
+) -> int | None:
+    """Return the index of the one column named like ``names``; None when there is none.
+
+    Among several candidates, the only one whose name is in ``preferred`` wins; otherwise
+    the candidates are listed and ``option`` is suggested.
+    """
+    wanted = {_fold(name) for name in names}
+    found = [i for i, name in enumerate(columns) if _fold(name) in wanted]
     if len(found) > 1:
+        best = {_fold(name) for name in preferred}
+        winners = [i for i in found if _fold(columns[i]) in best]
+        if len(winners) == 1:
+            return winners[0]
         shown = ", ".join(repr(columns[i]) for i in found)
-        raise InputError(f"{path}: several {what} columns ({shown}); keep only one")
+        fix = f"choose one with {option} NAME" if option else "keep only one"
+        raise InputError(f"{path}: several {what} columns ({shown}): {fix}")
     return found[0] if found else None
+
+
+def _named_column(path: Path, columns: Sequence[str], name: str, option: str) -> int:
+    """Return the index of the column ``option NAME`` names (exact, else any case)."""
+    exact = [i for i, column in enumerate(columns) if column == name.strip()]
+    found = exact or [i for i, column in enumerate(columns) if _fold(column) == _fold(name)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise InputError(
+            f"{path}: {option} {name!r} matches several columns "
+            f"({', '.join(repr(columns[i]) for i in found)}); rename one of them"
+        )
+    raise InputError(
+        f"{path}: {option} {name!r} names no column (columns found: {_columns_text(columns)})"
+    )
 
 
 def _columns_text(columns: Sequence[str]) -> str:
@@ -353,13 +421,33 @@ class CsvSource:
         via: Channel | str = Channel.KAKAOTALK,
         encoding: str | None = None,
         info: CsvInfo | None = None,
+        recipient_column: str | None = None,
+        message_column: str | None = None,
+        allow_empty_fields: bool = False,
+        fallback: bool = True,
     ) -> None:
+        if template is not None and message_column is not None:
+            raise UsageError("--message-column and --template exclude each other: pass one")
         self.info = info if info is not None else inspect_csv(path, encoding)
         self.path = self.info.path
         self.via = Channel(str(via).strip().lower())
+        #: whether a message too long for KakaoTalk may go by SMS instead
+        self.fallback = fallback
         columns = self.info.columns
         found = f"columns found: {_columns_text(columns)}"
-        recipient = _find_column(self.path, columns, RECIPIENT_COLUMNS, "recipient")
+        if recipient_column is not None:
+            recipient: int | None = _named_column(
+                self.path, columns, recipient_column, "--recipient-column"
+            )
+        else:
+            recipient = _find_column(
+                self.path,
+                columns,
+                RECIPIENT_COLUMNS,
+                "recipient",
+                option="--recipient-column",
+                preferred=MOBILE_COLUMNS,
+            )
         if recipient is None:
             hint = ""
             if len(columns) == 1 and any(sep in columns[0] for sep in ";\t|"):
@@ -371,21 +459,40 @@ class CsvSource:
                 except InputError:
                     pass
             raise InputError(
-                f"{self.path}: no recipient column: name one of "
-                f"{', '.join(RECIPIENT_COLUMNS)} ({found}{hint})"
+                f"{self.path}: no recipient column ({found}{hint}): name it one of "
+                f"{', '.join(RECIPIENT_COLUMNS)}, or pass --recipient-column NAME"
             )
         self.recipient_index = recipient
         self.via_index = _find_column(self.path, columns, (VIA_COLUMN,), "via")
         self.message_index: int | None = None
         self.format: str | None = None
+        #: the columns the template uses, checked for empty cells unless ``allow_empty_fields``
+        self.template_fields: tuple[int, ...] = ()
         if template is not None:
             self.format = compile_template(template, columns)
+            if not allow_empty_fields:
+                self.template_fields = tuple(
+                    sorted(
+                        {
+                            int(name)
+                            for _, name, _, _ in string.Formatter().parse(self.format)
+                            if name
+                        }
+                    )
+                )
+        elif message_column is not None:
+            self.message_index = _named_column(
+                self.path, columns, message_column, "--message-column"
+            )
         else:
-            self.message_index = _find_column(self.path, columns, MESSAGE_COLUMNS, "message")
+            self.message_index = _find_column(
+                self.path, columns, MESSAGE_COLUMNS, "message", option="--message-column"
+            )
             if self.message_index is None:
                 raise InputError(
-                    f"{self.path}: no message column: name one 'message' or 'content', "
-                    f"or pass --template with {{column}} placeholders ({found})"
+                    f"{self.path}: no message column ({found}): name it one of "
+                    f"{', '.join(MESSAGE_COLUMNS)}, pass --message-column NAME, "
+                    "or pass --template with {column} placeholders"
                 )
 
     @contextmanager
@@ -461,8 +568,17 @@ class CsvSource:
                     shown = _clean(fields[self.via_index])
                     reason = f"unknown channel {shown!r} in the via column (kakaotalk or sms)"
                     return _invalid(row, record, recipient, reason, None, message)
+        for index in self.template_fields:
+            if not fields[index].strip():
+                reason = (
+                    f"empty field {{{self.info.columns[index]}}} "
+                    "(fill it in, or pass --allow-empty-fields to send anyway)"
+                )
+                return _invalid(row, record, recipient, reason, channel, message)
         try:
-            validate_message(message, channel)
+            channel, note = choose_channel(message, channel, fallback=self.fallback)
         except InputError as exc:
             return _invalid(row, record, recipient, _clean(str(exc)), channel, message)
+        if note:
+            return CsvRow(row, record.first_line, recipient, channel, message, note=note)
         return CsvRow(row, record.first_line, recipient, channel, message)

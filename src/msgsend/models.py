@@ -23,6 +23,7 @@ __all__ = [
     "ProviderHealth",
     "Refusal",
     "check_characters",
+    "choose_channel",
     "describe_char",
     "mask_recipient",
     "message_kind",
@@ -97,18 +98,48 @@ def message_kind(text: str, channel: Channel | str) -> MessageKind:
 
 _SEPARATORS = re.compile(r"[\s\-.()]")
 _MOBILE = re.compile(r"^01([016789])(\d{3,4})(\d{4})$", re.ASCII)
+#: Dash look-alikes (hyphen, non-breaking hyphen, figure/en/em dash, minus, small and
+#: full-width hyphen-minus) and invisible characters (zero-width space, joiners, word joiner,
+#: BOM, soft hyphen, direction marks) that copying a number from a document or a web page
+#: brings along: removed before a number is read.
+_NUMBER_NOISE = dict.fromkeys(
+    map(
+        ord,
+        "\u2010\u2011\u2012\u2013\u2014\u2015\u2043\u2212\ufe58\ufe63\uff0d"
+        "\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e\u200f\u180e",
+    )
+)
+_SCIENTIFIC = re.compile(r"^\d(?:\.\d+)?e\+?\d+$", re.IGNORECASE | re.ASCII)
+_EXCEL_HINT = "format the column as text in Excel and export again"
+
+
+def _excel_hint(spaced: str, text: str) -> str:
+    """Say how Excel mangled a number (``text``: ``spaced`` without separators), or ""."""
+    if _SCIENTIFIC.match(spaced):
+        return (
+            "; it looks like a number Excel turned into scientific notation, which loses "
+            f"digits: {_EXCEL_HINT}"
+        )
+    if text.isdigit() and _MOBILE.match("0" + text):
+        return f"; it looks like Excel dropped the leading 0 (0{text}?): {_EXCEL_HINT}"
+    if text.isdigit() and text.startswith("82"):
+        return f"; it looks like a +82 number whose + Excel dropped: {_EXCEL_HINT}"
+    return ""
 
 
 def normalize_recipient(raw: str) -> str:
     """Return a Korean mobile number as ``010-1234-5678``; raise InputError if it is not one.
 
-    Accepts hyphens, spaces, dots and the ``+82`` / ``82`` country prefix::
+    Accepts hyphens (and dash look-alikes), spaces, dots, invisible characters and the
+    ``+82`` / ``82`` country prefix::
 
         >>> normalize_recipient("+82 10 1234 5678")
         '010-1234-5678'
     """
-    # NFKC turns full-width digits, hyphen and plus (as a Korean IME types them) into ASCII.
-    text = _SEPARATORS.sub("", unicodedata.normalize("NFKC", raw).strip())
+    # NFKC turns full-width digits, hyphen and plus (as a Korean IME types them) into ASCII,
+    # and NBSP and the other wide spaces into spaces.
+    spaced = unicodedata.normalize("NFKC", raw.translate(_NUMBER_NOISE)).strip()
+    text = _SEPARATORS.sub("", spaced)
     if text.startswith("+82"):
         text = "0" + text[3:].lstrip("0")
     elif text.startswith("0082"):
@@ -121,6 +152,7 @@ def normalize_recipient(raw: str) -> str:
         raise InputError(
             f"invalid recipient {shown!r}: expected a Korean mobile number "
             "(010, 011, 016, 017, 018 or 019 and 7 or 8 more digits; hyphens and +82 allowed)"
+            + _excel_hint(spaced, _SEPARATORS.sub("", spaced))
         )
     prefix, middle, last = match.groups()
     if prefix == "0" and len(middle) != 4:
@@ -236,6 +268,33 @@ class Refusal:
         return f"{self.provider} with {status} ({self.kind}){said}"
 
 
+def choose_channel(text: str, channel: Channel | str, *, fallback: bool) -> tuple[Channel, str]:
+    """Validate ``text`` for ``channel``; return the channel to send by and a note ("" if none).
+
+    A message too long for KakaoTalk that SMS can carry goes by SMS (as SMS or LMS) when
+    ``fallback`` allows it, with a note saying so; anything else invalid raises InputError::
+
+        >>> choose_channel("가" * 1200, "kakaotalk", fallback=True)[0]
+        <Channel.SMS: 'sms'>
+    """
+    wanted = Channel(channel)
+    try:
+        validate_message(text, wanted)
+    except InputError as exc:
+        if not (fallback and wanted is Channel.KAKAOTALK and len(text) > KAKAOTALK_MAX_CHARS):
+            raise
+        try:
+            validate_message(text, Channel.SMS)
+        except InputError as sms:
+            raise InputError(f"{exc}; {sms}") from None
+        note = (
+            f"too long for KakaoTalk ({len(text)} characters, at most {KAKAOTALK_MAX_CHARS}): "
+            f"sent by SMS as {message_kind(text, Channel.SMS).upper()}"
+        )
+        return Channel.SMS, note
+    return wanted, ""
+
+
 @dataclass(slots=True)
 class DeliveryResult:
     """What happened to one message: the library's answer to ``Sender.send``."""
@@ -247,6 +306,8 @@ class DeliveryResult:
     attempts: int = 0
     error: str | None = None
     error_kind: str | None = None
+    #: why the message went another way than asked (a KakaoTalk message too long: by SMS)
+    note: str = ""
     latency_ms: float = 0.0
     #: read timeouts seen: the message may have been delivered more than once
     uncertain: int = 0

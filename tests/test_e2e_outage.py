@@ -224,3 +224,55 @@ def test_quiet_hours_pause_a_run_and_a_second_run_exits_75(sandbox: Any, tmp_pat
     )
     assert third.exit_code == 0, third.output
     assert sandbox.count() == 5
+
+
+def limited_config(path: Path, sandbox: Any, *, kakaotalk: int, sms: int) -> Path:
+    path.write_text(
+        f"""
+[kakaotalk]
+base-url = "{sandbox.kakaotalk_url}"
+[kakaotalk.rate-limit]
+requests-per-second = {kakaotalk}
+[sms]
+base-url = "{sandbox.sms_url}"
+[sms.rate-limit]
+requests-per-second = {sms}
+[limiter]
+store = "memory"
+""",
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+    return path
+
+
+def test_overflow_spills_to_sms_while_kakaotalk_is_full(sandbox: Any, tmp_path: Path) -> None:
+    source = write_csv(
+        tmp_path / "in.csv",
+        [(phone(i), f"안내 {i}", "kakaotalk" if i == 1 else "") for i in range(1, 13)],
+        header=("phone", "message", "via"),
+    )
+    config = limited_config(tmp_path / "msgsend.toml", sandbox, kakaotalk=2, sms=4)
+    result = runner.invoke(
+        app, ["bulk", str(source), "--overflow", "--json", "--config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    recorded = by_row(tmp_path / "in.results.csv")
+    overflowed = [row for row, line in recorded.items() if line["error"] == "overflow"]
+    assert overflowed and document["overflows"] == len(overflowed)
+    assert all(recorded[row]["channel"] == "sms" for row in overflowed)
+    assert all(recorded[row]["fallback"] == "true" for row in overflowed)
+    assert recorded[1]["channel"] == "kakaotalk"  # its via cell names the channel
+    assert sandbox.count("kakaotalk") >= 2 and sandbox.count("sms") == len(overflowed)
+    assert sandbox.count(status=429) == 0
+    assert "fallback kakaotalk" not in result.stderr  # an overflow is not a fallback alert
+
+
+def test_send_overflow_goes_by_kakaotalk_while_it_has_room(sandbox: Any, tmp_path: Path) -> None:
+    config = limited_config(tmp_path / "msgsend.toml", sandbox, kakaotalk=2, sms=4)
+    result = runner.invoke(
+        app, ["send", phone(1), "안내", "--overflow", "--json", "--config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["channel"] == "kakaotalk"

@@ -45,6 +45,7 @@ SPEC_NAMES = {
     "msgsend_request_duration_seconds",
     "msgsend_retries",
     "msgsend_fallbacks",
+    "msgsend_overflows",  # issue 13: KakaoTalk rows sent by SMS while KakaoTalk's budget is full
     "msgsend_rate_limit_wait_seconds",
     "msgsend_circuit_open",
     "msgsend_last_run_timestamp_seconds",

@@ -87,8 +87,9 @@ class SupportsSend(Protocol):
         *,
         via: Channel = Channel.KAKAOTALK,
         fallback: bool | None = None,
+        overflow: bool = False,
     ) -> DeliveryResult:
-        """Send one message; never raise for provider failures."""
+        """Send one message; never raise for provider failures (``overflow`` only when on)."""
         ...
 
 
@@ -121,6 +122,9 @@ class BulkOptions:
     #: the recipient / message column by name, instead of the names msgsend knows
     recipient_column: str | None = None
     message_column: str | None = None
+    #: send a KakaoTalk row by SMS when KakaoTalk's budget is full and SMS's is not (rows whose
+    #: ``via`` cell names a channel excepted); needs fallback
+    overflow: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -188,6 +192,8 @@ class BulkReport:
     blank: int = 0
     sent_by_channel: dict[str, int] = field(default_factory=dict)
     fallbacks: int = 0
+    #: rows sent by SMS because KakaoTalk's budget was full (counted in ``fallbacks`` too)
+    overflows: int = 0
     #: rows that saw a read timeout: they may have been delivered more than once
     uncertain: int = 0
     retries: int = 0
@@ -258,6 +264,7 @@ class BulkReport:
             "blank": self.blank,
             "sent_by_channel": dict(self.sent_by_channel),
             "fallbacks": self.fallbacks,
+            "overflows": self.overflows,
             "uncertain": self.uncertain,
             "retries": self.retries,
             "elapsed_s": round(self.elapsed, 3),
@@ -366,6 +373,7 @@ class _Run:
         emit: Emit | None,
         max_outage: float = 300.0,
         quiet_hours: QuietHours | None = None,
+        overflow: bool = False,
         clocks: RunClocks | None = None,
     ) -> None:
         self.source = source
@@ -374,6 +382,7 @@ class _Run:
         self.report = report
         self.previous = previous
         self.fallback = fallback
+        self.overflow = overflow
         self.concurrency = concurrency
         self.index = None if allow_duplicates else _DigestIndex()
         self.stop = stop
@@ -508,9 +517,18 @@ class _Run:
                 return  # stopping (or max-outage passed): unrecorded, resume sends it
             started = time.monotonic()
             try:
-                result = self.sender.send(
-                    item.recipient, item.message, via=item.channel, fallback=self.fallback
-                )
+                if self.overflow and not item.via_cell:
+                    result = self.sender.send(
+                        item.recipient,
+                        item.message,
+                        via=item.channel,
+                        fallback=self.fallback,
+                        overflow=True,
+                    )
+                else:
+                    result = self.sender.send(
+                        item.recipient, item.message, via=item.channel, fallback=self.fallback
+                    )
             except InputError as exc:
                 self.record(item, INVALID, error=str(exc))
                 return
@@ -576,6 +594,8 @@ class _Run:
         if systematic is not None:
             self.stop_run(systematic)
         notes = [item.note or result.note] if item.note or result.note else []
+        if ok and result.overflow:
+            notes.append("overflow")
         if ok and result.uncertain:
             notes.append(
                 f"{result.uncertain} read timeout(s): may have been delivered more than once"
@@ -690,6 +710,7 @@ class _Run:
         if status == SENT:
             stats.sent += 1
             stats.fallbacks += int(fallback)
+            report.overflows += int(result.overflow)
         else:
             stats.failed += 1
         stats.retries += result.retries
@@ -827,6 +848,7 @@ def send_bulk(
         emit=emit,
         max_outage=options.max_outage,
         quiet_hours=options.quiet_hours,
+        overflow=options.overflow,
         clocks=clocks,
     )
     log.info(

@@ -110,6 +110,13 @@ ViaOpt = Annotated[
     str, typer.Option("--via", help="Channel: kakaotalk or sms.", metavar="kakaotalk|sms")
 ]
 NoFallbackOpt = Annotated[bool, typer.Option("--no-fallback", help="Do not fall back to SMS.")]
+OverflowOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overflow",
+        help="Send by SMS at once when KakaoTalk's rate limit is full (or [fallback] overflow).",
+    ),
+]
 
 
 @dataclass
@@ -375,6 +382,7 @@ def send(
     ],
     via: ViaOpt = "kakaotalk",
     no_fallback: NoFallbackOpt = False,
+    overflow: OverflowOpt = False,
     json_output: JsonOpt = False,
     sandbox: SandboxOpt = False,
     config: ConfigOpt = None,
@@ -398,8 +406,13 @@ def send(
         validate_message(text, channel)
         with _run(common, sandbox=sandbox) as run:
             sender = _build_sender(run, pool_size=2)
+            assert run.config is not None
             result = sender.send(
-                recipient, text, via=channel, fallback=False if no_fallback else None
+                recipient,
+                text,
+                via=channel,
+                fallback=False if no_fallback else None,
+                overflow=overflow or run.config.overflow,
             )
             run.ok = result.ok
             report = sender.stats.to_json()
@@ -617,6 +630,7 @@ def bulk(
     allow_duplicates: Annotated[
         bool, typer.Option("--allow-duplicates", help="Send repeated recipient+message rows again.")
     ] = False,
+    overflow: OverflowOpt = False,
     ignore_quiet_hours: Annotated[
         bool,
         typer.Option(
@@ -688,6 +702,7 @@ def bulk(
                 encoding=encoding,
                 allow_duplicates=allow_duplicates,
                 ignore_quiet_hours=ignore_quiet_hours,
+                overflow=overflow,
                 config=config,
                 allow_empty_fields=allow_empty_fields,
                 recipient_column=recipient_column,
@@ -708,6 +723,7 @@ def bulk(
                 message_column=message_column,
                 max_outage=run.config.bulk.max_outage,
                 quiet_hours=quiet,
+                overflow=overflow or run.config.overflow,
             )
             code = _bulk(
                 run, sender, info, options, json_output=json_output, resume_command=resume_command
@@ -743,6 +759,7 @@ def _resume_command(
     encoding: str | None,
     allow_duplicates: bool,
     ignore_quiet_hours: bool,
+    overflow: bool,
     config: Path | None,
     allow_empty_fields: bool = False,
     recipient_column: str | None = None,
@@ -770,6 +787,7 @@ def _resume_command(
         ("--allow-duplicates", allow_duplicates),
         ("--ignore-quiet-hours", ignore_quiet_hours),
         ("--allow-empty-fields", allow_empty_fields),
+        ("--overflow", overflow),
     ]
     args += [name for name, on in flags if on]
     return shlex.join(args)

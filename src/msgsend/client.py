@@ -41,6 +41,7 @@ from .events import (
     FellBack,
     LimiterWaited,
     MessageFinished,
+    Overflowed,
     RetryScheduled,
 )
 from .logs import log_event, mask_text
@@ -209,10 +210,14 @@ class Sender:
         *,
         via: Channel | str = Channel.KAKAOTALK,
         fallback: bool | None = None,
+        overflow: bool = False,
     ) -> DeliveryResult:
         """Deliver ``text`` to ``recipient``; return the outcome, never raise for provider errors.
 
-        Raises InputError for a recipient or message that no provider could take.
+        With ``overflow`` (and fallback on), a KakaoTalk message goes by SMS at once when
+        KakaoTalk's budget has no free slot and SMS's has (``result.overflow``); it waits for
+        whichever frees first. Raises InputError for a recipient or message that no provider
+        could take.
         """
         number = normalize_recipient(recipient)
         use_fallback = self.fallback if fallback is None else fallback
@@ -226,27 +231,48 @@ class Sender:
         masked = mask_recipient(number)
         started = time.perf_counter()
         errors: list[MsgsendError] = []
-        for index, current in enumerate(chain):
-            if index > 0:
-                try:
-                    validate_message(text, current)
-                except InputError as exc:
-                    errors.append(InputError(f"no fallback: {exc}", provider=current.value))
-                    break
-                self.events.emit(
-                    FellBack(chain[index - 1].value, current.value, masked, str(errors[-1]))
-                )
-                result.fallback = True
-            result.channel = current.value
+        lease = None
+        if overflow and len(chain) == 2 and self._may_overflow(text):
+            # One wait for whichever budget frees first; KakaoTalk wins when both are free.
             try:
-                self._deliver(current.value, number, text, result)
-            except MsgsendError as exc:
-                errors.append(exc)
-                if not exc.fallback:
-                    break
-                continue
-            result.status = "sent"
-            break
+                lease = self._acquire(tuple(c.value for c in chain))
+            except MsgsendError:
+                lease = None  # the store is down: the first attempt meets it and says so
+            if lease is not None and lease.provider == Channel.SMS.value:
+                # KakaoTalk stays the fallback of an overflowed message: nothing failed.
+                chain.reverse()
+                result.overflow = result.fallback = True
+                self.events.emit(Overflowed(Channel.KAKAOTALK.value, Channel.SMS.value, masked))
+        try:
+            for index, current in enumerate(chain):
+                if index > 0:
+                    try:
+                        validate_message(text, current)
+                    except InputError as exc:
+                        errors.append(InputError(f"no fallback: {exc}", provider=current.value))
+                        break
+                    if result.overflow:
+                        result.overflow = result.fallback = False  # back on its own channel
+                    else:
+                        self.events.emit(
+                            FellBack(chain[index - 1].value, current.value, masked, str(errors[-1]))
+                        )
+                        result.fallback = True
+                result.channel = current.value
+                try:
+                    self._deliver(
+                        current.value, number, text, result, lease if index == 0 else None
+                    )
+                except MsgsendError as exc:
+                    errors.append(exc)
+                    if not exc.fallback:
+                        break
+                    continue
+                result.status = "sent"
+                break
+        finally:
+            if lease is not None:
+                lease.cancel()  # never used (a circuit refused first): give the slot back
 
         result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
         if result.status != "sent":
@@ -344,11 +370,42 @@ class Sender:
             return seconds if seconds > 0 else None  # a trial is in flight: soon
         return error.available_in
 
-    def _deliver(self, provider_name: str, number: str, text: str, result: DeliveryResult) -> None:
-        """Send on one provider with retries; raise the last error if it never succeeds."""
+    def _may_overflow(self, text: str) -> bool:
+        """Return whether a KakaoTalk message may go by SMS when KakaoTalk's budget is full.
+
+        Only with a limiter to ask, both circuits closed (an outage is fallback's business) and
+        a message SMS can carry.
+        """
+        from .circuit import CircuitState
+
+        if self.limiter is None:
+            return False
+        for name in (Channel.KAKAOTALK.value, Channel.SMS.value):
+            breaker = self.breakers.get(name)
+            if breaker is not None and breaker.state is not CircuitState.CLOSED:
+                return False
+        try:
+            validate_message(text, Channel.SMS)
+        except InputError:
+            return False
+        return True
+
+    def _deliver(
+        self,
+        provider_name: str,
+        number: str,
+        text: str,
+        result: DeliveryResult,
+        lease: Lease | None = None,
+    ) -> None:
+        """Send on one provider with retries; raise the last error if it never succeeds.
+
+        ``lease``, a slot already taken on ``provider_name``, serves the first attempt.
+        """
         provider = self.providers[provider_name]
         breaker = self.breakers.get(provider_name)
         masked = mask_recipient(number)
+        taken = [lease] if lease is not None else []
 
         def attempt() -> None:
             if breaker is not None:
@@ -367,7 +424,11 @@ class Sender:
                         )
                     )
                     raise
-            lease = self._acquire(provider_name) if self.limiter is not None else None
+            lease: Lease | None
+            if taken:
+                lease = taken.pop()
+            else:
+                lease = self._acquire(provider_name) if self.limiter is not None else None
             if lease is not None:
                 result.limiter_wait_s += lease.waited
             result.attempts += 1
@@ -406,18 +467,19 @@ class Sender:
             on_retry=on_retry,
         )
 
-    def _acquire(self, provider_name: str) -> Lease:
-        """Take a lease on one slot of ``provider_name``'s budget (waiting for it)."""
+    def _acquire(self, provider_name: str | tuple[str, ...]) -> Lease:
+        """Take a lease on one slot of ``provider_name``'s budget (or the first of several)."""
         assert self.limiter is not None
         try:
             lease = self.limiter.acquire(provider_name)
         except MsgsendError:
             raise
         except Exception as exc:  # a limiter store failing mid-run fails the message, not the run
+            names = (provider_name,) if isinstance(provider_name, str) else provider_name
             raise MsgsendError(
-                f"rate limiter for {provider_name} failed: {exc}", provider=provider_name
+                f"rate limiter for {' or '.join(names)} failed: {exc}", provider=names[0]
             ) from exc
-        self.events.emit(LimiterWaited(provider_name, lease.waited))
+        self.events.emit(LimiterWaited(lease.provider, lease.waited))
         return lease
 
     def _failed(

@@ -110,6 +110,8 @@ class CsvRow:
     blank: bool = False
     #: why the row goes by another channel than asked (too long for KakaoTalk: by SMS)
     note: str = ""
+    #: the row's ``via`` cell named its channel (so it never overflows to another)
+    via_cell: bool = False
 
 
 def _invalid(
@@ -559,8 +561,10 @@ class CsvSource:
         except InputError as exc:
             return _invalid(row, record, raw, _clean(str(exc)), None, message)
         channel = self.via
+        via_cell = False
         if self.via_index is not None:
             value = fields[self.via_index].strip().lower()
+            via_cell = bool(value)
             if value:
                 try:
                     channel = Channel(value)
@@ -579,6 +583,6 @@ class CsvSource:
             channel, note = choose_channel(message, channel, fallback=self.fallback)
         except InputError as exc:
             return _invalid(row, record, recipient, _clean(str(exc)), channel, message)
-        if note:
-            return CsvRow(row, record.first_line, recipient, channel, message, note=note)
-        return CsvRow(row, record.first_line, recipient, channel, message)
+        return CsvRow(
+            row, record.first_line, recipient, channel, message, note=note, via_cell=via_cell
+        )

@@ -33,6 +33,7 @@ __all__ = [
     "LimiterWaited",
     "Listener",
     "MessageFinished",
+    "Overflowed",
     "RetryScheduled",
     "RowSettled",
     "RunPaused",
@@ -151,6 +152,18 @@ class RowSettled(Event):
     attempts: int = 0
     error: str | None = None
     latency_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Overflowed(Event):
+    """KakaoTalk's budget had no free slot and SMS's had: the message goes by SMS now.
+
+    Not a fallback (nothing failed): no ``fallback`` alert; the row says ``overflow``.
+    """
+
+    from_provider: str
+    to_provider: str
+    recipient: str
 
 
 @dataclass(frozen=True, slots=True)

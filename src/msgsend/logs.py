@@ -30,6 +30,7 @@ from .events import (
     Event,
     FellBack,
     MessageFinished,
+    Overflowed,
     RetryScheduled,
     RunPaused,
     RunResumed,
@@ -342,6 +343,19 @@ def log_event(event: Event) -> None:
                     "channel": event.channel,
                     "fallback": event.fallback,
                     "attempts": event.attempts,
+                },
+            )
+        case Overflowed():
+            _client_log.info(
+                "%s overflows from %s to %s: %s has no free slot now",
+                event.recipient,
+                event.from_provider,
+                event.to_provider,
+                event.from_provider,
+                extra={
+                    "event": "overflow",
+                    "recipient": event.recipient,
+                    "provider": event.from_provider,
                 },
             )
         case RunPaused():

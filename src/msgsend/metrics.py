@@ -27,6 +27,7 @@ from .events import (
     FellBack,
     LimiterWaited,
     MessageFinished,
+    Overflowed,
     RetryScheduled,
     RowSettled,
 )
@@ -143,6 +144,11 @@ class Metrics:
             "Messages that fell back from KakaoTalk to SMS.",
             registry=reg,
         )
+        self.overflows_total: Counter = Counter(
+            "msgsend_overflows_total",
+            "Messages sent by SMS because KakaoTalk's rate limit had no free slot (overflow).",
+            registry=reg,
+        )
         self.rate_limit_wait_seconds_total: Counter = Counter(
             "msgsend_rate_limit_wait_seconds_total",
             "Time spent waiting for the client-side rate limiter.",
@@ -189,6 +195,8 @@ class Metrics:
                 self.observe_retry(provider)
             case FellBack():
                 self.observe_fallback()
+            case Overflowed():
+                self.overflows_total.inc()
             case LimiterWaited(provider=provider, seconds=seconds):
                 self.observe_limiter_wait(provider, seconds)
             case CircuitChanged(provider=provider, new="open"):

@@ -323,6 +323,9 @@ class DeliveryResult:
     credentials_refused: bool = False
     #: the non-retryable answer that ended the message, if one did
     refusal: Refusal | None = None
+    #: sent by SMS because KakaoTalk's budget had no free slot and SMS's had (``fallback``
+    #: is set too; results say ``overflow``)
+    overflow: bool = False
 
     @property
     def ok(self) -> bool:

@@ -262,11 +262,13 @@ def test_kakaotalk_stopped_mid_run_and_the_numbers_agree(tmp_path: Path) -> None
     # the metrics file agrees with the results file ...
     text = metrics_path.read_text(encoding="utf-8")
     messages = {
-        (dict(labels)["channel"], dict(labels)["outcome"]): value
+        (dict(labels)["channel"], dict(labels)["outcome"], dict(labels)["kind"]): value
         for labels, value in samples(text, "msgsend_messages_total").items()
         if value
     }
-    expected = collections.Counter((x["channel"] or "none", x["status"]) for x in results)
+    expected = collections.Counter(
+        (x["channel"] or "none", x["status"], x["kind"] or "none") for x in results
+    )
     assert messages == dict(expected)
     # ... and with what the sandbox delivered
     requests = {
@@ -494,7 +496,7 @@ def test_pushgateway_receives_the_metrics_at_exit(sandbox: Any, tmp_path: Path) 
     assert push.at > max(r.monotonic for r in sandbox.delivered())  # after the last message
     text = push.body.decode("utf-8")
     messages = samples(text, "msgsend_messages_total")
-    assert messages[(("channel", "kakaotalk"), ("outcome", "sent"))] == n
+    assert messages[(("channel", "kakaotalk"), ("kind", "kakaotalk"), ("outcome", "sent"))] == n
     requests = samples(text, "msgsend_requests_total")
     assert requests[(("provider", "kakaotalk"), ("result", "success"))] == n
     assert samples(text, "msgsend_last_run_success")[()] == 1
@@ -531,7 +533,9 @@ def test_a_failed_send_is_not_a_successful_run_in_the_metrics(sandbox: Any, tmp_
     text = metrics_path.read_text(encoding="utf-8")
     assert samples(text, "msgsend_last_run_success")[()] == 0
     assert (
-        samples(text, "msgsend_messages_total")[(("channel", "kakaotalk"), ("outcome", "failed"))]
+        samples(text, "msgsend_messages_total")[
+            (("channel", "kakaotalk"), ("kind", "kakaotalk"), ("outcome", "failed"))
+        ]
         == 1
     )
 

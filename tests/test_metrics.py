@@ -75,7 +75,7 @@ def metrics() -> Metrics:
     m.observe_request("kakaotalk", "circuit-open", 0.0)
     m.observe_fallback()
     m.observe_request("sms", "success", 0.004)
-    m.observe_message("sms", "sent")
+    m.observe_message("sms", "sent", "lms")
     m.observe_message(None, "invalid")
     m.observe_message(None, "duplicate")
     m.observe_limiter_wait("sms", 1.5)
@@ -89,10 +89,12 @@ def test_spec_names_and_counts(metrics):
     text = metrics.to_text()
     names = {family.name for family in text_string_to_metric_families(text)}
     assert names == SPEC_NAMES
-    assert value(text, "msgsend_messages_total", channel="sms", outcome="sent") == 1
-    assert value(text, "msgsend_messages_total", channel="kakaotalk", outcome="sent") == 0
-    assert value(text, "msgsend_messages_total", channel="none", outcome="invalid") == 1
-    assert value(text, "msgsend_messages_total", channel="none", outcome="duplicate") == 1
+    messages = "msgsend_messages_total"
+    assert value(text, messages, channel="sms", outcome="sent", kind="lms") == 1
+    assert value(text, messages, channel="sms", outcome="sent", kind="sms") == 0
+    assert value(text, messages, channel="kakaotalk", outcome="sent", kind="kakaotalk") == 0
+    assert value(text, messages, channel="none", outcome="invalid", kind="none") == 1
+    assert value(text, messages, channel="none", outcome="duplicate", kind="none") == 1
     assert value(text, "msgsend_requests_total", provider="kakaotalk", result="server-error") == 2
     assert value(text, "msgsend_requests_total", provider="kakaotalk", result="circuit-open") == 1
     assert value(text, "msgsend_requests_total", provider="sms", result="success") == 1
@@ -139,14 +141,17 @@ def test_no_recipient_or_free_text_in_labels():
     m.observe_request("kakaotalk", "010-1234-5678", 0.1)
     m.observe_message("01012345678", "sent")
     m.observe_message("sms", "hello 010-1234-5678")
+    m.observe_message("sms", "sent", "010-1234-5678")
     m.observe_retry("Hello World")
     text = m.to_text()
     assert "1234" not in text
     assert "Hello" not in text
     assert value(text, "msgsend_requests_total", provider="other", result="success") == 1
     assert value(text, "msgsend_requests_total", provider="kakaotalk", result="other") == 1
-    assert value(text, "msgsend_messages_total", channel="other", outcome="sent") == 1
-    assert value(text, "msgsend_messages_total", channel="sms", outcome="other") == 1
+    messages = "msgsend_messages_total"
+    assert value(text, messages, channel="other", outcome="sent", kind="none") == 1
+    assert value(text, messages, channel="sms", outcome="other", kind="none") == 1
+    assert value(text, messages, channel="sms", outcome="sent", kind="other") == 1
 
 
 @pytest.mark.parametrize(
@@ -190,7 +195,7 @@ def test_metrics_listen_to_events():
     events.emit(FellBack("kakaotalk", "sms", "010-****-5678", "HTTP 503"))
     events.emit(LimiterWaited("sms", 0.5))
     events.emit(CircuitChanged("kakaotalk", "closed", "open", "5 failures"))
-    events.emit(MessageFinished("010-****-5678", "sent", "sms", True, 2))
+    events.emit(MessageFinished("010-****-5678", "sent", "sms", True, 2, kind="sms"))
     for status in ("sent", "invalid", "duplicate"):
         events.emit(RowSettled(2, "010-****-5678", status))
     sample = m.sample
@@ -202,9 +207,10 @@ def test_metrics_listen_to_events():
     assert sample("msgsend_rate_limit_wait_seconds_total", {"provider": "sms"}) == 0.5
     assert sample("msgsend_circuit_open_total", {"provider": "kakaotalk"}) == 1
     # A sent row is the sender's MessageFinished: counted once, not again as a row.
-    assert sample("msgsend_messages_total", {"channel": "sms", "outcome": "sent"}) == 1
-    assert sample("msgsend_messages_total", {"channel": "none", "outcome": "invalid"}) == 1
-    assert sample("msgsend_messages_total", {"channel": "none", "outcome": "duplicate"}) == 1
+    messages = "msgsend_messages_total"
+    assert sample(messages, {"channel": "sms", "outcome": "sent", "kind": "sms"}) == 1
+    assert sample(messages, {"channel": "none", "outcome": "invalid", "kind": "none"}) == 1
+    assert sample(messages, {"channel": "none", "outcome": "duplicate", "kind": "none"}) == 1
 
 
 def test_write_textfile_is_atomic_and_world_readable(metrics, tmp_path):

@@ -425,3 +425,37 @@ def test_cli_missing_column_error_suggests_the_option(tmp_path: Path) -> None:
     assert result.exit_code == 65
     assert "no recipient column (columns found: '고객', '번호')" in result.stderr
     assert "--recipient-column NAME" in result.stderr
+
+
+def test_the_report_counts_messages_per_kind(tmp_path: Path) -> None:
+    source = write_csv(
+        tmp_path / "in.csv",
+        [
+            (phone(1), "짧게", "sms"),
+            (phone(2), "가" * 46, "sms"),
+            (phone(3), "가" * 46, "sms"),
+            (phone(4), "hi", "kakaotalk"),
+            ("bad", "hi", "sms"),
+        ],
+        header=("phone", "message", "via"),
+    )
+    preview = send_bulk(source, None, BulkOptions(dry_run=True))
+    assert preview.kinds == {"sms": 1, "lms": 2, "kakaotalk": 1}
+    report = send_bulk(source, FakeSender(fail={phone(3)}))
+    assert report.kinds == {"sms": 1, "lms": 1, "kakaotalk": 1}  # sent only
+    assert report.to_json()["kinds"] == report.kinds
+
+
+def test_cli_json_and_summary_count_messages_per_kind(tmp_path: Path, sandbox: Any) -> None:
+    import json
+
+    rows = [(phone(1), "짧게", "sms"), (phone(2), "가" * 46, "sms"), (phone(3), "hi", "")]
+    source = write_csv(tmp_path / "in.csv", rows, header=("phone", "message", "via"))
+    config = write_config(tmp_path / "c.toml", sandbox)
+    result = _bulk(str(source), "--config", str(config), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["kinds"] == {"sms": 1, "lms": 1, "kakaotalk": 1}
+    result = _bulk(str(source), "--config", str(config), "--results", str(tmp_path / "b.csv"))
+    assert "messages sent by kind: kakaotalk 1, sms 1, lms 1" in result.stderr
+    dry = _bulk(str(source), "--dry-run")
+    assert "messages to send by kind: kakaotalk 1, sms 1, lms 1" in dry.stderr

@@ -191,6 +191,8 @@ class BulkReport:
     previously: dict[str, int] = field(default_factory=dict)
     blank: int = 0
     sent_by_channel: dict[str, int] = field(default_factory=dict)
+    #: messages sent (dry run: ready) per kind: ``kakaotalk``, ``sms``, ``lms`` (a long SMS)
+    kinds: dict[str, int] = field(default_factory=dict)
     fallbacks: int = 0
     #: rows sent by SMS because KakaoTalk's budget was full (counted in ``fallbacks`` too)
     overflows: int = 0
@@ -263,6 +265,7 @@ class BulkReport:
             "previously": dict(self.previously),
             "blank": self.blank,
             "sent_by_channel": dict(self.sent_by_channel),
+            "kinds": dict(self.kinds),
             "fallbacks": self.fallbacks,
             "overflows": self.overflows,
             "uncertain": self.uncertain,
@@ -657,7 +660,7 @@ class _Run:
                     ResultsWriteError(f"{exc}; row {item.row} ended {status} but is not recorded")
                 )
                 return
-            self.count(item, status, channel, fallback, error, latency_ms, result)
+            self.count(item, status, channel, fallback, error, latency_ms, result, kind)
             if self.emit is not None:
                 event = RowSettled(
                     row=item.row,
@@ -684,8 +687,11 @@ class _Run:
         error: str | None,
         latency_ms: float | None,
         result: DeliveryResult | None,
+        kind: str = "",
     ) -> None:
         report = self.report
+        if kind and status in (SENT, READY):
+            report.kinds[kind] = report.kinds.get(kind, 0) + 1
         if status == SENT:
             report.sent += 1
             name = channel or "unknown"

@@ -1050,6 +1050,14 @@ def _render_bulk_summary(console: Console, report: Any, stats: dict[str, Any] | 
         str(report.uncertain),
     )
     console.print(table)
+    if report.kinds:
+        shown = ", ".join(
+            f"{name} {report.kinds[name]}"
+            for name in ("kakaotalk", "sms", "lms")
+            if name in report.kinds
+        )
+        verb = "to send" if report.dry_run else "sent"
+        console.print(f"messages {verb} by kind: {shown}")
     if stats is not None and stats["providers"]:
         console.print(_provider_table(stats))
     for row, reason in report.invalid_rows[:20]:

@@ -51,6 +51,7 @@ from .models import (
     Refusal,
     choose_channel,
     mask_recipient,
+    message_kind,
     normalize_recipient,
     validate_message,
 )
@@ -296,6 +297,7 @@ class Sender:
                 latency_ms=result.latency_ms,
                 limiter_wait_s=result.limiter_wait_s,
                 uncertain=result.uncertain,
+                kind=message_kind(text, result.channel).value if result.channel else None,
             )
         )
         return result

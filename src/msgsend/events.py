@@ -129,6 +129,8 @@ class MessageFinished(Event):
     latency_ms: float | None = None
     limiter_wait_s: float = 0.0
     uncertain: int = 0
+    #: ``kakaotalk``, ``sms`` or ``lms`` for the channel that delivered (or last tried)
+    kind: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHANNEL_LABELS",
     "DURATION_BUCKETS",
+    "KIND_LABELS",
     "MESSAGE_OUTCOMES",
     "REQUEST_RESULTS",
     "Metrics",
@@ -49,6 +50,8 @@ __all__ = [
 
 CHANNEL_LABELS: Final = ("kakaotalk", "sms", "none")
 MESSAGE_OUTCOMES: Final = ("sent", "failed", "invalid", "duplicate")
+#: what a message cost (``models.message_kind``); ``none`` for rows never sent
+KIND_LABELS: Final = ("kakaotalk", "sms", "lms", "none")
 REQUEST_RESULTS: Final = (
     "success",
     "connect-error",
@@ -116,8 +119,9 @@ class Metrics:
         reg = self.registry
         self.messages_total: Counter = Counter(
             "msgsend_messages_total",
-            "Messages processed, by the channel that delivered (or last tried) and outcome.",
-            ["channel", "outcome"],
+            "Messages processed, by the channel that delivered (or last tried), outcome and "
+            "kind (kakaotalk, sms, or lms: a long SMS).",
+            ["channel", "outcome", "kind"],
             registry=reg,
         )
         self.requests_total: Counter = Counter(
@@ -172,11 +176,11 @@ class Metrics:
             registry=reg,
         )
         # Series that exist from the start, so rate() and alerts see a 0 rather than nothing.
-        for channel in ("kakaotalk", "sms"):
+        for channel, kind in (("kakaotalk", "kakaotalk"), ("sms", "sms"), ("sms", "lms")):
             for outcome in ("sent", "failed"):
-                self.messages_total.labels(channel=channel, outcome=outcome)
+                self.messages_total.labels(channel=channel, outcome=outcome, kind=kind)
         for outcome in ("invalid", "duplicate"):
-            self.messages_total.labels(channel="none", outcome=outcome)
+            self.messages_total.labels(channel="none", outcome=outcome, kind="none")
         for provider in providers:
             label = _provider_label(provider)
             self.requests_total.labels(provider=label, result="success")
@@ -201,8 +205,8 @@ class Metrics:
                 self.observe_limiter_wait(provider, seconds)
             case CircuitChanged(provider=provider, new="open"):
                 self.observe_circuit_open(provider)
-            case MessageFinished(channel=channel, status=status):
-                self.observe_message(channel, status)
+            case MessageFinished(channel=channel, status=status, kind=kind):
+                self.observe_message(channel, status, kind)
             case RowSettled(status="invalid" | "duplicate" as status):
                 # Rows that never reached the sender; the others are MessageFinished events.
                 self.observe_message(None, status)
@@ -219,11 +223,12 @@ class Metrics:
         if seconds is not None and result not in _NOT_SENT:
             self.request_duration_seconds.labels(provider=label).observe(max(0.0, seconds))
 
-    def observe_message(self, channel: str | None, outcome: str) -> None:
-        """Count one message's final outcome (channel None: never sent)."""
+    def observe_message(self, channel: str | None, outcome: str, kind: str | None = None) -> None:
+        """Count one message's final outcome (channel and kind None: never sent)."""
         self.messages_total.labels(
             channel=_safe_label(channel or "none", CHANNEL_LABELS),
             outcome=_safe_label(outcome, MESSAGE_OUTCOMES),
+            kind=_safe_label(kind or "none", KIND_LABELS),
         ).inc()
 
     def observe_retry(self, provider: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from msgsend.errors import exit_code_for
 from msgsend.ratelimit import (
     RATE_LIMIT_EVENT,
     STORES,
@@ -33,6 +34,7 @@ from msgsend.ratelimit import (
     Limit,
     LimiterError,
     LimiterTimeout,
+    LimiterUnavailableError,
     RateLimiter,
     check_limiter_settings,
     default_guard,
@@ -116,6 +118,12 @@ def try_take(limiter: RateLimiter, provider: str = "p") -> float:
         return exc.wait
     lease.settle()
     return 0
+
+
+def take_and_settle(limiter: RateLimiter, provider: str = "p") -> float:
+    """Wait for a slot, settle it at once (a provider answering instantly); return the wait."""
+    with limiter.acquire(provider) as lease:
+        return lease.waited
 
 
 def sequence(limiter: RateLimiter, clock: FakeClock, steps: list[tuple[int, float]]) -> list[Any]:
@@ -222,15 +230,32 @@ def test_redis_store_needs_a_url() -> None:
         RateLimiter({"p": RATE}, store="redis")
 
 
-def test_refused_redis_connection_fails_at_once() -> None:
+def test_unreachable_redis_at_start_is_an_outage_not_a_config_error() -> None:
     port = _closed_port()
     started = time.monotonic()
-    with pytest.raises(LimiterError) as caught:
+    with pytest.raises(LimiterUnavailableError) as caught:
         RateLimiter({"p": RATE}, store="redis", redis_url=f"redis://:secret@127.0.0.1:{port}/0")
     assert time.monotonic() - started < 2.5
     assert str(caught.value) == (
-        f"[limiter] redis-url redis://:***@127.0.0.1:{port}/0: cannot connect (Connection refused)"
+        f"[limiter] redis-url redis://:***@127.0.0.1:{port}/0: cannot connect (Connection "
+        "refused); nothing is sent until it answers"
     )
+    assert exit_code_for(caught.value) == 75
+
+
+def test_wrong_redis_password_is_a_config_error(redis_url: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        client.config_set("requirepass", "right")
+        try:
+            with pytest.raises(LimiterError, match=r"redis-url redis://:\*\*\*@.*credentials"):
+                RateLimiter(
+                    {"p": RATE}, store="redis", redis_url=redis_url.replace("//", "//:wrong@")
+                )
+        finally:
+            client.execute_command("AUTH", "right")
+            client.config_set("requirepass", "")
 
 
 @pytest.mark.slow
@@ -241,7 +266,7 @@ def test_silent_redis_is_an_error_not_a_hang() -> None:
         silent.listen(4)
         url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
         started = time.monotonic()
-        with pytest.raises(LimiterError, match=r"cannot connect \(no answer within 2 s\)"):
+        with pytest.raises(LimiterUnavailableError, match=r"cannot connect \(no answer within 2"):
             RateLimiter({"p": RATE}, store="redis", redis_url=url)
         assert time.monotonic() - started < 4.0
 
@@ -273,9 +298,10 @@ def test_unknown_provider_and_closed_limiter() -> None:
 
 
 def test_default_guard() -> None:
-    assert default_guard(Limit(3, 0.1)) == 0.01
-    assert default_guard(Limit(20, 1.0)) == 0.04
-    assert default_guard(Limit(100, 60.0)) == 0.25
+    assert default_guard(Limit(3, 0.1)) == 0.002
+    assert default_guard(Limit(20, 1.0)) == 0.002
+    assert default_guard(Limit(100, 60.0)) == 0.06
+    assert default_guard(Limit(10, 3600.0)) == 0.25
 
 
 # --- exact sequences on a fake clock ---------------------------------------------------------
@@ -338,7 +364,7 @@ def test_exact_sequence_on_fake_clock(
 @pytest.mark.parametrize("store", STORES)
 def test_sliding_window_guard_widens_the_window(store: str, tmp_path: Path, request: Any) -> None:
     clock = FakeClock()
-    steps = [(0, 0), (0, 0), (0, 0), (1001, 0.04), (1040, 0.001), (1041, 0)]
+    steps = [(0, 0), (0, 0), (0, 0), (1001, 0.002), (1002, 0.001), (1003, 0)]
     options = store_options(store, tmp_path, request)
     with RateLimiter({"p": Limit(3, 1.0)}, store=store, clock=clock, **options) as limiter:
         assert sequence(limiter, clock, steps) == steps
@@ -411,7 +437,7 @@ def test_blocking_acquire_sleeps_exactly_and_reports_waits(
         on_event=events,
         **options,
     ) as limiter:
-        waits = [round(limiter.acquire("p").waited, 6) for _ in range(5)]
+        waits = [round(take_and_settle(limiter), 6) for _ in range(5)]
         assert waits == [0, 0, 1.001, 0, 1.001]
         assert clock.sleeps == [1.001, 1.001]
         stats = limiter.stats("p")
@@ -425,9 +451,9 @@ def test_blocking_acquire_sleeps_exactly_and_reports_waits(
 
         # A quiet period ends the episode; the next wait raises the event again.
         clock.sleep(5)
-        assert limiter.acquire("p").waited == 0
-        assert limiter.acquire("p").waited == 0
-        assert limiter.acquire("p").waited > 0
+        assert take_and_settle(limiter) == 0
+        assert take_and_settle(limiter) == 0
+        assert take_and_settle(limiter) > 0
         assert len(events.seen) == 2
 
 

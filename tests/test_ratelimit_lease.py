@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from msgsend.ratelimit import Limit, LimiterTimeout, RateLimiter
-from test_ratelimit import FakeClock
+from msgsend.ratelimit import STORES, Limit, LimiterTimeout, LimiterUnavailableError, RateLimiter
+from test_ratelimit import (  # noqa: F401 - fixtures
+    FakeClock,
+    _state_home,
+    redis_server,
+    redis_url,
+    store_options,
+)
 
 
 def make(clock: FakeClock, **options: Any) -> RateLimiter:
@@ -71,3 +78,155 @@ def test_schedule_estimates_from_the_limit() -> None:
         assert limiter.schedule("kakaotalk", 5) == pytest.approx(20.0)
     with make(clock, strategy="token-bucket") as limiter:
         assert limiter.schedule("kakaotalk", 5) == pytest.approx(15.0)
+
+
+# --- hold until the answer, in every store -----------------------------------------------------
+
+
+def lease_limiter(
+    store: str, strategy: str, limit: Limit, clock: FakeClock, tmp_path: Path, request: Any
+) -> RateLimiter:
+    return RateLimiter(
+        {"p": limit},
+        strategy=strategy,
+        store=store,
+        clock=clock,
+        sleep=clock.sleep,
+        guard=0,
+        hold=10.0,
+        **store_options(store, tmp_path, request),
+    )
+
+
+def wait_now(limiter: RateLimiter) -> float:
+    """0 when a slot is free now (taken and cancelled again), else the seconds to wait."""
+    try:
+        lease = limiter.acquire("p", timeout=0)
+    except LimiterTimeout as exc:
+        return round(exc.wait, 6)
+    lease.cancel()
+    return 0
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_held_slot_counts_until_the_answer_and_one_window_after(
+    store: str, tmp_path: Path, request: Any
+) -> None:
+    clock = FakeClock()
+    with lease_limiter(store, "sliding-window", Limit(1, 1.0), clock, tmp_path, request) as lim:
+        clock.at(0)
+        lease = lim.acquire("p")
+        clock.at(5000)  # the provider has not answered in 5 s: the slot is still taken
+        assert wait_now(lim) == 1.001  # at best it is settled now and counts one window more
+        lease.settle()  # re-stamped: counted from 5000, not from 0
+        clock.at(6000)
+        assert wait_now(lim) == 0.001
+        clock.at(6001)
+        assert wait_now(lim) == 0
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_lease_never_settled_is_released_at_its_deadline(
+    store: str, tmp_path: Path, request: Any
+) -> None:
+    clock = FakeClock()
+    with lease_limiter(store, "sliding-window", Limit(1, 1.0), clock, tmp_path, request) as lim:
+        clock.at(0)
+        lim.acquire("p")  # its process "dies": never settled
+        clock.at(10_999)
+        assert wait_now(lim) == 0.002  # counted from its deadline (10 s): conservative
+        clock.at(11_001)
+        assert wait_now(lim) == 0  # and never leaked
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_settle_after_the_deadline_counts_again_from_the_settle(
+    store: str, tmp_path: Path, request: Any
+) -> None:
+    clock = FakeClock()
+    with lease_limiter(store, "sliding-window", Limit(1, 1.0), clock, tmp_path, request) as lim:
+        clock.at(0)
+        lease = lim.acquire("p")
+        clock.at(20_000)
+        assert wait_now(lim) == 0
+        lease.settle()  # its request may have reached the provider just now
+        clock.at(20_500)
+        assert wait_now(lim) == 0.501
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_cancelled_lease_gives_its_slot_back(store: str, tmp_path: Path, request: Any) -> None:
+    clock = FakeClock()
+    with lease_limiter(store, "sliding-window", Limit(1, 1.0), clock, tmp_path, request) as lim:
+        lim.acquire("p").cancel()
+        assert wait_now(lim) == 0
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_fixed_window_counts_a_held_slot_in_every_window_it_spans(
+    store: str, tmp_path: Path, request: Any
+) -> None:
+    clock = FakeClock()
+    with lease_limiter(store, "fixed-window", Limit(1, 1.0), clock, tmp_path, request) as lim:
+        clock.at(900)
+        lease = lim.acquire("p")
+        clock.at(950)
+        assert wait_now(lim) == 0.05  # the soonest it could end: this window's edge
+        clock.at(1100)
+        lease.settle()  # answered in the next window: it counts there too
+        clock.at(1200)
+        assert wait_now(lim) == 0.8
+        clock.at(2000)
+        assert wait_now(lim) == 0
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_token_bucket_refills_from_the_answers(store: str, tmp_path: Path, request: Any) -> None:
+    clock = FakeClock()
+    with lease_limiter(store, "token-bucket", Limit(2, 1.0), clock, tmp_path, request) as lim:
+        clock.at(0)
+        first, second = lim.acquire("p"), lim.acquire("p")
+        clock.at(3000)
+        assert wait_now(lim) == 0.5  # both held: one must settle, then one refill interval
+        first.settle()
+        assert wait_now(lim) == 0.5
+        clock.at(3500)
+        assert wait_now(lim) == 0
+        second.cancel()
+        assert wait_now(lim) == 0
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_overflow_waits_for_whichever_store_slot_frees_first(
+    store: str, tmp_path: Path, request: Any
+) -> None:
+    clock = FakeClock()
+    limits = {"kakaotalk": Limit(1, 1.0), "sms": Limit(1, 1.0)}
+    options = store_options(store, tmp_path, request)
+    with RateLimiter(
+        limits, store=store, clock=clock, sleep=clock.sleep, guard=0, hold=10.0, **options
+    ) as limiter:
+        clock.at(0)
+        kakao = limiter.acquire("kakaotalk")
+        limiter.acquire("sms").settle()
+        # kakaotalk is held (its answer not in): sms frees first, at 1001.
+        lease = limiter.acquire(["kakaotalk", "sms"])
+        assert (lease.provider, round(lease.waited, 6)) == ("sms", 1.001)
+        kakao.settle()
+
+
+def test_a_store_error_is_unavailable_never_unpaced(tmp_path: Path) -> None:
+    import sqlite3
+
+    clock = FakeClock()
+    with RateLimiter(
+        {"p": Limit(5, 1.0)}, path=tmp_path / "rl.sqlite", clock=clock, sleep=clock.sleep
+    ) as limiter:
+        slots = limiter._slots["p"].store
+
+        def broken(hold_ms: int) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        slots.take = broken  # type: ignore[method-assign]
+        with pytest.raises(LimiterUnavailableError, match=r"store sqlite: p: disk I/O error"):
+            limiter.acquire("p")

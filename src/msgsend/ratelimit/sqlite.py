@@ -1,7 +1,9 @@
 """The ``sqlite`` store (the default): every msgsend process of the user on one host shares it.
 
-One file, by default ``$XDG_STATE_HOME/msgsend/ratelimit.sqlite``; every read-check-write runs
-under an exclusive ``flock`` on ``<file>.lock``, so two processes cannot take the last slot.
+One file, by default ``$XDG_STATE_HOME/msgsend/ratelimit.sqlite`` (created 0600), with a table
+of slots per provider. Every read-check-write runs under an exclusive ``flock`` on
+``<file>.lock``, so two processes cannot take the last slot. The holder writes its PID into the
+lock file, so a process that waits for the lock longer than :data:`LOCK_WAIT` names it.
 """
 
 from __future__ import annotations
@@ -10,16 +12,21 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from msgsend.errors import LimiterError
+from msgsend.errors import LimiterError, LimiterUnavailableError
 
-from .buckets import BucketStore, log_algorithm, rate
-from .core import Limit, ProviderStore, reason, wall_ms
+from .core import Limit, Policy, ProviderStore, clock_went_back, reason, wall_ms
 
-__all__ = ["SQLiteStore", "default_state_path"]
+__all__ = ["LOCK_WAIT", "SQLiteStore", "default_state_path"]
+
+#: seconds a process waits for another one's lock before it names the holder and gives up
+LOCK_WAIT = 2.0
+#: the first and the longest pause between two tries of a busy lock
+_POLL_FIRST, _POLL_MAX = 0.0002, 0.005
 
 
 def default_state_path() -> Path:
@@ -41,20 +48,22 @@ class SQLiteStore:
         strategy: str,
         guard: float | None,
         now_ms: Callable[[], int] | None,
+        lock_wait: float = LOCK_WAIT,
     ) -> None:
         self.path = path
         self.strategy = strategy
         self.guard = guard
         self.now_ms = now_ms or wall_ms
         self.conn: sqlite3.Connection | None = None
-        self.lock: _FileLock | None = None
+        self.lock: FileLock | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.lock = _FileLock(str(path) + ".lock")
-            # Created 0600 whatever the umask: SQLite gives its -wal/-shm files the same mode.
+            # Created 0600 whatever the umask, before sqlite opens it (its -wal/-shm files get
+            # the same mode): it tells who sends how much, and when.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            self.lock = FileLock(str(path) + ".lock", lock_wait)
             self.conn = sqlite3.connect(
-                path, isolation_level="DEFERRED", check_same_thread=False, timeout=30.0
+                path, isolation_level="DEFERRED", check_same_thread=False, timeout=lock_wait
             )
             with self.lock:
                 self.conn.execute("PRAGMA journal_mode=WAL").close()
@@ -62,7 +71,13 @@ class SQLiteStore:
                 # can lose the newest entries or, rarely, the file (the message says to delete
                 # it).
                 self.conn.execute("PRAGMA synchronous=OFF").close()
+                self.conn.execute(
+                    "CREATE TABLE IF NOT EXISTS gcra (provider TEXT PRIMARY KEY, tat INTEGER)"
+                ).close()
                 self.conn.commit()
+        except LimiterUnavailableError:
+            self.close()
+            raise
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise self._unusable(exc) from exc
@@ -72,36 +87,32 @@ class SQLiteStore:
         return LimiterError(f"[limiter] path {self.path}: cannot use it ({reason(exc)}){hint}")
 
     def provider(self, name: str, limit: Limit) -> ProviderStore:
-        from pyrate_limiter import SQLiteBucket, SQLiteQueries, StateBucket, TokenBucket, WallClock
-
         conn, lock = self.conn, self.lock
         assert conn is not None and lock is not None
-        ident = name.replace("-", "_")
-        rates = [rate(limit, self.strategy, self.guard)]
+        table = "slots_" + name.replace("-", "_")
         try:
             with lock:
-                fast_put = None
-                if self.strategy == "token-bucket":
-                    # Duck-typed StateStore: subclassing would import pyrate-limiter eagerly.
-                    store: Any = _SQLiteStateStore(conn, lock, f"tokens_{ident}")
-                    bucket: Any = StateBucket(rates, TokenBucket(), store, clock=WallClock())
-                else:
-                    table = f"log_{ident}"
-                    conn.execute(SQLiteQueries.CREATE_BUCKET_TABLE.format(table=table)).close()
+                # held = 1: taken, the answer not in yet; ``until`` is when the slot stops
+                # counting (windows) or the deadline of a held slot (token bucket).
+                conn.execute(
+                    f'CREATE TABLE IF NOT EXISTS "{table}" '
+                    "(id INTEGER PRIMARY KEY AUTOINCREMENT, until INTEGER NOT NULL,"
+                    " held INTEGER NOT NULL)"
+                ).close()
+                for columns in ("until", "held, until"):
+                    index = f"{table}_" + columns.replace(", ", "_")
                     conn.execute(
-                        SQLiteQueries.CREATE_INDEX_ON_TIMESTAMP.format(
-                            index_name=f"idx_{table}_ts", table_name=table
-                        )
+                        f'CREATE INDEX IF NOT EXISTS "{index}" ON "{table}" ({columns})'
                     ).close()
-                    bucket = SQLiteBucket(
-                        rates, conn, table, lock=lock, algorithm=log_algorithm(self.strategy)
-                    )
-                    fast_put = _sqlite_fast_put(conn, table, name, limit.count)
                 conn.commit()
+        except LimiterUnavailableError:
+            self.close()
+            raise
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise self._unusable(exc) from exc
-        return BucketStore(name, limit, bucket, self.now_ms, lock, fast_put)
+        policy = Policy(self.strategy, limit, self.guard)
+        return _SQLiteSlots(name, policy, conn, lock, table, self.now_ms)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -113,43 +124,205 @@ class SQLiteStore:
             self.lock = None
 
 
-class _FileLock:
-    """A reentrant cross-process lock on ``path``: a thread lock, then a blocking ``flock``.
+class _SQLiteSlots:
+    """One provider's table: the same rules as the memory store, under the file lock."""
 
-    Used instead of ``filelock.FileLock``, which polls every 50 ms under contention: a blocked
-    ``flock`` is woken by the kernel the moment the holder releases, which keeps shared-budget
-    waits exact and lets two providers of one process share the file without polling.
+    def __init__(
+        self,
+        name: str,
+        policy: Policy,
+        conn: sqlite3.Connection,
+        lock: FileLock,
+        table: str,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.conn = conn
+        self.lock = lock
+        self.table = table
+        self.now_ms = now_ms
+
+    def take(self, hold_ms: int) -> tuple[int | None, int]:
+        policy, conn, table = self.policy, self.conn, self.table
+        with self.lock:
+            now = self.now_ms()
+            try:
+                self._forget_the_future(now, hold_ms)
+                if policy.strategy == "token-bucket":
+                    tat = self._expire_held_tokens(now)
+                    (held,) = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+                    wait = policy.token_wait(now, tat, held)
+                    until = now + hold_ms
+                else:
+                    conn.execute(f'DELETE FROM "{table}" WHERE until <= ?', (now,)).close()
+                    wait = self._window_wait(now)
+                    until = policy.expiry(now + hold_ms)
+                if wait:
+                    conn.commit()
+                    return None, wait
+                cursor = conn.execute(
+                    f'INSERT INTO "{table}" (until, held) VALUES (?, 1)', (until,)
+                )
+                token = cursor.lastrowid
+                cursor.close()
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        return token, 0
+
+    def _window_wait(self, now: int) -> int:
+        policy, conn, table = self.policy, self.conn, self.table
+        # Row ids are distinct integers: when their span is below the limit, so is the
+        # count, and the count (proportional to the window) is skipped.
+        # Two subqueries: SQLite answers a lone min() or max() from the index, not both.
+        (low, high) = conn.execute(
+            f'SELECT (SELECT min(id) FROM "{table}"), (SELECT max(id) FROM "{table}")'
+        ).fetchone()
+        if low is None or high - low + 1 < policy.count:
+            return 0
+        (occupied,) = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+        if occupied < policy.count:
+            return 0
+        need = occupied - policy.count + 1
+        settled = [
+            until
+            for (until,) in conn.execute(
+                f'SELECT until FROM "{table}" WHERE held = 0 ORDER BY until LIMIT ?', (need,)
+            )
+        ]
+        held = [until for (until,) in conn.execute(f'SELECT until FROM "{table}" WHERE held = 1')]
+        return policy.window_wait(now, occupied, settled, held)
+
+    def settle(self, token: int) -> None:
+        policy, conn, table = self.policy, self.conn, self.table
+        with self.lock:
+            now = self.now_ms()
+            try:
+                if policy.strategy == "token-bucket":
+                    conn.execute(f'DELETE FROM "{table}" WHERE id = ?', (token,)).close()
+                    # One that expired was counted at its deadline; counting it again is the
+                    # safe side (its request may have arrived after that deadline).
+                    self._store_tat(policy.token_settle(self._tat(), now))
+                else:
+                    # Re-stamped: counted from now. Gone already (expired): counted again.
+                    conn.execute(
+                        f'INSERT OR REPLACE INTO "{table}" (id, until, held) VALUES (?, ?, 0)',
+                        (token, policy.expiry(now)),
+                    ).close()
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+
+    def cancel(self, token: int) -> None:
+        with self.lock:
+            try:
+                self.conn.execute(f'DELETE FROM "{self.table}" WHERE id = ?', (token,)).close()
+                self.conn.commit()
+            except BaseException:
+                self.conn.rollback()
+                raise
+
+    def _tat(self) -> int:
+        row = self.conn.execute("SELECT tat FROM gcra WHERE provider = ?", (self.name,)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _store_tat(self, tat: int) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO gcra (provider, tat) VALUES (?, ?)", (self.name, tat)
+        ).close()
+
+    def _expire_held_tokens(self, now: int) -> int:
+        """Count each held slot whose deadline passed (its process died) at that deadline."""
+        tat = start = self._tat()
+        expired = self.conn.execute(
+            f'SELECT id, until FROM "{self.table}" WHERE until <= ? ORDER BY until', (now,)
+        ).fetchall()
+        for _, deadline in expired:
+            tat = self.policy.token_settle(tat, deadline)
+        if expired:
+            self.conn.execute(f'DELETE FROM "{self.table}" WHERE until <= ?', (now,)).close()
+        if tat != start:
+            self._store_tat(tat)
+        return tat
+
+    def _forget_the_future(self, now: int, hold_ms: int) -> None:
+        (newest,) = self.conn.execute(f'SELECT max(until) FROM "{self.table}"').fetchone()
+        newest = max(newest or 0, self._tat() // 1000)
+        if newest > self.policy.future_bound(now, hold_ms):
+            clock_went_back(self.name)
+            self.conn.execute(f'DELETE FROM "{self.table}"').close()
+            self.conn.execute("DELETE FROM gcra WHERE provider = ?", (self.name,)).close()
+
+
+class FileLock:
+    """A reentrant cross-process lock on ``path``: a thread lock, then an ``flock``.
+
+    A wait is bounded by ``wait`` seconds: then LimiterUnavailableError names the process
+    that holds the lock (each holder writes its PID into the lock file), and says whether it
+    is stopped (Ctrl-Z), so one paused msgsend does not block every other one in silence.
+    A busy lock is tried again after 0.2 ms, doubling up to 5 ms: holds last ~0.1 ms.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, wait: float = LOCK_WAIT) -> None:
+        self.path = path
+        self.wait = wait
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
         self._fcntl: Any = None
         self._fallback: Any = None
+        self._pid = b"%d\n" % os.getpid()
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
-            from filelock import FileLock
+            from filelock import FileLock as _Fallback
 
-            self._fallback = FileLock(path, thread_local=False, poll_interval=0.001)
+            self._fallback = _Fallback(path, thread_local=False, timeout=wait)
         else:
             self._fcntl = fcntl
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
-    def __enter__(self) -> _FileLock:
-        self._thread_lock.acquire()
+    def __enter__(self) -> FileLock:
+        if not self._thread_lock.acquire(timeout=self.wait):
+            raise self._busy("another thread of this process")
         try:
             if self._depth == 0:
-                if self._fd is not None:
-                    self._fcntl.flock(self._fd, self._fcntl.LOCK_EX)
-                else:  # pragma: no cover - Windows
-                    self._fallback.acquire()
+                self._lock_file()
         except BaseException:
             self._thread_lock.release()
             raise
         self._depth += 1
         return self
+
+    def _lock_file(self) -> None:
+        if self._fd is None:  # pragma: no cover - Windows
+            from filelock import Timeout
+
+            try:
+                self._fallback.acquire()
+            except Timeout as exc:
+                raise self._busy("another process") from exc
+            return
+        fcntl = self._fcntl
+        deadline = None
+        pause = _POLL_FIRST
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.wait
+                elif now >= deadline:
+                    raise self._busy(holder_of(self._fd)) from None
+                time.sleep(pause)
+                pause = min(pause * 2, _POLL_MAX)
+        with contextlib.suppress(OSError):
+            os.pwrite(self._fd, self._pid.ljust(16), 0)
 
     def __exit__(self, *exc_info: object) -> None:
         self._depth -= 1
@@ -162,6 +335,13 @@ class _FileLock:
         finally:
             self._thread_lock.release()
 
+    def _busy(self, holder: str) -> LimiterUnavailableError:
+        return LimiterUnavailableError(
+            f"[limiter] path {self.path}: locked by {holder} for more than {self.wait:g} s; "
+            "nothing is sent until it lets go",
+            holder=holder,
+        )
+
     def close(self) -> None:
         with self._thread_lock:
             if self._fd is not None:
@@ -169,81 +349,20 @@ class _FileLock:
                 self._fd = None
 
 
-class _SQLiteStateStore:
-    """pyrate-limiter ``StateStore`` for TokenBucket/GCRA in a SQLite table (4.5.1 has none).
-
-    One row holds the algorithm's state (GCRA: one theoretical arrival time per rate, integer
-    microseconds); ``check`` reads, steps and writes it under the shared file lock, so every
-    process on the host spends from the same bucket.
-    """
-
-    is_async = False
-
-    def __init__(self, conn: sqlite3.Connection, lock: _FileLock, table: str) -> None:
-        self._conn = conn
-        self._lock = lock
-        self._table = table
-        with lock:
-            conn.execute(
-                f'CREATE TABLE IF NOT EXISTS "{table}" '
-                "(id INTEGER PRIMARY KEY CHECK (id = 0), state TEXT NOT NULL)"
-            ).close()
-            conn.commit()
-
-    def _load(self, algorithm: Any, rates: list[Any]) -> Any:
-        row = self._conn.execute(f'SELECT state FROM "{self._table}" WHERE id = 0').fetchone()
-        if row is not None:
-            values = str(row[0]).split(",")
-            if len(values) == len(rates):
-                return algorithm.decode(values)
-        return algorithm.initial(rates)
-
-    def check(self, algorithm: Any, rates: list[Any], now: int, weight: int) -> Any:
-        with self._lock:
-            new_state, decision = algorithm.step(rates, self._load(algorithm, rates), now, weight)
-            if decision.allowed:
-                self._conn.execute(
-                    f'INSERT OR REPLACE INTO "{self._table}" (id, state) VALUES (0, ?)',
-                    (",".join(str(value) for value in new_state),),
-                ).close()
-                self._conn.commit()
-            return decision
-
-    def read(self, algorithm: Any, rates: list[Any]) -> Any:
-        with self._lock:
-            return self._load(algorithm, rates)
-
-    def reset(self) -> None:
-        with self._lock:
-            self._conn.execute(f'DELETE FROM "{self._table}"').close()
-            self._conn.commit()
-
-    def close(self) -> None:
-        """The connection belongs to the RateLimiter, which closes it."""
-
-
-def _sqlite_fast_put(
-    conn: sqlite3.Connection, table: str, name: str, count: int
-) -> Callable[[int], bool]:
-    """Insert without counting the window when the table cannot hold ``count`` rows yet.
-
-    SQLiteBucket.put counts the window on every call, O(rows in it): about 0.5 ms at 30 000
-    rows, which a high limit over a minute reaches. Rowids are distinct integers, so
-    ``max(rowid) - min(rowid) + 1`` bounds the row count from two index lookups; below the
-    limit the put is admitted whatever the window, and the count is skipped. Runs under the
-    file lock, like the put it stands in for.
-    """
-    from pyrate_limiter import SQLiteQueries
-
-    bound_query = f'SELECT (SELECT max(rowid) FROM "{table}") - (SELECT min(rowid) FROM "{table}")'
-    insert_query = SQLiteQueries.PUT_ITEM.format(table=table)
-
-    def fast_put(now: int) -> bool:
-        (span,) = conn.execute(bound_query).fetchone()
-        if span is not None and span + 1 >= count:
-            return False
-        conn.execute(insert_query, (name, now)).close()
-        conn.commit()
-        return True
-
-    return fast_put
+def holder_of(fd: int) -> str:
+    """Name the process whose PID the lock file holds, and say if it is stopped (Ctrl-Z)."""
+    try:
+        pid = int(os.pread(fd, 16, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return "another process"
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            command = cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (OSError, IndexError):
+        return f"process {pid}"
+    what = f"process {pid} ({command[:60]})" if command else f"process {pid}"
+    if fields and fields[0] in ("T", "t"):
+        return f"{what}, which is stopped (resume it with `kill -CONT {pid}`)"
+    return what

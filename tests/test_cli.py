@@ -292,28 +292,6 @@ def test_console_script_runs_one_command_and_its_help() -> None:
     assert all(name in grouped.stdout for name in ("send", "bulk", "ping", "sandbox", "config"))
 
 
-def test_bulk_eta_follows_the_rate_limit_schedule() -> None:
-    import dataclasses
-
-    from msgsend.cli import Common, Run, _BulkProgress
-    from msgsend.config import LimiterConfig, load_config
-
-    run = Run(common=Common())
-    run.config = load_config()  # KakaoTalk: 100 a minute
-    progress = _BulkProgress(run, total=250, via="kakaotalk", sender=object())  # type: ignore[arg-type]
-    progress.started, progress.done = 1000.0, 100
-    # A sliding window lets the first 100 go at once; rows 201-250 wait for the third window.
-    assert progress.eta(1000.5, rate=200.0) == pytest.approx(119.5)
-    # Latency-bound: the observed pace is slower than the limit allows.
-    assert progress.eta(1000.5, rate=0.5) == pytest.approx(300.0)
-
-    run.config = dataclasses.replace(run.config, limiter=LimiterConfig(strategy="token-bucket"))
-    bucket = _BulkProgress(run, total=250, via="kakaotalk", sender=object())  # type: ignore[arg-type]
-    bucket.started, bucket.done = 1000.0, 100
-    # A burst of 100, then 100 a minute for the other 150.
-    assert bucket.eta(1000.0, rate=0.0) == pytest.approx(90.0)
-
-
 def test_config_show_never_prints_url_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -381,6 +381,9 @@ def test_sigint_drains_records_and_resume_completes(slow_sandbox: Sandbox, tmp_p
     assert drained_in < 10
     assert "interrupted" in stderr
     assert "bulk interrupted:" in stderr  # the summary
+    processed = re.search(r"bulk interrupted: (\d+) of 300 rows processed", stderr)
+    assert processed is not None and 0 < int(processed.group(1)) < 300, stderr
+    assert "--resume" in stderr.split("bulk interrupted:")[1]  # how to go on
     assert "results: " + str(results_path) in stderr
     assert "\x1b[" not in stderr and "\x1b[" not in stdout
     assert re.search(r"^bulk: \d+/300 rows", stderr, re.MULTILINE)

@@ -365,7 +365,6 @@ def test_failed_result_has_no_channel_in_json():
     assert not result.ok
     assert result.to_json()["channel"] is None
     assert result.to_json()["error"] == "x"
-    assert result.as_dict()["channel"] == "kakaotalk"
 
 
 # text, the character named, its 1-based position

@@ -12,8 +12,6 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from .errors import (
     MsgsendError,
     exit_code_for,
 )
-from .events import Event, Events, RowSettled, RunPaused, RunResumed
+from .events import Events
 from .redact import redact_text, redact_url
 
 # typer 0.2x parses every option through pydantic, whose import alone costs about what
@@ -273,7 +271,13 @@ def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
     import dataclasses
 
     from .config import LimiterConfig
-    from .sandbox import ProviderOptions, Sandbox, SandboxOptions
+    from .sandbox import (
+        DEFAULT_PASSWORDS,
+        DEFAULT_USERNAMES,
+        ProviderOptions,
+        Sandbox,
+        SandboxOptions,
+    )
 
     def limits(name: str) -> ProviderOptions:
         # The fake provider enforces the limit msgsend is configured for, as a real one would.
@@ -290,10 +294,16 @@ def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
     config = dataclasses.replace(
         config,
         kakaotalk=dataclasses.replace(
-            config.kakaotalk, base_url=sandbox.kakaotalk_url, username="autoever", password="1234"
+            config.kakaotalk,
+            base_url=sandbox.kakaotalk_url,
+            username=DEFAULT_USERNAMES["kakaotalk"],
+            password=DEFAULT_PASSWORDS["kakaotalk"],
         ),
         sms=dataclasses.replace(
-            config.sms, base_url=sandbox.sms_url, username="autoever", password="5678"
+            config.sms,
+            base_url=sandbox.sms_url,
+            username=DEFAULT_USERNAMES["sms"],
+            password=DEFAULT_PASSWORDS["sms"],
         ),
         # The embedded providers belong to this process alone: never spend a shared budget.
         limiter=LimiterConfig(strategy=config.limiter.strategy, store="memory"),
@@ -472,45 +482,9 @@ def _render_send(console: Console, result: Any, report: dict[str, Any] | None) -
     if result.note:
         console.print(f"[yellow]note:[/yellow] {result.note}")
     if report is not None:
-        console.print(_provider_table(report))
+        from .progress import provider_table
 
-
-def _provider_table(report: dict[str, Any], bulk: dict[str, Any] | None = None) -> Any:
-    from rich.table import Table
-
-    table = Table(title="per provider", title_justify="left")
-    for column in (
-        "provider",
-        "sent",
-        "failed",
-        "req",
-        "retries",
-        "fallback",
-        "p50 ms",
-        "p95 ms",
-        "max ms",
-        "wait s",
-    ):
-        table.add_column(column, justify="left" if column == "provider" else "right")
-    for name, stats in report["providers"].items():
-        latency = stats["latency_ms"]
-        table.add_row(
-            name,
-            str(stats["delivered"]),
-            str(stats["failed"]),
-            str(stats["requests"]),
-            str(stats["retries"]),
-            str(stats["fallbacks_from"]),
-            _num(latency["p50"]),
-            _num(latency["p95"]),
-            _num(latency["max"]),
-            f"{stats['limiter']['wait_seconds']:.1f}",
-        )
-    return table
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+        console.print(provider_table(report))
 
 
 @app.command()
@@ -803,9 +777,14 @@ def _bulk(
     resume_command: str,
 ) -> int:
     from .bulk import send_bulk
+    from .progress import BulkProgress, Schedule, render_bulk_summary
+    from .ratelimit import RateLimiter
 
     stop = threading.Event()
-    progress = _BulkProgress(run, info.total_rows, options.via, sender)
+    schedule = None
+    if sender is not None and isinstance(sender.limiter, RateLimiter):
+        schedule = Schedule.of(sender.limiter, options.via.value)
+    progress = BulkProgress(info.total_rows, console=run.console, schedule=schedule)
     restore = _install_interrupt_handlers(stop, run)
     run.events.subscribe(progress.on_event)
     try:
@@ -831,7 +810,7 @@ def _bulk(
         document["resume_command"] = resume_command if unfinished else None
         _print_json(document)
     else:
-        _render_bulk_summary(run.console, report, stats)
+        render_bulk_summary(run.console, report, stats)
     if report.stopped is not None:
         _error(report.stopped)
     if unfinished:
@@ -867,213 +846,6 @@ def _install_interrupt_handlers(stop: threading.Event, run: Run) -> Any:
             signal.signal(sig, old)
 
     return restore
-
-
-class _BulkProgress:
-    """A rich progress bar on a TTY, a plain line every few seconds otherwise.
-
-    A ticker thread refreshes the display even while no row finishes (every send waiting
-    for the rate limiter), so the rate and ETA never freeze.
-    """
-
-    INTERVAL = 5.0  # seconds between plain progress lines
-    WINDOW = 30.0  # seconds of history behind the observed rate
-
-    def __init__(self, run: Run, total: int, via: str, sender: Sender | None) -> None:
-        self.console = run.console
-        self.tty = self.console.is_terminal
-        self.total = total
-        self.counts = {"sent": 0, "failed": 0, "invalid": 0, "duplicate": 0, "fallback": 0}
-        self.done = 0
-        self.started = time.monotonic()
-        self.last_line = self.started
-        self._history: deque[tuple[float, int]] = deque([(self.started, 0)])
-        self._last_refresh = 0.0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ticker: threading.Thread | None = None
-        self.limit = None
-        self.strategy = "sliding-window"
-        if run.config is not None and sender is not None:
-            self.limit = run.config.provider(via).rate_limit
-            self.strategy = run.config.limiter.strategy
-        self.progress: Any = None
-        self.task: Any = None
-        self.paused: RunPaused | None = None
-
-    def __enter__(self) -> _BulkProgress:
-        if self.tty:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.progress = Progress(
-                TextColumn("[bold]bulk"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"),
-                console=self.console,
-                transient=False,
-                refresh_per_second=4,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("bulk", total=self.total, status="")
-        self._ticker = threading.Thread(target=self._tick, name="msgsend-progress", daemon=True)
-        self._ticker.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=2)
-        if self.progress is not None:
-            self._refresh(force=True)
-            self.progress.stop()
-        else:
-            self._plain_line()
-
-    def _tick(self) -> None:
-        while not self._stop.wait(1.0 if self.tty else self.INTERVAL):
-            self._refresh(force=True)
-
-    def on_event(self, event: Event) -> None:
-        if isinstance(event, RunPaused | RunResumed):
-            self.pause(event if isinstance(event, RunPaused) else None)
-            return
-        if not isinstance(event, RowSettled):
-            return
-        with self._lock:
-            self.counts[event.status] = self.counts.get(event.status, 0) + 1
-            if event.fallback:
-                self.counts["fallback"] += 1
-
-    def pause(self, pause: RunPaused | None) -> None:
-        """Show why the run is not sending now (quiet hours, an outage), or clear it."""
-        self.paused = pause
-        self._refresh(force=True)
-
-    def update(self, done: int, total: int) -> None:
-        with self._lock:
-            self.done, self.total = done, max(total, done)
-        now = time.monotonic()
-        if self.progress is not None and now - self._last_refresh >= 0.25:
-            self._last_refresh = now
-            self._refresh()
-
-    def rate(self, now: float) -> float:
-        """Return rows per second over the last ``WINDOW`` seconds."""
-        with self._lock:
-            self._history.append((now, self.done))
-            while len(self._history) > 2 and now - self._history[1][0] >= self.WINDOW:
-                self._history.popleft()
-            (t0, d0), (t1, d1) = self._history[0], self._history[-1]
-        return (d1 - d0) / (t1 - t0) if t1 - t0 >= 0.5 else 0.0
-
-    def eta(self, now: float, rate: float) -> float | None:
-        """Return seconds left: the later of what the rate limit allows and the observed pace."""
-        remaining = self.total - self.done
-        if remaining <= 0:
-            return 0.0
-        estimates = []
-        if rate > 0:
-            estimates.append(remaining / rate)
-        if self.limit is not None:
-            # When the last row may go, if every row takes a slot from the start of the run:
-            # a window strategy admits `count` per `period`; a token bucket bursts `count`
-            # and then refills at count/period.
-            count, period, n = self.limit.count, self.limit.period, self.total
-            if self.strategy == "token-bucket":
-                finish = max(0, n - count) * period / count
-            else:
-                finish = ((n - 1) // count) * period
-            estimates.append(max(0.0, self.started + finish - now))
-        return max(estimates) if estimates else None
-
-    def status_text(self) -> str:
-        now = time.monotonic()
-        rate = self.rate(now)
-        eta = self.eta(now, rate)
-        c = self.counts
-        text = (
-            f"sent {c['sent']}  fallback {c['fallback']}  failed {c['failed']}  "
-            f"invalid {c['invalid']}  {rate:.1f}/s  ETA {'-' if eta is None else _duration(eta)}"
-        )
-        paused = self.paused
-        return text if paused is None else f"{text}  {paused.describe()}"
-
-    def _refresh(self, force: bool = False) -> None:
-        if self.progress is not None:
-            self.progress.update(
-                self.task, completed=self.done, total=self.total, status=self.status_text()
-            )
-            return
-        now = time.monotonic()
-        if force or now - self.last_line >= self.INTERVAL:
-            self.last_line = now
-            self._plain_line()
-
-    def _plain_line(self) -> None:
-        sys.stderr.write(f"bulk: {self.done}/{self.total} rows  {self.status_text()}\n")
-        sys.stderr.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-def _render_bulk_summary(console: Console, report: Any, stats: dict[str, Any] | None) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from .logs import mask_text
-
-    counts = report.counts
-    title = "dry run" if report.dry_run else ("interrupted" if report.interrupted else "summary")
-    table = Table(
-        title=f"bulk {title}: {report.total_rows} rows in {report.elapsed:.1f} s",
-        title_justify="left",
-    )
-    for column in ("sent", "failed", "invalid", "duplicate", "skipped", "fallbacks", "uncertain"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        str(counts.get("sent", counts.get("ready", 0))),
-        str(counts.get("failed", 0)),
-        str(counts.get("invalid", 0)),
-        str(counts.get("duplicate", 0)),
-        str(report.skipped),
-        str(report.fallbacks),
-        str(report.uncertain),
-    )
-    console.print(table)
-    if report.kinds:
-        shown = ", ".join(
-            f"{name} {report.kinds[name]}"
-            for name in ("kakaotalk", "sms", "lms")
-            if name in report.kinds
-        )
-        verb = "to send" if report.dry_run else "sent"
-        console.print(f"messages {verb} by kind: {shown}")
-    if stats is not None and stats["providers"]:
-        console.print(_provider_table(stats))
-    for row, reason in report.invalid_rows[:20]:
-        # The reason quotes the CSV cell: mask numbers (stderr is often mailed by cron) and
-        # never let the cell's text be read as rich markup.
-        console.print(f"[yellow]row {row}[/yellow]: {escape(mask_text(reason))}")
-    if len(report.invalid_rows) > 20:
-        console.print(
-            f"... and {len(report.invalid_rows) - 20} more invalid rows in the results file"
-        )
-    if report.uncertain:
-        console.print(
-            f"[yellow]note:[/yellow] {report.uncertain} request(s) timed out after sending: "
-            "some recipients may receive a message twice"
-        )
-    console.print(f"results: {escape(str(report.results_path))}")
 
 
 # ---------------------------------------------------------------------------- sandbox
@@ -1139,9 +911,7 @@ def sandbox_command(
     with _errors_to_exit_codes():
         from .sandbox import ProviderOptions, Sandbox, SandboxOptions, format_request
 
-        def provider_options(
-            down: bool, status: int | None, limit: int, password: str
-        ) -> ProviderOptions:
+        def provider_options(down: bool, status: int | None, limit: int) -> ProviderOptions:
             return ProviderOptions(
                 latency_ms=latency_ms,
                 failure_rate=failure_rate,
@@ -1149,15 +919,12 @@ def sandbox_command(
                 status=status,
                 rate_limit=limit or None,
                 rate_period=period,
-                password=password,
             )
 
         try:
             options = SandboxOptions(
-                kakaotalk=provider_options(
-                    kakaotalk_down, kakaotalk_status, kakaotalk_limit, "1234"
-                ),
-                sms=provider_options(sms_down, sms_status, sms_limit, "5678"),
+                kakaotalk=provider_options(kakaotalk_down, kakaotalk_status, kakaotalk_limit),
+                sms=provider_options(sms_down, sms_status, sms_limit),
                 kakaotalk_fail_suffixes=tuple(kakaotalk_fail_suffix or ()),
                 seed=seed,
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -342,10 +342,6 @@ class DeliveryResult:
             "attempts": self.attempts,
             "error": self.error,
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return every field, for reports."""
-        return asdict(self)
 
 
 class HealthStatus(StrEnum):

@@ -51,9 +51,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 
+from .config import DEFAULTS
+
 __all__ = [
     "DEFAULT_PASSWORDS",
     "DEFAULT_RATE_LIMITS",
+    "DEFAULT_USERNAMES",
     "PATHS",
     "PROVIDER_NAMES",
     "ProviderOptions",
@@ -69,8 +72,12 @@ logger = logging.getLogger(__name__)
 
 PROVIDER_NAMES: tuple[str, ...] = ("kakaotalk", "sms")
 PATHS: dict[str, str] = {"kakaotalk": "/kakaotalk-messages", "sms": "/sms"}
-DEFAULT_PASSWORDS: dict[str, str] = {"kakaotalk": "1234", "sms": "5678"}
-DEFAULT_RATE_LIMITS: dict[str, int] = {"kakaotalk": 100, "sms": 500}
+# SPEC §2's credentials and limits are msgsend's configuration defaults: one place, config.py.
+DEFAULT_USERNAMES: dict[str, str] = {n: DEFAULTS[f"{n}.auth.username"] for n in PROVIDER_NAMES}
+DEFAULT_PASSWORDS: dict[str, str] = {n: DEFAULTS[f"{n}.auth.password"] for n in PROVIDER_NAMES}
+DEFAULT_RATE_LIMITS: dict[str, int] = {
+    n: DEFAULTS[f"{n}.rate-limit.requests-per-minute"] for n in PROVIDER_NAMES
+}
 _FIELDS: dict[str, tuple[str, str]] = {
     "kakaotalk": ("recipient", "message"),
     "sms": ("phoneNumber", "content"),
@@ -96,8 +103,8 @@ class ProviderOptions:
     #: requests per ``rate_period``; "default" is SPEC §2 (100 KakaoTalk, 500 SMS), None disables
     rate_limit: int | Literal["default"] | None = "default"
     rate_period: float = 60.0
-    username: str = "autoever"
-    #: None means the SPEC §2 password ("1234" KakaoTalk, "5678" SMS)
+    #: None means the SPEC §2 credentials (``DEFAULT_USERNAMES``, ``DEFAULT_PASSWORDS``)
+    username: str | None = None
     password: str | None = None
 
     def __post_init__(self) -> None:
@@ -178,9 +185,10 @@ class _Provider:
 
     def apply(self, options: ProviderOptions) -> None:
         password = DEFAULT_PASSWORDS[self.name] if options.password is None else options.password
+        username = DEFAULT_USERNAMES[self.name] if options.username is None else options.username
         limit = options.rate_limit
         with self.lock:
-            self.credentials = f"{options.username}:{password}".encode()
+            self.credentials = f"{username}:{password}".encode()
             self.rate_limit = DEFAULT_RATE_LIMITS[self.name] if limit == "default" else limit
             self.options = options
 

@@ -10,8 +10,8 @@ limit. That is the strict case: with a binding SMS limit both runs would take th
 limit sets (500 SMS either way; KakaoTalk's failures do not spend the SMS budget) and the
 ratio would read ~1.0 whatever the outage cost. Without it, every second the outage wastes
 (retry waits, requests to the dead provider) shows. Retry, fallback and circuit-breaker
-settings are the defaults (3 attempts, 1 s then 2 s backoff, circuit opens after 5
-consecutive failures for 30 s).
+settings are the defaults (3 attempts, 1 s then 2 s backoff; the circuit opens when 10 of
+the last 20 messages failed, for 30 s: at concurrency 16 the first messages in flight open it).
 """
 
 from __future__ import annotations

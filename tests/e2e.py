@@ -24,19 +24,35 @@ def write_config(
     sandbox: Any,
     *,
     fast_retries: bool = True,
-    failure_threshold: int = 5,
+    failures_to_open: int | None = None,
     reset_timeout: float = 30,
     timeout: float = 5.0,
     webhook: str | None = None,
+    max_attempts: int = 3,
+    kakaotalk_extra: str = "",
 ) -> Path:
-    """A config pointing at ``sandbox``: memory limiter, limits far above what tests send."""
-    retry = "[retry]\nbackoff-delay = 10\nmax-delay = 50\n" if fast_retries else ""
+    """A config pointing at ``sandbox``: memory limiter, limits far above what tests send.
+
+    ``failures_to_open=N``: the circuit opens after N failed messages in a row (a window of
+    N, all failed); by default the breaker has its default window. ``kakaotalk_extra`` is
+    added to the ``[kakaotalk]`` table.
+    """
+    breaker = (
+        f"window-size = {failures_to_open}\nminimum-calls = {failures_to_open}\n"
+        "failure-rate-threshold = 1.0\n"
+        if failures_to_open
+        else ""
+    )
+    retry = f"[retry]\nmax-attempts = {max_attempts}\n"
+    if fast_retries:
+        retry += "backoff-delay = 10\nmax-delay = 50\n"
     alerts = f'[alerts]\nwebhook-url = "{webhook}"\n' if webhook else ""
     path.write_text(
         f"""
 [kakaotalk]
 base-url = "{sandbox.kakaotalk_url}"
 timeout = {timeout}
+{kakaotalk_extra}
 [kakaotalk.rate-limit]
 requests-per-second = 5000
 [sms]
@@ -48,8 +64,7 @@ requests-per-second = 5000
 [limiter]
 store = "memory"
 [circuit-breaker]
-failure-threshold = {failure_threshold}
-reset-timeout = {reset_timeout}
+{breaker}reset-timeout = {reset_timeout}
 {alerts}
 """,
         encoding="utf-8",

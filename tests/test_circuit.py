@@ -8,6 +8,7 @@ from dataclasses import astuple
 
 import pytest
 
+from msgsend import errors
 from msgsend.circuit import CircuitBreaker, CircuitState
 from msgsend.errors import (
     AuthError,
@@ -58,34 +59,50 @@ def changes() -> list[tuple[str, CircuitState, CircuitState, str]]:
 def breaker(
     clock: FakeClock, changes: list[tuple[str, CircuitState, CircuitState, str]]
 ) -> CircuitBreaker:
+    # A window of three messages that opens when all three failed: three failed messages in
+    # a row, the simplest case of the rate rule, for the state-machine tests.
     return CircuitBreaker(
         "kakaotalk",
-        failure_threshold=3,
+        window_size=3,
+        minimum_calls=3,
+        failure_rate_threshold=1.0,
         reset_timeout=30.0,
         clock=clock,
         emit=lambda event: changes.append(astuple(event)),
     )
 
 
+def in_a_row(count: int, **kwargs: object) -> CircuitBreaker:
+    """A breaker that opens after ``count`` failed messages in a row."""
+    return CircuitBreaker(
+        "kakaotalk",
+        window_size=count,
+        minimum_calls=count,
+        failure_rate_threshold=1.0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
 def trip(breaker: CircuitBreaker) -> None:
-    for _ in range(breaker.failure_threshold):
+    for _ in range(breaker.minimum_calls):
         breaker.before_request()
         breaker.record_failure(outage())
 
 
-def test_opens_after_threshold_consecutive_outage_failures(breaker, changes):
+def test_opens_when_the_window_is_all_failures(breaker, changes):
     for expected in (1, 2):
         breaker.before_request()
         breaker.record_failure(outage())
         assert state(breaker) is CircuitState.CLOSED
-        assert breaker.consecutive_failures == expected
+        assert breaker.failures == expected
     breaker.before_request()
     breaker.record_failure(ConnectError("refused", provider="kakaotalk"))
     assert state(breaker) is CircuitState.OPEN
     assert breaker.opened_count == 1
     [(provider, old, new, reason)] = changes
     assert (provider, old, new) == ("kakaotalk", CircuitState.CLOSED, CircuitState.OPEN)
-    assert "3 consecutive failures" in reason
+    assert "3 of the last 3 messages failed (100%)" in reason
+    assert "refused" in reason
 
 
 @pytest.mark.parametrize(
@@ -98,36 +115,68 @@ def test_opens_after_threshold_consecutive_outage_failures(breaker, changes):
 )
 def test_every_outage_kind_counts(breaker, exc):
     breaker.record_failure(exc)
-    assert breaker.consecutive_failures == 1
+    assert (breaker.failures, breaker.calls) == (1, 1)
 
 
-def test_success_resets_the_count(breaker):
+def test_a_success_in_the_window_keeps_it_closed(breaker):
     breaker.record_failure(outage())
     breaker.record_failure(outage())
     breaker.record_success()
-    assert breaker.consecutive_failures == 0
     breaker.record_failure(outage())
     breaker.record_failure(outage())
     assert state(breaker) is CircuitState.CLOSED
+    assert (breaker.failures, breaker.calls) == (2, 3)  # the oldest slid out
+    breaker.record_failure(outage())
+    assert state(breaker) is CircuitState.OPEN
 
 
 @pytest.mark.parametrize(
-    "exc",
-    [
-        RateLimitedError("429"),
-        InvalidRequestError("400", status_code=400),
-        ValueError("a bug, not an outage"),
-    ],
+    "exc", [RateLimitedError("429"), ValueError("a bug, not an outage"), KeyboardInterrupt()]
 )
-def test_non_outage_errors_neither_count_nor_reset(breaker, exc):
+def test_throttling_and_foreign_errors_are_not_recorded(breaker, exc):
     breaker.record_failure(outage())
     breaker.record_failure(outage())
     for _ in range(5):
         breaker.record_failure(exc)
-    assert breaker.consecutive_failures == 2
-    assert state(breaker) is CircuitState.CLOSED
+    assert (breaker.failures, breaker.calls) == (2, 2)
     breaker.record_failure(outage())
     assert state(breaker) is CircuitState.OPEN
+
+
+def test_an_invalid_request_answer_counts_as_the_provider_being_up(breaker):
+    breaker.record_failure(outage())
+    breaker.record_failure(outage())
+    breaker.record_failure(InvalidRequestError("400", status_code=400))
+    assert (breaker.failures, breaker.calls) == (2, 3)
+    breaker.record_failure(outage())
+    assert state(breaker) is CircuitState.CLOSED
+
+
+def test_a_message_counts_once_from_its_first_failure(breaker):
+    first, second = object(), object()
+    for message in (first, second):  # two messages of three failed attempts each
+        for _ in range(3):
+            breaker.record_failure(outage(), message=message)
+            assert breaker.failures == (1 if message is first else 2)
+    assert (breaker.failures, breaker.calls) == (2, 2)
+    assert state(breaker) is CircuitState.CLOSED
+
+
+def test_a_message_that_gets_through_on_a_retry_is_a_success(breaker):
+    flaky = object()
+    breaker.record_failure(outage(), message=flaky)
+    breaker.record_failure(outage(), message=flaky)
+    breaker.record_success(message=flaky)
+    assert (breaker.failures, breaker.calls) == (0, 1)
+    for _ in range(2):
+        breaker.record_failure(outage(), message=object())
+    assert state(breaker) is CircuitState.CLOSED  # the flaky one holds the window open
+
+
+def test_uncounted_failures_stay_out_of_the_window(breaker):
+    for _ in range(5):
+        breaker.record_failure(outage(), message=object(), count=False)
+    assert (breaker.failures, breaker.calls, state(breaker)) == (0, 0, CircuitState.CLOSED)
 
 
 def test_open_fails_fast_until_reset_timeout(breaker, clock):
@@ -150,7 +199,7 @@ def test_half_open_admits_one_trial_then_success_closes(breaker, clock, changes)
         breaker.before_request()  # the same thread again: still one trial in flight
     breaker.record_success()
     assert state(breaker) is CircuitState.CLOSED
-    assert breaker.consecutive_failures == 0
+    assert (breaker.failures, breaker.calls) == (0, 0)  # a fresh window
     assert [(old, new) for _, old, new, _ in changes] == [
         (CircuitState.CLOSED, CircuitState.OPEN),
         (CircuitState.OPEN, CircuitState.HALF_OPEN),
@@ -269,17 +318,26 @@ def test_a_failing_listener_does_not_break_the_breaker(clock, caplog):
         raise RuntimeError("listener bug")
 
     events = Events(explode)
-    breaker = CircuitBreaker("sms", failure_threshold=1, clock=clock, emit=events.emit)
+    breaker = in_a_row(1, clock=clock, emit=events.emit)
     breaker.record_failure(outage())
     assert state(breaker) is CircuitState.OPEN
     assert "event listener" in caplog.text and "listener bug" in caplog.text
 
 
-def test_rejects_bad_settings():
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"window_size": 0},
+        {"minimum_calls": 0},
+        {"window_size": 5, "minimum_calls": 6},
+        {"failure_rate_threshold": 0.0},
+        {"failure_rate_threshold": 1.5},
+        {"reset_timeout": 0},
+    ],
+)
+def test_rejects_bad_settings(settings):
     with pytest.raises(ValueError):
-        CircuitBreaker("sms", failure_threshold=0)
-    with pytest.raises(ValueError):
-        CircuitBreaker("sms", reset_timeout=0)
+        CircuitBreaker("sms", **settings)
 
 
 def run_threads(count: int, target: Callable[[], object]) -> None:
@@ -298,7 +356,7 @@ def run_threads(count: int, target: Callable[[], object]) -> None:
 
 
 def test_concurrent_failures_are_all_counted(clock):
-    breaker = CircuitBreaker("kakaotalk", failure_threshold=1000, clock=clock)
+    breaker = in_a_row(1000, clock=clock)
 
     def fail_many() -> None:
         for _ in range(50):
@@ -306,17 +364,12 @@ def test_concurrent_failures_are_all_counted(clock):
             breaker.record_failure(outage())
 
     run_threads(16, fail_many)
-    assert breaker.consecutive_failures == 800
+    assert (breaker.failures, breaker.calls) == (800, 800)
     assert state(breaker) is CircuitState.CLOSED
 
 
 def test_concurrent_opening_happens_once(clock, changes):
-    breaker = CircuitBreaker(
-        "kakaotalk",
-        failure_threshold=5,
-        clock=clock,
-        emit=lambda event: changes.append(astuple(event)),
-    )
+    breaker = in_a_row(5, clock=clock, emit=lambda event: changes.append(astuple(event)))
     run_threads(16, lambda: breaker.record_failure(outage()))
     assert state(breaker) is CircuitState.OPEN
     assert breaker.opened_count == 1
@@ -352,3 +405,152 @@ def test_concurrent_half_open_admits_exactly_one_trial(breaker, clock, changes):
     assert len(refused) == 15
     assert state(breaker) is CircuitState.CLOSED
     assert [new for _, _, new, _ in changes].count(CircuitState.CLOSED) == 1
+
+
+# -- the failure-rate rule with the default settings (issue #13 point 2) -----------------
+
+
+def defaults(clock: FakeClock) -> CircuitBreaker:
+    """The breaker of a default configuration: 20 messages, at least 10, half failed."""
+    return CircuitBreaker("kakaotalk", clock=clock)
+
+
+def test_the_defaults_are_a_window_of_20_messages_half_failed():
+    breaker = CircuitBreaker("kakaotalk")
+    assert (breaker.window_size, breaker.minimum_calls, breaker.failure_rate_threshold) == (
+        20,
+        10,
+        0.5,
+    )
+    assert breaker.reset_timeout == 30.0
+
+
+def test_an_outage_from_the_start_opens_at_the_tenth_message(clock):
+    breaker = defaults(clock)
+    for sent in range(1, 11):
+        assert state(breaker) is CircuitState.CLOSED, sent
+        breaker.record_failure(outage())
+    assert state(breaker) is CircuitState.OPEN
+    assert breaker.failure_rate is None  # the window starts afresh
+
+
+def test_an_outage_after_a_full_window_of_successes_opens_within_ten_messages(clock):
+    breaker = defaults(clock)
+    for _ in range(500):
+        breaker.record_success()
+    failed = 0
+    while state(breaker) is CircuitState.CLOSED:
+        breaker.record_failure(outage())
+        failed += 1
+    assert failed == 10
+
+
+@pytest.mark.parametrize("every", [10, 11, 17])
+def test_recipient_failures_mixed_among_successes_never_open(clock, every):
+    breaker = defaults(clock)
+    for n in range(5000):
+        if n % every == 0:
+            breaker.record_failure(outage())
+        else:
+            breaker.record_success()
+    assert state(breaker) is CircuitState.CLOSED
+    assert breaker.opened_count == 0
+
+
+def test_random_recipient_failures_at_ten_percent_never_open(clock):
+    import random
+
+    rng = random.Random(13)
+    breaker = defaults(clock)
+    for _ in range(20_000):
+        if rng.random() < 0.10:
+            breaker.record_failure(outage())
+        else:
+            breaker.record_success()
+    assert breaker.opened_count == 0
+
+
+def test_failed_recipients_first_below_the_rate_do_not_open(clock):
+    breaker = defaults(clock)
+    for _ in range(4):  # the first four messages go to numbers the provider refuses
+        breaker.record_failure(outage())
+    for _ in range(100):
+        breaker.record_success()
+    assert breaker.opened_count == 0
+
+
+def test_a_partial_outage_at_the_threshold_opens(clock):
+    breaker = defaults(clock)
+    for n in range(20):
+        if n % 2:
+            breaker.record_failure(outage())
+        else:
+            breaker.record_success()
+    assert state(breaker) is CircuitState.OPEN
+    assert breaker.opened_count == 1
+
+
+def test_the_ambiguous_start_opens_then_the_trial_closes_it(clock):
+    # Ten refused recipients first look like an outage; the trial after reset-timeout is a
+    # healthy message, and the circuit closes with an empty window.
+    breaker = defaults(clock)
+    for _ in range(10):
+        breaker.record_failure(outage())
+    assert state(breaker) is CircuitState.OPEN
+    assert breaker.available_in() == pytest.approx(30.0)
+    clock.advance(30.0)
+    assert breaker.available_in() == 0.0
+    breaker.before_request()
+    breaker.record_success()
+    assert state(breaker) is CircuitState.CLOSED
+    assert (breaker.failures, breaker.calls) == (0, 0)
+
+
+# -- what a waiting caller needs: when the provider can be tried again ---------------------
+
+
+def test_available_in_follows_the_state(breaker, clock):
+    assert breaker.available_in() == 0.0
+    trip(breaker)
+    clock.advance(10.0)
+    assert breaker.available_in() == pytest.approx(20.0)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.before_request()
+    assert info.value.available_in == pytest.approx(20.0)
+    clock.advance(20.0)
+    breaker.before_request()  # the trial, in flight
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.before_request()
+    assert info.value.available_in == pytest.approx(30.0)  # the trial expires by then
+    assert breaker.available_in() == pytest.approx(30.0)
+    breaker.disable("401")
+    assert breaker.available_in() == float("inf")
+
+
+def test_a_pause_refuses_requests_until_it_ends(breaker, clock, changes):
+    breaker.pause(90.0, "it asked to wait 90 s")
+    assert changes == [("kakaotalk", 90.0, "it asked to wait 90 s")]  # a ProviderPaused event
+    with pytest.raises(errors.ProviderPausedError) as info:
+        breaker.before_request()
+    assert info.value.available_in == pytest.approx(90.0)
+    assert info.value.fallback is True
+    assert "90 s" in str(info.value)
+    assert breaker.paused_for() == pytest.approx(90.0)
+    assert breaker.available_in() == pytest.approx(90.0)
+    assert state(breaker) is CircuitState.CLOSED  # a pause is not an outage
+    breaker.pause(10.0, "a shorter one does not shorten it")
+    clock.advance(89.0)
+    with pytest.raises(errors.ProviderPausedError):
+        breaker.before_request()
+    clock.advance(1.0)
+    breaker.before_request()
+    assert breaker.paused_for() == 0.0
+
+
+def test_a_pause_on_an_open_circuit_lasts_the_longer_of_both(breaker, clock):
+    trip(breaker)
+    breaker.pause(100.0, "Retry-After")
+    assert breaker.available_in() == pytest.approx(100.0)
+    clock.advance(30.0)
+    with pytest.raises(errors.ProviderPausedError):
+        breaker.before_request()

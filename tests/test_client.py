@@ -77,9 +77,16 @@ def make_rig(
     fallback: bool = True,
     limiter: FakeLimiter | None = None,
     breakers: bool = False,
-    failure_threshold: int = 5,
+    failure_threshold: int | None = None,
     reset_timeout: float = 30.0,
+    window_size: int = 20,
+    minimum_calls: int = 10,
+    failure_rate_threshold: float = 0.5,
 ) -> Rig:
+    """A sender on fake providers; ``failure_threshold=N``: N failed messages in a row open."""
+    if failure_threshold is not None:
+        window_size = minimum_calls = failure_threshold
+        failure_rate_threshold = 1.0
     kakao, sms = FakeProvider("kakaotalk"), FakeProvider("sms")
     clock = FakeClock()
     sleep = FakeSleep(clock)
@@ -96,7 +103,13 @@ def make_rig(
     breaker_map = (
         {
             name: CircuitBreaker(
-                name, failure_threshold, reset_timeout, clock=clock, emit=events.emit
+                name,
+                window_size=window_size,
+                minimum_calls=minimum_calls,
+                failure_rate_threshold=failure_rate_threshold,
+                reset_timeout=reset_timeout,
+                clock=clock,
+                emit=events.emit,
             )
             for name in ("kakaotalk", "sms")
         }
@@ -381,16 +394,19 @@ def test_outages_open_the_circuit_and_kakaotalk_is_skipped():
     rig = make_rig(breakers=True, failure_threshold=2)
     rig.kakao.enqueue(*repeat(server_error, 10))
     first = rig.send()
-    # two failures open the circuit; the third attempt fails fast and the message falls back
-    assert len(rig.kakao.calls) == 2
+    # a message's retries count once: one failed message does not open a threshold of two
+    assert len(rig.kakao.calls) == 3
     assert (first.status, first.channel, first.fallback) == ("sent", "sms", True)
-    assert first.attempts_by_channel == {"kakaotalk": 2, "sms": 1}
+    assert rig.sender.breakers["kakaotalk"].state is CircuitState.CLOSED
+    second = rig.send()
+    # the second message's first failure opens it: its retry fails fast and falls back
+    assert second.attempts_by_channel == {"kakaotalk": 1, "sms": 1}
     assert rig.sender.breakers["kakaotalk"].state is CircuitState.OPEN
     assert ("provider-down", "kakaotalk") in rig.alerter.kinds
     waits_before = list(rig.sleep.waits)
-    second = rig.send()
-    assert len(rig.kakao.calls) == 2
-    assert (second.channel, second.fallback, second.attempts) == ("sms", True, 1)
+    third = rig.send()
+    assert len(rig.kakao.calls) == 4
+    assert (third.channel, third.fallback, third.attempts) == ("sms", True, 1)
     assert rig.sleep.waits == waits_before  # no retry waits on an open circuit
     assert rig.stats["providers"]["kakaotalk"]["circuit_opened"] == 1
 
@@ -440,6 +456,123 @@ def test_invalid_request_does_not_open_the_circuit():
     rig.kakao.enqueue(invalid_request())
     rig.send()
     assert rig.sender.breakers["kakaotalk"].state is CircuitState.CLOSED
+
+
+# ------------------------------------------------ recipient failures vs outages (#13 point 2)
+
+
+class RefusingProvider(FakeProvider):
+    """A provider that answers 500 for some numbers and 200 for the others."""
+
+    def __init__(self, name: str, refused: set[str]) -> None:
+        super().__init__(name)
+        self.refused = refused
+
+    def send(self, recipient: str, text: str) -> Any:
+        if recipient in self.refused:
+            self.calls.append((recipient, text))
+            raise server_error(self.name, status_code=500)
+        return super().send(recipient, text)
+
+
+def numbers(count: int) -> list[str]:
+    return [f"010-{5000 + i // 1000:04d}-{1000 + i % 1000:04d}" for i in range(count)]
+
+
+@pytest.mark.parametrize("where", ["first", "mixed"])
+def test_recipient_specific_500s_never_open_the_circuits(where):
+    rig = make_rig(breakers=True)  # the defaults: 20 messages, at least 10, half failed
+    recipients = numbers(100)
+    bad = set(recipients[:5] if where == "first" else recipients[::10])  # 5 % and 10 %
+    rig.sender.providers = {
+        "kakaotalk": RefusingProvider("kakaotalk", bad),
+        "sms": RefusingProvider("sms", bad),
+    }
+    results = [rig.send(number) for number in recipients]
+    for number, result in zip(recipients, results, strict=True):
+        if number in bad:
+            assert (result.status, result.error_kind) == ("failed", "server-error")
+        else:
+            assert (result.status, result.channel, result.fallback) == ("sent", "kakaotalk", False)
+    assert all(b.opened_count == 0 for b in rig.sender.breakers.values())
+    assert not any(kind == "provider-down" for kind, _ in rig.alerter.kinds)
+
+
+def test_a_kakaotalk_outage_goes_to_sms_within_a_few_messages():
+    rig = make_rig(breakers=True)
+    rig.kakao.default = server_error()
+    results = [rig.send(number) for number in numbers(30)]
+    assert all((r.status, r.channel) == ("sent", "sms") for r in results)
+    assert rig.sender.breakers["kakaotalk"].state is CircuitState.OPEN
+    # nine messages of three attempts; the tenth message's first failure opens the circuit
+    assert len(rig.kakao.calls) == 9 * 3 + 1
+    assert ("provider-down", "kakaotalk") in rig.alerter.kinds
+
+
+# ------------------------------------------------ no channel now: defer (#13 points 2-4)
+
+
+def open_both(rig: Rig) -> None:
+    for breaker in rig.sender.breakers.values():
+        for _ in range(breaker.minimum_calls):
+            breaker.record_failure(server_error())
+
+
+def test_open_circuits_make_a_message_wait_not_fail():
+    rig = make_rig(breakers=True, reset_timeout=30.0)
+    open_both(rig)
+    rig.clock.advance(10.0)
+    result = rig.send()
+    assert (result.status, result.attempts, result.unavailable) == ("failed", 0, True)
+    assert result.available_in == pytest.approx(20.0)
+    failed = sum(p["failed"] for p in rig.stats["providers"].values())
+    assert failed == 0  # a waiting message is not counted
+    rig.clock.advance(20.0)
+    assert rig.send().status == "sent"  # the trial closes it
+
+
+def test_a_message_refused_by_one_channel_does_not_wait():
+    rig = make_rig(breakers=True)
+    rig.sender.breakers["sms"].disable("sms refused the credentials (HTTP 401)")
+    rig.kakao.enqueue(invalid_request())
+    result = rig.send()
+    assert (result.status, result.error_kind, result.unavailable) == (
+        "failed",
+        "invalid-request",
+        False,
+    )
+
+
+# ------------------------------------------------ Retry-After over the cap (#13 point 4)
+
+
+@pytest.mark.parametrize("retry_after", [61.0, 999999999.0])
+def test_a_long_retry_after_pauses_the_provider_instead_of_the_send(retry_after):
+    rig = make_rig(breakers=True, retry=RetryPolicy(max_retry_after=60.0))
+    rig.kakao.enqueue(rate_limited(retry_after=retry_after))
+    first = rig.send()
+    assert (first.status, first.channel, first.fallback) == ("sent", "sms", True)
+    assert first.attempts_by_channel == {"kakaotalk": 1, "sms": 1}
+    assert rig.sleep.waits == []  # nothing slept
+    breaker = rig.sender.breakers["kakaotalk"]
+    assert breaker.paused_for() == pytest.approx(retry_after)
+    assert breaker.state is CircuitState.CLOSED  # throttling is no outage
+    second = rig.send()
+    assert (second.channel, second.fallback) == ("sms", True)
+    assert len(rig.kakao.calls) == 1  # paused: not called again
+    waiting = rig.send(via="kakaotalk", fallback=False)
+    assert (waiting.unavailable, waiting.error_kind) == (True, "provider-paused")
+    assert waiting.available_in == pytest.approx(retry_after)
+    rig.clock.advance(retry_after)
+    assert (rig.send().channel, len(rig.kakao.calls)) == ("kakaotalk", 2)
+
+
+def test_a_retry_after_within_the_cap_is_still_waited_for():
+    rig = make_rig(breakers=True, retry=RetryPolicy(max_retry_after=60.0))
+    rig.kakao.enqueue(rate_limited(retry_after=60.0))
+    result = rig.send()
+    assert (result.channel, rig.sleep.waits) == ("kakaotalk", [60.0])
+    assert rig.sender.breakers["kakaotalk"].paused_for() == 0.0
 
 
 # ---------------------------------------------------------------------- input errors
@@ -664,7 +797,10 @@ def test_from_config_wires_retry_fallback_and_breakers():
         overrides={
             "retry.max-attempts": 4,
             "retry.backoff-delay": 0,
-            "circuit-breaker.failure-threshold": 2,
+            "retry.max-retry-after": 5,
+            "circuit-breaker.window-size": 4,
+            "circuit-breaker.minimum-calls": 2,
+            "circuit-breaker.failure-rate-threshold": 1.0,
             "fallback.enabled": False,
         }
     )
@@ -676,13 +812,18 @@ def test_from_config_wires_retry_fallback_and_breakers():
         assert sender.fallback is False
         assert sender.limiter is limiter
         assert set(sender.breakers) == {"kakaotalk", "sms"}
-        assert sender.breakers["kakaotalk"].failure_threshold == 2
+        assert sender.retry.max_retry_after == 5.0
+        breaker = sender.breakers["kakaotalk"]
+        assert (breaker.window_size, breaker.minimum_calls) == (4, 2)
+        assert breaker.failure_rate_threshold == 1.0
         for provider in sender.providers.values():
             provider.close()
-        kakao = FakeProvider("kakaotalk").enqueue(*repeat(server_error, 4))
+        kakao = FakeProvider("kakaotalk").enqueue(*repeat(server_error, 8))
         sender.providers = {"kakaotalk": kakao, "sms": FakeProvider("sms")}  # type: ignore[dict-item]
+        assert sender.send(RECIPIENT, TEXT).error_kind == "server-error"
+        assert len(kakao.calls) == 4
         result = sender.send(RECIPIENT, TEXT)
-        assert len(kakao.calls) == 2  # the circuit opened after two
+        assert len(kakao.calls) == 5  # the second message's first failure opened it
         assert result.status == "failed"
         assert result.error_kind == "circuit-open"
         assert sender.stats.to_json()["providers"]["kakaotalk"]["circuit_opened"] == 1

@@ -145,7 +145,7 @@ def test_results_file_matches_what_the_sandbox_received(sandbox: Any, tmp_path: 
             kinds.append("kakaotalk")
     source = write_csv(tmp_path / "orders.csv", rows)
     results_path = tmp_path / "orders.results.csv"
-    config = write_config(tmp_path / "msgsend.toml", sandbox, failure_threshold=100)
+    config = write_config(tmp_path / "msgsend.toml", sandbox, failures_to_open=100)
     sandbox.set_kakaotalk_failures(suffixes=("0000",))
 
     result = invoke("bulk", str(source), "--json", "--config", str(config))
@@ -275,7 +275,7 @@ def test_resume_after_a_partial_run_sends_only_the_failed_rows(
     failing_rows = {3, 8, 13, 18, 23, 28}
     source = write_csv(tmp_path / "in.csv", rows)
     results_path = tmp_path / "in.results.csv"
-    config = write_config(tmp_path / "msgsend.toml", sandbox, failure_threshold=100)
+    config = write_config(tmp_path / "msgsend.toml", sandbox, failures_to_open=100)
     # First run: KakaoTalk fails for some recipients, and SMS (their fallback) is down.
     sandbox.set_kakaotalk_failures(recipients=[rows[r - 1][0] for r in failing_rows])
     sandbox.set_down("sms")

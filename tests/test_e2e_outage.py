@@ -41,7 +41,9 @@ max-attempts = 1
 [limiter]
 store = "memory"
 [circuit-breaker]
-failure-threshold = 1
+window-size = 1
+minimum-calls = 1
+failure-rate-threshold = 1.0
 reset-timeout = 0.3
 [bulk]
 max-outage = {max_outage}

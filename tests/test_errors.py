@@ -255,3 +255,79 @@ def test_exit_code_comes_from_the_nearest_class_in_the_table(exc, code):
 )
 def test_most_severe_applies_the_spec_precedence(codes, winner):
     assert most_severe(*codes) == winner
+
+
+# -- throttling: throttle-statuses and the reset headers (issue #13 point 7) -------------
+
+NOW = 1_800_000_000.0  # an epoch second the tests measure from
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"Retry-After": "7"}, 7.0),
+        ({"RateLimit-Reset": "12"}, 12.0),
+        ({"X-RateLimit-Reset-After": "2.5"}, 2.5),
+        ({"X-RateLimit-Reset": "30"}, 30.0),
+        # above 1e9: an epoch time in seconds, above 1e12 in milliseconds
+        ({"X-RateLimit-Reset": str(int(NOW + 40))}, 40.0),
+        ({"X-RateLimit-Reset": str(int((NOW + 40) * 1000))}, 40.0),
+        ({"RateLimit-Reset": str(int(NOW - 100))}, 0.0),  # a reset in the past: now
+        # several present: the longest wait
+        ({"Retry-After": "3", "X-RateLimit-Reset-After": "9", "RateLimit-Reset": "5"}, 9.0),
+        ({"Retry-After": "garbage", "RateLimit-Reset": "4"}, 4.0),
+        # absurd or broken values: negative means now, garbage and infinities are ignored
+        ({"Retry-After": "-30"}, 0.0),
+        ({"Retry-After": "inf"}, None),
+        ({"Retry-After": "1e400"}, None),
+        ({"Retry-After": "nan", "X-RateLimit-Reset": "soon"}, None),
+        ({"Retry-After": "999999999"}, 999999999.0),
+        ({"Retry-After": ""}, None),
+    ],
+)
+def test_throttle_wait_reads_every_reset_header(headers, expected):
+    assert errors.throttle_wait(headers, now=NOW) == pytest.approx(expected)
+
+
+def test_throttle_wait_reads_an_http_date_and_header_names_case_insensitively():
+    from requests.structures import CaseInsensitiveDict
+
+    when = dt.datetime.fromtimestamp(NOW + 90, dt.UTC)
+    headers = CaseInsensitiveDict({"retry-after": format_datetime(when, usegmt=True)})
+    assert errors.throttle_wait(headers, now=NOW) == pytest.approx(90.0)
+    far = CaseInsensitiveDict({"Retry-After": "Thu, 01 Jan 2099 00:00:00 GMT"})
+    assert errors.throttle_wait(far, now=NOW) > 60 * 365 * 24 * 3600
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_a_throttle_status_is_rate_limiting_whatever_its_number(status):
+    exc = error_for_status(
+        "sms",
+        status,
+        "slow down",
+        headers={"X-RateLimit-Reset-After": "3"},
+        throttle_statuses=(429, 500, 503),
+        now=NOW,
+    )
+    assert type(exc) is RateLimitedError
+    assert (exc.status_code, exc.retry_after, exc.outage) == (status, 3.0, False)
+    assert exc.kind == "rate-limited"
+    assert f"{status}" in str(exc)
+
+
+def test_a_status_outside_throttle_statuses_keeps_its_meaning():
+    assert type(error_for_status("sms", 503, throttle_statuses=(429,))) is ServerError
+    # 429 itself is an invalid request once the operator takes it out of the list
+    assert type(error_for_status("sms", 429, throttle_statuses=(503,))) is InvalidRequestError
+
+
+def test_unavailable_errors_carry_when_to_come_back():
+    open_ = CircuitOpenError("open", provider="kakaotalk", available_in=12.0)
+    paused = errors.ProviderPausedError("paused", provider="sms", available_in=3.0)
+    for exc in (open_, paused):
+        assert isinstance(exc, errors.ProviderUnavailableError)
+        assert (exc.fallback, exc.retryable, exc.outage) == (True, False, False)
+        assert exc.unavailable
+    assert (open_.available_in, paused.available_in) == (12.0, 3.0)
+    assert CircuitOpenError("trial in flight").available_in is None

@@ -360,6 +360,37 @@ def test_retry_after_missing(provider, url, mock):
     assert info.value.retry_after is None
 
 
+def test_throttle_statuses_make_any_status_rate_limiting(spec, url, mock):
+    _name, cls, base_url, *_ = spec
+    client = cls(base_url, spec[5], spec[6], throttle_statuses=(429, 503))
+    mock.post(url, status_code=503, headers={"X-RateLimit-Reset-After": "4"})
+    with pytest.raises(RateLimitedError) as info:
+        client.send(RECIPIENT, TEXT)
+    assert (info.value.status_code, info.value.retry_after) == (503, 4.0)
+    assert not info.value.outage
+    mock.post(url, status_code=503)
+    assert client.ping().status is HealthStatus.THROTTLED
+    client.close()
+
+
+def test_the_longest_of_several_reset_headers_wins(provider, url, mock):
+    mock.post(
+        url,
+        status_code=429,
+        headers={"Retry-After": "2", "RateLimit-Reset": "30", "X-RateLimit-Reset-After": "5"},
+    )
+    with pytest.raises(RateLimitedError) as info:
+        provider.send(RECIPIENT, TEXT)
+    assert info.value.retry_after == 30.0
+
+
+def test_an_error_body_is_read_up_to_64_kib(provider, url, mock):
+    mock.post(url, status_code=500, content=b"x" * (1024 * 1024))
+    with pytest.raises(ServerError) as info:
+        provider.send(RECIPIENT, TEXT)
+    assert len(info.value.body) == 64 * 1024
+
+
 # requests exception, our exception, words the message must contain
 EXCEPTION_TABLE = [
     (requests.exceptions.ConnectTimeout, ConnectError, "no connection within 3 s"),

@@ -218,3 +218,45 @@ def test_policy_is_reusable_across_calls():
         attempt = Attempts(server_error(), server_error())
         call_with_retry(attempt, policy, wait=sleep)
         assert sleep.waits == [1.0, 2.0]
+
+
+# -- max-retry-after: a Retry-After longer than the cap is not slept (issue #13 point 4) --
+
+
+def test_a_retry_after_longer_than_the_cap_is_not_retried():
+    sleep = FakeSleep()
+    error = rate_limited(retry_after=999999999.0)
+    attempt = Attempts(error)
+    with pytest.raises(type(error)) as info:
+        call_with_retry(attempt, RetryPolicy(max_retry_after=60.0), wait=sleep)
+    assert info.value is error
+    assert attempt.count == 1
+    assert sleep.waits == []
+
+
+def test_a_retry_after_up_to_the_cap_is_waited_for():
+    sleep = FakeSleep()
+    attempt = Attempts(rate_limited(retry_after=60.0))
+    assert call_with_retry(attempt, RetryPolicy(max_retry_after=60.0), wait=sleep) == "ok"
+    assert sleep.waits == [60.0]
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts", "expected"),
+    [
+        (server_error(), 1, True),
+        (server_error(), 3, False),  # the last of total = 3
+        (rate_limited(retry_after=5.0), 1, True),
+        (rate_limited(retry_after=61.0), 1, False),
+        (rate_limited(retry_after=None), 1, True),
+        (invalid_request(status_code=400), 1, False),
+    ],
+)
+def test_should_retry(error, attempts, expected):
+    assert RetryPolicy(max_retry_after=60.0).should_retry(error, attempts) is expected
+
+
+def test_the_cap_does_not_apply_when_retry_after_is_not_respected():
+    policy = RetryPolicy(respect_retry_after=False, max_retry_after=1.0)
+    assert not policy.too_long(rate_limited(retry_after=3600.0))
+    assert policy.should_retry(rate_limited(retry_after=3600.0), 1)

@@ -1,12 +1,32 @@
 """A per-provider circuit breaker (SPEC §3): stop calling a provider that is down.
 
+The circuit opens on the failure *rate* of the provider's recent messages, not on a run of
+consecutive failures, so that a few recipients the provider refuses (blocked numbers,
+carrier errors: real providers answer 500 for those) never open it while the others go
+through, and a real outage still opens it within about ``minimum_calls`` messages. This is
+resilience4j's ``COUNT_BASED`` sliding window (``slidingWindowSize``,
+``minimumNumberOfCalls``, ``failureRateThreshold``) with one difference: an entry of the
+window is a *message*, not an attempt. A message enters the window with its first outcome on
+the provider; its retries add nothing, except that a message that failed and then got
+through on a retry turns into a success. A recipient the provider refuses then weighs one
+failure, not ``max-attempts`` failures, which is what separates it from an outage; and an
+outage is seen as soon as ``minimum_calls`` messages have *begun* to fail, without waiting
+for their retries.
+
 States::
 
-    CLOSED ──(failure_threshold consecutive outage failures)──▶ OPEN
+    CLOSED ──(>= minimum_calls messages in the window and
+              failures / calls >= failure_rate_threshold)──▶ OPEN
     OPEN ──(reset_timeout elapsed, next caller)──▶ HALF_OPEN: that caller is the single trial
-    HALF_OPEN ──(trial succeeds, or the provider answers at all)──▶ CLOSED
+    HALF_OPEN ──(trial succeeds, or the provider answers at all)──▶ CLOSED (window emptied)
     HALF_OPEN ──(trial fails with an outage)──▶ OPEN (timer restarts)
     any ──(disable(): 401/403)──▶ DISABLED, for the rest of the process
+
+Besides its state, a provider can be *paused* (``pause``): it asked, with a Retry-After
+longer than ``max-retry-after``, not to be called before some time. While paused or open,
+``before_request`` raises a ``ProviderUnavailableError`` (``ProviderPausedError`` /
+``CircuitOpenError``) carrying ``available_in``, and ``available_in()`` tells a waiting caller
+(a bulk run whose rows wait out an outage) how long that is.
 
 The breaker is written here rather than taken from pybreaker because pybreaker holds one lock
 around the whole wrapped call, which serialises every concurrent send of a worker pool behind
@@ -15,18 +35,29 @@ one HTTP request. Here the lock guards only the bookkeeping; the request runs ou
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .errors import AuthError, CircuitOpenError, HTTPStatusError, ProviderDisabledError
-from .events import CircuitChanged, Emit
+from .errors import (
+    AuthError,
+    CircuitOpenError,
+    HTTPStatusError,
+    ProviderDisabledError,
+    ProviderPausedError,
+    RateLimitedError,
+)
+from .events import CircuitChanged, Emit, ProviderPaused
 
 __all__ = ["CircuitBreaker", "CircuitState"]
 
 T = TypeVar("T")
+
+_Changes = list[tuple["CircuitState", "CircuitState", str]]
 
 
 class CircuitState(StrEnum):
@@ -39,49 +70,66 @@ class CircuitState(StrEnum):
 
 
 class CircuitBreaker:
-    """Fail fast on a provider after consecutive outage failures; probe it again later.
+    """Fail fast on a provider whose recent messages mostly failed; probe it again later.
 
-    Thread-safe: many workers may share one breaker. Only failures whose exception has
-    ``outage`` set (connect errors, timeouts, 5xx) count. Other answers (429, invalid request)
-    neither count nor reset the count while closed, so a flapping provider still opens the
-    circuit; but in half-open any HTTP answer proves the provider is up and closes it. An
-    ``AuthError`` disables the provider. Only the caller that was admitted as the half-open
-    trial (same thread) decides the trial; reports from requests admitted earlier are ignored
-    while open or half-open. A trial that never reports expires after ``trial_timeout``
-    (default ``reset_timeout``) and the next caller becomes the trial.
+    Thread-safe: many workers may share one breaker. The window holds the outcome of the
+    last ``window_size`` messages: an outage failure (``exc.outage``: connect errors,
+    timeouts, 5xx) is a failure; any other answer of the provider (2xx, an invalid-request
+    4xx) is a success, since the provider is up; throttling and errors that say nothing
+    about the provider are not recorded. In half-open any HTTP answer proves the provider is
+    up and closes the circuit. An ``AuthError`` disables the provider. Only the caller that
+    was admitted as the half-open trial (same thread) decides the trial; reports from
+    requests admitted earlier are ignored while open or half-open. A trial that never
+    reports expires after ``trial_timeout`` (default ``reset_timeout``) and the next caller
+    becomes the trial.
 
-        breaker = CircuitBreaker("kakaotalk", 5, 30, emit=events.emit)
+        breaker = CircuitBreaker("kakaotalk", window_size=20, minimum_calls=10, emit=events.emit)
         result = breaker.call(lambda: provider.send(message))
     """
 
     def __init__(
         self,
         provider: str,
-        failure_threshold: int = 5,
-        reset_timeout: float = 30.0,
         *,
+        window_size: int = 20,
+        minimum_calls: int = 10,
+        failure_rate_threshold: float = 0.5,
+        reset_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         emit: Emit | None = None,
         trial_timeout: float | None = None,
     ) -> None:
-        if failure_threshold < 1:
-            raise ValueError("failure_threshold must be at least 1")
+        if window_size < 1:
+            raise ValueError("window_size must be at least 1")
+        if not 1 <= minimum_calls <= window_size:
+            raise ValueError("minimum_calls must be from 1 to window_size")
+        if not 0 < failure_rate_threshold <= 1:
+            raise ValueError("failure_rate_threshold must be above 0 and at most 1")
         if reset_timeout <= 0:
             raise ValueError("reset_timeout must be positive")
         self.provider = provider
-        self.failure_threshold = failure_threshold
+        self.window_size = window_size
+        self.minimum_calls = minimum_calls
+        self.failure_rate_threshold = float(failure_rate_threshold)
         self.reset_timeout = float(reset_timeout)
         self.trial_timeout = float(trial_timeout if trial_timeout is not None else reset_timeout)
         self._clock = clock
         self._emit = emit
         self._lock = threading.Lock()
         self._state = CircuitState.CLOSED
+        #: one ``[failed, message]`` per message; ``_pending`` finds a failed message's entry
+        #: (by ``id``: the entry holds the message, so the id is not reused meanwhile)
+        self._window: deque[list[Any]] = deque()
+        self._pending: dict[int, list[Any]] = {}
         self._failures = 0
         self._opened_count = 0
         self._opened_at = 0.0
+        self._paused_until = -math.inf
+        self._pause_reason = ""
         self._trial_thread: int | None = None
         self._trial_started = 0.0
         self._last_error = ""
+        self._open_reason = ""
         self._disabled_reason: str | None = None
 
     # -- read-only views -------------------------------------------------------------------
@@ -92,9 +140,26 @@ class CircuitBreaker:
         return self._state
 
     @property
-    def consecutive_failures(self) -> int:
-        """Return the outage failures counted since the last success or closing."""
+    def calls(self) -> int:
+        """Return how many messages the window holds now."""
+        return len(self._window)
+
+    @property
+    def failures(self) -> int:
+        """Return how many of the messages in the window failed with an outage."""
         return self._failures
+
+    @property
+    def answering(self) -> bool:
+        """Return whether the provider got messages through lately (a success in the window)."""
+        return self._state is CircuitState.CLOSED and len(self._window) > self._failures
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Return failures / calls in the window, or None below ``minimum_calls``."""
+        with self._lock:
+            calls = len(self._window)
+            return self._failures / calls if calls >= self.minimum_calls else None
 
     @property
     def opened_count(self) -> int:
@@ -113,47 +178,79 @@ class CircuitBreaker:
                 return 0.0
             return max(0.0, self.reset_timeout - (self._clock() - self._opened_at))
 
+    def paused_for(self) -> float:
+        """Return how long the provider's pause (a long Retry-After) still lasts (0: none)."""
+        with self._lock:
+            return max(0.0, self._paused_until - self._clock())
+
+    def available_in(self) -> float:
+        """Return the seconds until a request may be tried: 0 now, ``math.inf`` if disabled.
+
+        Open: until the trial; paused: until the pause ends; half-open with the trial in
+        flight: until that trial expires at the latest (it usually decides sooner).
+        """
+        with self._lock:
+            now = self._clock()
+            wait = max(0.0, self._paused_until - now)
+            if self._state is CircuitState.DISABLED:
+                return math.inf
+            if self._state is CircuitState.OPEN:
+                wait = max(wait, self.reset_timeout - (now - self._opened_at))
+            elif self._state is CircuitState.HALF_OPEN and self._trial_thread is not None:
+                wait = max(wait, self.trial_timeout - (now - self._trial_started))
+            return max(0.0, wait)
+
     def __repr__(self) -> str:
         return (
             f"CircuitBreaker({self.provider!r}, state={self._state.value!r}, "
-            f"failures={self._failures}/{self.failure_threshold})"
+            f"failures={self._failures}/{len(self._window)} of {self.window_size})"
         )
 
     # -- the protocol ----------------------------------------------------------------------
 
     def before_request(self) -> None:
-        """Admit a request, or raise CircuitOpenError / ProviderDisabledError to fail fast."""
-        changes: list[tuple[CircuitState, CircuitState, str]] = []
+        """Admit a request, or raise ProviderUnavailableError / ProviderDisabledError."""
+        changes: _Changes = []
         try:
             with self._lock:
                 self._admit(changes)
         finally:
             self._notify(changes)
 
-    def record_success(self) -> None:
-        """Report that an admitted request succeeded."""
-        changes: list[tuple[CircuitState, CircuitState, str]] = []
+    def record_success(self, *, message: object | None = None) -> None:
+        """Report that an admitted request succeeded (an attempt of ``message``, if given)."""
+        changes: _Changes = []
         with self._lock:
             if self._state is CircuitState.CLOSED:
-                self._failures = 0
+                self._count(False, message, changes)
             elif self._state is CircuitState.HALF_OPEN and self._is_trial():
                 self._close("trial request succeeded", changes)
         self._notify(changes)
 
-    def record_failure(self, exc: BaseException) -> None:
-        """Report that an admitted request failed with ``exc``."""
+    def record_failure(
+        self, exc: BaseException, *, message: object | None = None, count: bool = True
+    ) -> None:
+        """Report that an admitted request failed with ``exc``.
+
+        ``message`` identifies the message the attempt was for (any object, the same for
+        all its attempts): the window holds one entry per message. Without it every call
+        is a message of its own. ``count=False`` keeps the attempt out of the window (a
+        recipient that an earlier channel refused too) while it still decides a trial.
+        """
         if isinstance(exc, AuthError):
             self.disable(str(exc))
             return
         outage = bool(getattr(exc, "outage", False))
-        changes: list[tuple[CircuitState, CircuitState, str]] = []
+        changes: _Changes = []
         with self._lock:
             if self._state is CircuitState.CLOSED:
-                if outage:
-                    self._failures += 1
+                if not count:
+                    pass
+                elif outage:
                     self._last_error = str(exc)
-                    if self._failures >= self.failure_threshold:
-                        self._open(f"{self._failures} consecutive failures, last: {exc}", changes)
+                    self._count(True, message, changes)
+                elif isinstance(exc, HTTPStatusError) and not isinstance(exc, RateLimitedError):
+                    self._count(False, message, changes)  # the provider answered: it is up
             elif self._state is CircuitState.HALF_OPEN and self._is_trial():
                 if outage:
                     self._last_error = str(exc)
@@ -165,9 +262,22 @@ class CircuitBreaker:
                     self._trial_thread = None
         self._notify(changes)
 
+    def pause(self, seconds: float, reason: str) -> None:
+        """Refuse requests for ``seconds`` (a Retry-After too long to wait out per message)."""
+        if not seconds > 0:
+            return
+        with self._lock:
+            until = self._clock() + seconds
+            if until <= self._paused_until:
+                return
+            self._paused_until = until
+            self._pause_reason = reason
+        if self._emit is not None:
+            self._emit(ProviderPaused(self.provider, seconds, reason))
+
     def disable(self, reason: str) -> None:
         """Disable the provider for the rest of the process (credentials refused)."""
-        changes: list[tuple[CircuitState, CircuitState, str]] = []
+        changes: _Changes = []
         with self._lock:
             if self._state is not CircuitState.DISABLED:
                 changes.append((self._state, CircuitState.DISABLED, reason))
@@ -177,7 +287,7 @@ class CircuitBreaker:
         self._notify(changes)
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` through the breaker, reporting its outcome."""
+        """Run ``fn`` through the breaker as one message, reporting its outcome."""
         self.before_request()
         try:
             result = fn()
@@ -189,25 +299,32 @@ class CircuitBreaker:
 
     # -- internals (called with the lock held) ---------------------------------------------
 
-    def _admit(self, changes: list[tuple[CircuitState, CircuitState, str]]) -> None:
+    def _admit(self, changes: _Changes) -> None:
         """Decide whether the calling thread may send now."""
         state = self._state
-        if state is CircuitState.CLOSED:
-            return
         if state is CircuitState.DISABLED:
             raise ProviderDisabledError(
                 f"{self.provider} is disabled for this run: {self._disabled_reason}",
                 provider=self.provider,
             )
         now = self._clock()
+        paused = self._paused_until - now
+        if paused > 0:
+            raise ProviderPausedError(
+                f"{self.provider} is paused for {paused:.1f} s more ({self._pause_reason})",
+                provider=self.provider,
+                available_in=paused,
+            )
+        if state is CircuitState.CLOSED:
+            return
         if state is CircuitState.OPEN:
             remaining = self.reset_timeout - (now - self._opened_at)
             if remaining > 0:
                 raise CircuitOpenError(
-                    f"{self.provider} circuit is open after {self.failure_threshold} "
-                    f"consecutive failures (last: {self._last_error}); "
+                    f"{self.provider} circuit is open ({self._open_reason}); "
                     f"next trial in {remaining:.1f} s",
                     provider=self.provider,
+                    available_in=remaining,
                 )
             changes.append(
                 (state, CircuitState.HALF_OPEN, "reset timeout elapsed; sending one trial")
@@ -216,12 +333,48 @@ class CircuitBreaker:
             self._grant_trial(now)
             return
         # HALF_OPEN: one trial at a time; a trial that never reported expires.
-        if self._trial_thread is not None and now - self._trial_started < self.trial_timeout:
+        in_flight = now - self._trial_started
+        if self._trial_thread is not None and in_flight < self.trial_timeout:
             raise CircuitOpenError(
                 f"{self.provider} circuit is half-open and its trial request is in flight",
                 provider=self.provider,
+                available_in=self.trial_timeout - in_flight,
             )
         self._grant_trial(now)
+
+    def _count(self, failed: bool, message: object | None, changes: _Changes) -> None:
+        """Add one message's outcome to the window (or amend it); open on the failure rate."""
+        if message is not None:
+            entry = self._pending.get(id(message))
+            if entry is not None:
+                if not failed:  # it failed before and got through now
+                    entry[0] = False
+                    self._failures -= 1
+                    del self._pending[id(message)]
+                return
+        entry = [failed, message]
+        self._window.append(entry)
+        if failed:
+            self._failures += 1
+            if message is not None:
+                self._pending[id(message)] = entry
+        if len(self._window) > self.window_size:
+            old_failed, old_message = self._window.popleft()
+            if old_failed:
+                self._failures -= 1
+                if old_message is not None:
+                    self._pending.pop(id(old_message), None)
+        calls = len(self._window)
+        if (
+            failed
+            and calls >= self.minimum_calls
+            and self._failures >= self.failure_rate_threshold * calls
+        ):
+            self._open(
+                f"{self._failures} of the last {calls} messages failed "
+                f"({self._failures / calls:.0%}), last: {self._last_error}",
+                changes,
+            )
 
     def _grant_trial(self, now: float) -> None:
         """Make the calling thread the half-open trial."""
@@ -232,22 +385,29 @@ class CircuitBreaker:
         """Return whether the calling thread holds the trial permit."""
         return self._trial_thread == threading.get_ident()
 
-    def _open(self, reason: str, changes: list[tuple[CircuitState, CircuitState, str]]) -> None:
+    def _open(self, reason: str, changes: _Changes) -> None:
         """Move to OPEN and start the reset timer."""
         changes.append((self._state, CircuitState.OPEN, reason))
         self._state = CircuitState.OPEN
+        self._open_reason = reason
         self._opened_at = self._clock()
         self._opened_count += 1
         self._trial_thread = None
+        self._reset_window()
 
-    def _close(self, reason: str, changes: list[tuple[CircuitState, CircuitState, str]]) -> None:
-        """Move to CLOSED with a fresh count."""
+    def _close(self, reason: str, changes: _Changes) -> None:
+        """Move to CLOSED with an empty window."""
         changes.append((self._state, CircuitState.CLOSED, reason))
         self._state = CircuitState.CLOSED
-        self._failures = 0
         self._trial_thread = None
+        self._reset_window()
 
-    def _notify(self, changes: list[tuple[CircuitState, CircuitState, str]]) -> None:
+    def _reset_window(self) -> None:
+        self._window.clear()
+        self._pending.clear()
+        self._failures = 0
+
+    def _notify(self, changes: _Changes) -> None:
         """Emit a ``CircuitChanged`` event per transition, outside the lock."""
         if self._emit is None:
             return

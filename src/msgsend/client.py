@@ -8,9 +8,17 @@ Layers, outermost first (each can be tested alone)::
               └ RateLimiter.acquire ─ a lease on a slot, settled when the provider answers
                   └ Provider.send ─ exactly one HTTP request
 
-The breaker sits inside the retry loop so that it sees every attempt: an outage opens it
-after ``failure-threshold`` requests, not ``failure-threshold x max-attempts``, and a
-retry wait is cut short when the circuit opens meanwhile.
+The breaker sits inside the retry loop so that every attempt is admitted by it (a half-open
+trial is one attempt, and a retry wait is cut short when the circuit opens meanwhile), but
+its window counts each message once: every attempt is reported with the message it is for.
+A recipient that KakaoTalk (otherwise delivering) answered 5xx for and SMS does too is not
+counted against SMS: two providers refusing one number says something about the number.
+A Retry-After longer than ``max-retry-after`` is not waited for: the provider is paused
+until then (``CircuitBreaker.pause``) and the message goes on by fallback.
+
+When no channel of a message can be tried now (circuits open, providers paused), the result
+says so (``unavailable``, ``available_in``) instead of counting a failure: a bulk run keeps
+the row waiting.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from .errors import (
     ProviderDisabledError,
     ProviderError,
     RateLimitedError,
+    ServerError,
 )
 from .events import (
     AttemptFinished,
@@ -157,11 +166,14 @@ class Sender:
         owned_limiter = None
         if limiter is None:
             owned_limiter = limiter = build_limiter(config)
+        settings = config.circuit_breaker
         breakers = {
             name: CircuitBreaker(
                 name,
-                config.circuit_breaker.failure_threshold,
-                config.circuit_breaker.reset_timeout,
+                window_size=settings.window_size,
+                minimum_calls=settings.minimum_calls,
+                failure_rate_threshold=settings.failure_rate_threshold,
+                reset_timeout=settings.reset_timeout,
                 emit=events.emit,
             )
             for name in providers
@@ -178,6 +190,7 @@ class Sender:
                 config.retry.backoff_delay,
                 config.retry.multiplier,
                 config.retry.max_delay,
+                config.retry.max_retry_after,
             ),
             fallback=config.fallback,
             limiter=limiter,
@@ -260,9 +273,21 @@ class Sender:
                         )
                         result.fallback = True
                 result.channel = current.value
+                # A recipient that an earlier channel, otherwise answering, refused with a 5xx
+                # and this one refuses too is about the recipient, not this provider: its
+                # window does not count it. (An earlier channel with no success lately may be
+                # down as well.)
+                refused_before = any(
+                    isinstance(e, ServerError) and self._answering(e.provider) for e in errors
+                )
                 try:
                     self._deliver(
-                        current.value, number, text, result, lease if index == 0 else None
+                        current.value,
+                        number,
+                        text,
+                        result,
+                        lease if index == 0 else None,
+                        refused_before=refused_before,
                     )
                 except MsgsendError as exc:
                     errors.append(exc)
@@ -356,7 +381,7 @@ class Sender:
                 continue  # refused our credentials, or cannot carry this message
             if state is CircuitState.OPEN:
                 assert breaker is not None
-                seconds = float(breaker.seconds_until_trial())
+                seconds = breaker.available_in()  # the trial, or a longer pause
                 hints.append(seconds if seconds > 0 else None)
             elif error is not None and error.unavailable:
                 hints.append(self._available_in(error))
@@ -364,11 +389,16 @@ class Sender:
                 return None  # this channel can be tried now: the message failed on its own
         return hints or None
 
+    def _answering(self, provider: str | None) -> bool:
+        """Return whether ``provider`` got messages through lately (its breaker says so)."""
+        breaker = self.breakers.get(provider or "")
+        return breaker is not None and breaker.answering
+
     def _available_in(self, error: MsgsendError) -> float | None:
         """Return seconds until the channel of an ``unavailable`` error may take messages."""
         breaker = self.breakers.get(error.provider or "")
         if isinstance(error, CircuitOpenError) and breaker is not None:
-            seconds = float(breaker.seconds_until_trial())
+            seconds = breaker.available_in()
             return seconds if seconds > 0 else None  # a trial is in flight: soon
         return error.available_in
 
@@ -399,10 +429,13 @@ class Sender:
         text: str,
         result: DeliveryResult,
         lease: Lease | None = None,
+        *,
+        refused_before: bool = False,
     ) -> None:
         """Send on one provider with retries; raise the last error if it never succeeds.
 
         ``lease``, a slot already taken on ``provider_name``, serves the first attempt.
+        ``refused_before``: an earlier channel refused this recipient with a 5xx (see ``send``).
         """
         provider = self.providers[provider_name]
         breaker = self.breakers.get(provider_name)
@@ -448,7 +481,13 @@ class Sender:
                         lease.settle()
             except ProviderError as exc:
                 self._failed(
-                    provider_name, exc, time.perf_counter() - started, breaker, masked, result
+                    provider_name,
+                    exc,
+                    time.perf_counter() - started,
+                    breaker,
+                    masked,
+                    result,
+                    count=not (refused_before and isinstance(exc, ServerError)),
                 )
                 raise
             elapsed = time.perf_counter() - started
@@ -456,7 +495,7 @@ class Sender:
                 AttemptFinished(provider_name, "success", elapsed, masked, result.attempts)
             )
             if breaker is not None:
-                breaker.record_success()
+                breaker.record_success(message=result)
 
         def on_retry(retry_number: int, delay: float, error: MsgsendError) -> None:
             result.retries += 1
@@ -492,6 +531,8 @@ class Sender:
         breaker: CircuitBreaker | None,
         masked: str,
         result: DeliveryResult,
+        *,
+        count: bool,
     ) -> None:
         retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
         self.events.emit(
@@ -513,11 +554,18 @@ class Sender:
             if breaker is not None:
                 breaker.disable(str(exc))
             return
-        if isinstance(exc, RateLimitedError) and self.limiter is not None:
-            self.limiter.note_throttled(provider_name, retry_after)
+        if isinstance(exc, RateLimitedError):
+            if self.limiter is not None:
+                self.limiter.note_throttled(provider_name, retry_after)
+            if breaker is not None and retry_after is not None and self.retry.too_long(exc):
+                breaker.pause(
+                    retry_after,
+                    f"it asked to wait {retry_after:.0f} s, more than "
+                    f"[retry] max-retry-after = {self.retry.max_retry_after:g} s",
+                )
         if breaker is not None:
-            # Only outages count; any HTTP answer ends a half-open trial.
-            breaker.record_failure(exc)
+            # The window counts each message once; any HTTP answer ends a half-open trial.
+            breaker.record_failure(exc, message=result, count=count)
 
     def _wait(self, provider_name: str, delay: float) -> None:
         if self._sleep is not None:

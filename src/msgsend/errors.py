@@ -19,11 +19,13 @@ Hierarchy::
     │   │   ├── ReadTimeoutError    sent, no answer in time: may have been delivered
     │   │   └── ConnectionLostError the connection broke after sending: may have been delivered
     │   └── HTTPStatusError         the provider answered with a non-2xx status
-    │       ├── RateLimitedError    429, carries ``retry_after``
+    │       ├── RateLimitedError    429 (or a ``throttle-statuses`` status), carries ``retry_after``
     │       ├── ServerError         500, 502, 503, 504 (and any other 5xx)
     │       ├── AuthError           401 / 403: the provider is disabled for the process
     │       └── InvalidRequestError any other 4xx: the message itself is refused
-    ├── CircuitOpenError            the provider's circuit is open: failed fast, nothing sent
+    ├── ProviderUnavailableError     nothing was sent: the provider cannot be tried now
+    │   ├── CircuitOpenError        its circuit is open; carries ``available_in``
+    │   └── ProviderPausedError     it asked for a pause longer than ``max-retry-after``
     ├── ProviderDisabledError       the provider refused our credentials earlier in this process
     ├── LimiterError                the rate limiter's store cannot be used as configured (exit 78)
     ├── LimiterTimeout              no rate-limit slot within the caller's timeout; nothing sent
@@ -41,8 +43,11 @@ codes apply to one run: 130 > 78 > 75 > 74 > 1 > 0.
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
+import time
 from collections.abc import Mapping, Sequence
+from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
 from .redact import printable
@@ -66,6 +71,8 @@ __all__ = [
     "OutageError",
     "ProviderDisabledError",
     "ProviderError",
+    "ProviderPausedError",
+    "ProviderUnavailableError",
     "RateLimitedError",
     "ReadTimeoutError",
     "ResultsWriteError",
@@ -77,6 +84,7 @@ __all__ = [
     "error_for_status",
     "exit_code_for",
     "most_severe",
+    "throttle_wait",
 ]
 
 # SPEC §8 (sysexits.h names where there is one).
@@ -272,12 +280,35 @@ class InvalidRequestError(HTTPStatusError):
     kind = "invalid-request"
 
 
-class CircuitOpenError(MsgsendError):
-    """The provider's circuit breaker is open: the request was not sent."""
+class ProviderUnavailableError(MsgsendError):
+    """The provider cannot be tried now and nothing was sent; ``available_in`` says for how long.
+
+    Not a delivery failure: the message may go by fallback, or (in ``bulk``) wait until a
+    channel is available again. ``available_in`` is None when no time is known (a half-open
+    trial in flight decides it).
+    """
 
     fallback = True
     unavailable = True
+    kind = "unavailable"
+
+    def __init__(
+        self, message: str, *, provider: str | None = None, available_in: float | None = None
+    ) -> None:
+        super().__init__(message, provider=provider)
+        self.available_in = available_in
+
+
+class CircuitOpenError(ProviderUnavailableError):
+    """The provider's circuit breaker is open: the request was not sent."""
+
     kind = "circuit-open"
+
+
+class ProviderPausedError(ProviderUnavailableError):
+    """The provider asked us (Retry-After) to stay away longer than ``max-retry-after``."""
+
+    kind = "provider-paused"
 
 
 class ProviderDisabledError(MsgsendError):
@@ -373,29 +404,69 @@ def most_severe(*codes: int) -> int:
     return min(present) if present else EXIT_OK
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    """Parse a Retry-After header: delta-seconds or an HTTP date; None if absent or garbage."""
+#: The answer headers that say how long a throttled client should wait, in the order tried.
+THROTTLE_HEADERS = (
+    "Retry-After",
+    "RateLimit-Reset",
+    "X-RateLimit-Reset",
+    "X-RateLimit-Reset-After",
+)
+#: A number above this is an epoch time, not a delay (1e9 s is 2001-09-09; 1e12 means ms).
+_EPOCH_SECONDS = 1e9
+_EPOCH_MILLISECONDS = 1e12
+
+
+def _header_wait(value: str, now: float) -> float | None:
+    """Return the wait one throttle header asks for (seconds from ``now``), None if garbage.
+
+    A number is a delay in seconds, or above 1e9 an epoch time (above 1e12 in milliseconds);
+    anything else is tried as an HTTP date. Negative delays and past times mean "now" (0).
+    """
+    value = value.strip()
     if not value:
         return None
-    value = value.strip()
     try:
-        seconds = float(value)
+        number = float(value)
     except ValueError:
-        pass
-    else:
+        number = None
+    if number is not None:
         # "inf" or "nan" would make the retry wait forever (or crash time.sleep).
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    from email.utils import parsedate_to_datetime
-
+        if not math.isfinite(number):
+            return None
+        if number > _EPOCH_MILLISECONDS:
+            number = number / 1000.0 - now
+        elif number > _EPOCH_SECONDS:
+            number -= now
+        return max(0.0, number)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    import datetime as _dt
-
     if when.tzinfo is None:
         when = when.replace(tzinfo=_dt.UTC)
-    return max(0.0, (when - _dt.datetime.now(_dt.UTC)).total_seconds())
+    return max(0.0, when.timestamp() - now)
+
+
+def throttle_wait(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Return the longest wait a throttled answer's headers ask for, in seconds; None if none.
+
+    Honours ``Retry-After`` (delay or HTTP date), ``RateLimit-Reset``, ``X-RateLimit-Reset``
+    and ``X-RateLimit-Reset-After``; a value above 1e9 is an epoch time in seconds (above
+    1e12 in milliseconds). ``headers`` must look names up case-insensitively (requests'
+    ``CaseInsensitiveDict`` does); ``now`` is the wall clock (epoch seconds) to measure from.
+
+        throttle_wait({"Retry-After": "7"})            # 7.0
+        throttle_wait({"X-RateLimit-Reset": "1e10"})   # seconds until that epoch time
+    """
+    at = time.time() if now is None else now
+    waits = []
+    for name in THROTTLE_HEADERS:
+        raw = headers.get(name)
+        if raw is not None:
+            wait = _header_wait(str(raw), at)
+            if wait is not None:
+                waits.append(wait)
+    return max(waits) if waits else None
 
 
 def error_for_status(
@@ -404,17 +475,34 @@ def error_for_status(
     body: str = "",
     retry_after: str | None = None,
     location: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    throttle_statuses: Sequence[int] = (429,),
+    now: float | None = None,
 ) -> HTTPStatusError:
-    """Return the exception of SPEC §3 for a non-2xx ``status_code``."""
+    """Return the exception of SPEC §3 for a non-2xx ``status_code``.
+
+    A status in ``throttle_statuses`` (default 429) is rate limiting, whatever its number:
+    its wait comes from ``headers`` (see ``throttle_wait``) or, without them, from
+    ``retry_after`` (a Retry-After value).
+    """
     # A provider's text is shown escaped: it must not move the cursor or forge a log line.
     snippet = printable(" ".join(body.strip().splitlines()))[:200]
     detail = f": {snippet}" if snippet else ""
-    if status_code == 429:
+    if status_code in throttle_statuses:
+        if headers is None:
+            headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        what = (
+            "429 Too Many Requests"
+            if status_code == 429
+            else f"HTTP {status_code} (throttling: in [{provider}] throttle-statuses)"
+        )
         return RateLimitedError(
-            f"{provider} answered 429 Too Many Requests{detail}",
+            f"{provider} answered {what}{detail}",
             provider=provider,
+            status_code=status_code,
             body=body,
-            retry_after=_parse_retry_after(retry_after),
+            retry_after=throttle_wait(headers, now=now),
         )
     if status_code in (401, 403):
         return AuthError(

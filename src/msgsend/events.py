@@ -34,6 +34,7 @@ __all__ = [
     "Listener",
     "MessageFinished",
     "Overflowed",
+    "ProviderPaused",
     "RetryScheduled",
     "RowSettled",
     "RunPaused",
@@ -112,6 +113,15 @@ class CircuitChanged(Event):
     provider: str
     old: str
     new: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderPaused(Event):
+    """A provider asked to be left alone longer than ``max-retry-after``: paused ``seconds``."""
+
+    provider: str
+    seconds: float
     reason: str
 
 

@@ -31,6 +31,7 @@ from .events import (
     FellBack,
     MessageFinished,
     Overflowed,
+    ProviderPaused,
     RetryScheduled,
     RunPaused,
     RunResumed,
@@ -385,4 +386,12 @@ def log_event(event: Event) -> None:
                 event.new,
                 event.reason,
                 extra={"provider": event.provider, "circuit": event.new},
+            )
+        case ProviderPaused():
+            _circuit_log.warning(
+                "%s paused for %.0f s: %s",
+                event.provider,
+                event.seconds,
+                event.reason,
+                extra={"provider": event.provider, "paused_for": event.seconds},
             )

@@ -7,6 +7,10 @@
 (no jitter unless asked), lets tests run without sleeping, and lets the message service
 cut a wait short when the provider's circuit opens meanwhile (the next attempt would
 fail fast anyway).
+
+A Retry-After longer than ``max_retry_after`` is not slept: the error is not retried on
+that provider (``should_retry`` says no), and the message service pauses the provider
+until then instead (the message goes on by fallback, or waits in bulk).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class RetryPolicy:
     ``total`` counts every attempt, the first included. The wait before attempt n+1 is
     ``backoff_factor x multiplier^(n-1)`` seconds, at most ``backoff_max``; a 429's
     Retry-After replaces it when longer (and may exceed ``backoff_max``: the provider
-    said so).
+    said so), up to ``max_retry_after``: a longer one is not waited for on this message.
     """
 
     total: int = 3
@@ -40,6 +44,7 @@ class RetryPolicy:
     backoff_max: float = 30.0
     backoff_jitter: float = 0.0
     respect_retry_after: bool = True
+    max_retry_after: float = 60.0
 
     def backoff_for(self, retry_number: int) -> float:
         """Return the exponential wait before retry ``retry_number`` (1 = the second attempt)."""
@@ -48,6 +53,23 @@ class RetryPolicy:
         if self.backoff_jitter:
             delay += random.uniform(0, self.backoff_jitter)
         return max(0.0, delay)
+
+    def too_long(self, error: BaseException) -> bool:
+        """Return whether ``error`` asks for a wait longer than ``max_retry_after``."""
+        return (
+            self.respect_retry_after
+            and isinstance(error, RateLimitedError)
+            and error.retry_after is not None
+            and error.retry_after > self.max_retry_after
+        )
+
+    def should_retry(self, error: BaseException, attempts: int) -> bool:
+        """Return whether attempt ``attempts + 1`` on the same provider may follow ``error``."""
+        return (
+            attempts < self.total
+            and bool(getattr(error, "retryable", False))
+            and not self.too_long(error)
+        )
 
     def wait_for(self, retry_number: int, error: BaseException | None) -> float:
         """Return the wait before retry ``retry_number`` after ``error``."""
@@ -62,11 +84,20 @@ class RetryPolicy:
 
     @classmethod
     def from_config(
-        cls, max_attempts: int, delay: float, multiplier: float, max_delay: float
+        cls,
+        max_attempts: int,
+        delay: float,
+        multiplier: float,
+        max_delay: float,
+        max_retry_after: float = 60.0,
     ) -> RetryPolicy:
         """Return the policy of a ``[retry]`` table (delays in seconds)."""
         return cls(
-            total=max_attempts, backoff_factor=delay, multiplier=multiplier, backoff_max=max_delay
+            total=max_attempts,
+            backoff_factor=delay,
+            multiplier=multiplier,
+            backoff_max=max_delay,
+            max_retry_after=max_retry_after,
         )
 
 
@@ -77,7 +108,7 @@ def call_with_retry(
     wait: Callable[[float], None] = time.sleep,
     on_retry: Callable[[int, float, MsgsendError], None] | None = None,
 ) -> T:
-    """Call ``attempt`` until it succeeds, a non-retryable error, or ``policy.total`` tries.
+    """Call ``attempt`` until it succeeds, ``policy.should_retry`` says no, or ``total`` tries.
 
     ``on_retry(retry_number, delay, error)`` is called before each wait. The last error
     is re-raised unchanged.
@@ -101,7 +132,8 @@ def call_with_retry(
         waits,
         MsgsendError,
         max_tries=max(1, policy.total),
-        giveup=lambda exc: not getattr(exc, "retryable", False),
+        # The count is max_tries's; should_retry adds the kind of error and Retry-After.
+        giveup=lambda exc: not policy.should_retry(exc, 0),
         jitter=None,
         logger=None,
     )(attempt)

@@ -57,4 +57,5 @@ def build_provider(config: ProviderConfig, *, pool_size: int = 16) -> Provider:
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         pool_size=pool_size,
+        throttle_statuses=config.throttle_statuses,
     )

@@ -9,25 +9,21 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from .. import __version__
 from ..errors import (
-    ConnectError,
-    ConnectionLostError,
     HTTPStatusError,
     ProviderError,
-    ReadTimeoutError,
-    TransportError,
+    RateLimitedError,
     error_for_status,
 )
 from ..models import HealthStatus, ProviderHealth
+from .transport import Answer, DeadlineAdapter, Timeouts, exchange, map_requests_errors
 
 __all__ = ["Provider", "ProviderResponse", "map_requests_errors"]
 
@@ -39,76 +35,6 @@ class ProviderResponse:
     status_code: int
     elapsed: float
     body: str = ""
-
-
-@contextmanager
-def map_requests_errors(provider: str, timeout: tuple[float, float]) -> Iterator[None]:
-    """Turn ``requests`` transport exceptions into msgsend's, keeping the cause."""
-    connect_timeout, read_timeout = timeout
-    try:
-        yield
-    except requests.exceptions.ConnectTimeout as exc:
-        raise ConnectError(
-            f"{provider}: no connection within {connect_timeout:g} s", provider=provider
-        ) from exc
-    except requests.exceptions.ReadTimeout as exc:
-        raise ReadTimeoutError(
-            f"{provider}: no answer within {read_timeout:g} s (the message may have been "
-            "delivered)",
-            provider=provider,
-        ) from exc
-    except (requests.exceptions.SSLError, requests.exceptions.ProxyError) as exc:
-        # Both fail before the request reaches the provider: nothing was delivered.
-        raise ConnectError(f"{provider}: cannot connect ({exc})", provider=provider) from exc
-    except requests.exceptions.ConnectionError as exc:
-        if _is_connect_failure(exc):
-            raise ConnectError(
-                f"{provider}: cannot connect ({_reason(exc)})", provider=provider
-            ) from exc
-        raise ConnectionLostError(
-            f"{provider}: connection lost after sending ({_reason(exc)}; the message may "
-            "have been delivered)",
-            provider=provider,
-        ) from exc
-    except requests.exceptions.RequestException as exc:
-        raise TransportError(f"{provider}: request failed ({exc})", provider=provider) from exc
-
-
-def _is_connect_failure(exc: BaseException) -> bool:
-    """Return True when the request certainly never reached the provider."""
-    import urllib3.exceptions as u3
-
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(
-            current, u3.NewConnectionError | u3.ConnectTimeoutError | ConnectionRefusedError
-        ):
-            return True
-        if isinstance(current, u3.MaxRetryError) and current.reason is not None:
-            current = current.reason
-            continue
-        nxt = (
-            current.args[0] if current.args and isinstance(current.args[0], BaseException) else None
-        )
-        current = nxt or current.__cause__ or current.__context__
-    return False
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    for marker in (
-        "Connection refused",
-        "Name or service not known",
-        "Connection reset",
-        "Connection aborted",
-        "Remote end closed",
-        "No route to host",
-    ):
-        if marker in text:
-            return marker
-    return text.split(" (Caused by ")[-1].rstrip(")")[:160] or type(exc).__name__
 
 
 class Provider(ABC):
@@ -130,13 +56,18 @@ class Provider(ABC):
         read_timeout: float = 5.0,
         pool_size: int = 16,
         session: requests.Session | None = None,
+        throttle_statuses: Sequence[int] = (429,),
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: answers with these statuses are rate limiting (RateLimitedError), whatever the number
+        self.throttle_statuses = tuple(throttle_statuses)
         self.url = self.base_url + self.path
         self.timeout = (connect_timeout, read_timeout)
+        #: ``timeout`` bounds the whole exchange: connect, send, status line, headers, body
+        self.timeouts = Timeouts.of(connect_timeout, read_timeout)
         self._owns_session = session is None
         self.session = session or requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size))
+        adapter = DeadlineAdapter(pool_connections=1, pool_maxsize=max(1, pool_size))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         # Per request, not on the session: an injected session may serve both providers.
@@ -174,21 +105,21 @@ class Provider(ABC):
     def build_body(self, recipient: str, text: str) -> dict[str, str]:
         """Return the JSON body of one message (SPEC §2)."""
 
-    def _post(self, body: dict[str, Any]) -> requests.Response:
+    def _post(self, body: dict[str, Any]) -> Answer:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        with map_requests_errors(self.name, self.timeout):
-            # No redirects: requests turns a POST answered 301/302/303 into a GET, and that
-            # GET's 200 would count as delivered.
-            if self._template is not None and not self.session.cookies:
-                # (A cookie the provider set would have to be merged in: Session.post does.)
-                request = self._template.copy()
-                request.prepare_body(data, None)
-                return self.session.send(
-                    request, timeout=self.timeout, allow_redirects=False, **self._send_settings
-                )
-            return self.session.post(
-                self.url, data=data, timeout=self.timeout, auth=self._auth, allow_redirects=False
+        if self._template is not None and not self.session.cookies:
+            # (A cookie the provider set would have to be merged in: Session.post does.)
+            request = self._template.copy()
+            request.prepare_body(data, None)
+            settings = self._send_settings
+        else:
+            request = self.session.prepare_request(
+                requests.Request("POST", self.url, data=data, auth=self._auth)
             )
+            settings = self.session.merge_environment_settings(self.url, {}, None, None, None)
+        return exchange(
+            self.session, request, provider=self.name, timeouts=self.timeouts, settings=settings
+        )
 
     def send(self, recipient: str, text: str) -> ProviderResponse:
         """Make one attempt to deliver ``text`` to ``recipient``; raise ProviderError on failure."""
@@ -202,8 +133,9 @@ class Provider(ABC):
             self.name,
             response.status_code,
             body,
-            response.headers.get("Retry-After"),
-            response.headers.get("Location"),
+            location=response.headers.get("Location"),
+            headers=response.headers,
+            throttle_statuses=self.throttle_statuses,
         )
 
     def ping(self) -> ProviderHealth:
@@ -219,11 +151,16 @@ class Provider(ABC):
         if code in (400, 422) or 200 <= code < 300:
             return ProviderHealth(self.name, HealthStatus.UP, latency, f"HTTP {code}", code)
         error: HTTPStatusError = error_for_status(
-            self.name, code, response.text, location=response.headers.get("Location")
+            self.name,
+            code,
+            response.text,
+            location=response.headers.get("Location"),
+            headers=response.headers,
+            throttle_statuses=self.throttle_statuses,
         )
         if code in (401, 403):
             return ProviderHealth(self.name, HealthStatus.AUTH_FAILED, latency, str(error), code)
-        if code == 429:
+        if isinstance(error, RateLimitedError):
             return ProviderHealth(self.name, HealthStatus.THROTTLED, latency, str(error), code)
         if code == 404:
             detail = f"HTTP 404 at {self.url}: check [{self.name}] base-url"

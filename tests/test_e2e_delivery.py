@@ -1,0 +1,180 @@
+"""End to end through the CLI against providers that misbehave as real ones do (issue 13).
+
+Each provider is a real HTTP server on 127.0.0.1 (``misbehaving.MisbehavingProvider``):
+trickling answers, a 200 MB body, absurd throttling headers, numbers refused with 500.
+Deadlines are 1 s; the assertions leave several seconds of slack for a loaded machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from e2e import phone, read_results, write_config, write_csv
+from misbehaving import MisbehavingProvider
+from msgsend.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> Any:
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def kakaotalk() -> Iterator[MisbehavingProvider]:
+    with MisbehavingProvider("ok") as server:
+        yield server
+
+
+@pytest.fixture
+def sms() -> Iterator[MisbehavingProvider]:
+    with MisbehavingProvider("ok") as server:
+        yield server
+
+
+class Providers:
+    """The two servers, as ``write_config`` wants them."""
+
+    def __init__(self, kakaotalk: MisbehavingProvider, sms: MisbehavingProvider) -> None:
+        self.kakaotalk_url, self.sms_url = kakaotalk.url, sms.url
+
+
+def config(
+    path: Path,
+    kakaotalk: MisbehavingProvider,
+    sms: MisbehavingProvider,
+    *,
+    timeout: float = 5.0,
+    attempts: int = 3,
+    kakaotalk_extra: str = "",
+) -> str:
+    return str(
+        write_config(
+            path,
+            Providers(kakaotalk, sms),
+            timeout=timeout,
+            max_attempts=attempts,
+            kakaotalk_extra=kakaotalk_extra,
+        )
+    )
+
+
+def send_json(config_path: str, *extra: str) -> tuple[Any, dict[str, Any], float]:
+    started = time.monotonic()
+    result = invoke(
+        "send", "010-1234-5678", "안녕하세요", "--json", "--config", config_path, *extra
+    )
+    return result, json.loads(result.stdout), time.monotonic() - started
+
+
+# ------------------------------------------------------------------ the whole-exchange deadline
+
+
+@pytest.mark.parametrize("mode", ["trickle-headers", "trickle-body"])
+def test_a_trickling_provider_fails_the_send_at_the_timeout(tmp_path, kakaotalk, sms, mode):
+    kakaotalk.mode, kakaotalk.interval, kakaotalk.trickle_bytes = mode, 0.1, 1000
+    path = config(tmp_path / "c.toml", kakaotalk, sms, timeout=1.0, attempts=1)
+    result, document, elapsed = send_json(path)
+    assert result.exit_code == 0, result.output
+    assert (document["channel"], document["fallback"]) == ("sms", True)
+    assert elapsed < 8.0  # 1 s on KakaoTalk (not the trickle's 100 s), then SMS
+    assert "no complete answer within 1 s" in result.stderr
+
+
+def test_a_200_mb_answer_is_not_read(tmp_path, kakaotalk, sms):
+    kakaotalk.mode = "huge"
+    path = config(tmp_path / "c.toml", kakaotalk, sms)
+    result, document, _ = send_json(path)
+    assert result.exit_code == 0, result.output
+    assert (document["status"], document["channel"]) == ("sent", "kakaotalk")
+    time.sleep(0.2)
+    assert kakaotalk.bytes_written < 32 * 1024 * 1024
+
+
+# ------------------------------------------------------------------ throttling
+
+
+@pytest.mark.parametrize(
+    "retry_after", ["999999999", "Thu, 01 Jan 2099 00:00:00 GMT", "1e400", "-5", "soon"]
+)
+def test_an_absurd_retry_after_is_never_slept(tmp_path, kakaotalk, sms, retry_after):
+    kakaotalk.mode, kakaotalk.throttle_headers = "throttle", {"Retry-After": retry_after}
+    path = config(tmp_path / "c.toml", kakaotalk, sms, attempts=2)
+    result, document, elapsed = send_json(path)
+    assert result.exit_code == 0, result.output
+    assert (document["status"], document["channel"]) == ("sent", "sms")
+    assert elapsed < 8.0
+
+
+def test_a_long_retry_after_pauses_kakaotalk_for_the_rest_of_a_bulk_run(tmp_path, kakaotalk, sms):
+    kakaotalk.mode, kakaotalk.throttle_headers = "throttle", {"Retry-After": "3600"}
+    rows = [(phone(i), f"안내 {i}") for i in range(1, 21)]
+    source = write_csv(tmp_path / "in.csv", rows)
+    path = config(tmp_path / "c.toml", kakaotalk, sms)
+    result = invoke("bulk", str(source), "--concurrency", "1", "--config", path)
+    assert result.exit_code == 0, result.output
+    assert kakaotalk.count() == 1  # asked once, then left alone for the hour
+    assert sms.count() == 20
+    assert "rate-limit" in result.stderr
+
+
+def test_throttle_statuses_turn_a_503_into_rate_limiting(tmp_path, kakaotalk, sms):
+    kakaotalk.mode, kakaotalk.throttle_status = "throttle", 503
+    kakaotalk.throttle_headers = {"X-RateLimit-Reset-After": "0"}
+    rows = [(phone(i), f"안내 {i}") for i in range(1, 31)]
+    source = write_csv(tmp_path / "in.csv", rows)
+    path = config(
+        tmp_path / "c.toml", kakaotalk, sms, kakaotalk_extra="throttle-statuses = [429, 503]"
+    )
+    result = invoke("bulk", str(source), "--json", "--concurrency", "2", "--config", path)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["report"]["providers"]["kakaotalk"]
+    assert report["circuit_opened"] == 0  # throttling is no outage
+    assert report["results"].get("rate-limited", 0) == kakaotalk.count()
+    assert "provider-down" not in result.stderr
+
+
+# ------------------------------------------------------------------ the breaker
+
+
+@pytest.mark.parametrize("where", ["first", "spread"])
+def test_numbers_refused_with_500_never_open_the_breaker(tmp_path, kakaotalk, sms, where):
+    numbers = [phone(i) for i in range(1, 101)]
+    refused = set(numbers[:8] if where == "first" else numbers[::10])
+    for server in (kakaotalk, sms):
+        server.mode, server.refused = "refuse", refused
+    source = write_csv(tmp_path / "in.csv", [(n, "안내") for n in numbers])
+    path = config(tmp_path / "c.toml", kakaotalk, sms)
+    result = invoke("bulk", str(source), "--json", "--config", path)
+    assert result.exit_code == 1, result.output  # the refused numbers failed
+    document = json.loads(result.stdout)
+    for name in ("kakaotalk", "sms"):
+        assert document["report"]["providers"][name]["circuit_opened"] == 0
+    assert "provider-down" not in result.stderr
+    results = {row["recipient"]: row for row in read_results(tmp_path / "in.results.csv")}
+    for number in numbers:
+        row = results[number]
+        if number in refused:
+            assert row["status"] == "failed"
+        else:
+            assert (row["status"], row["channel"]) == ("sent", "kakaotalk"), row
+
+
+def test_a_real_outage_opens_the_breaker_within_about_ten_messages(tmp_path, kakaotalk, sms):
+    kakaotalk.mode, kakaotalk.refused = "refuse", {phone(i) for i in range(1, 201)}
+    source = write_csv(tmp_path / "in.csv", [(phone(i), "안내") for i in range(1, 201)])
+    path = config(tmp_path / "c.toml", kakaotalk, sms)
+    result = invoke("bulk", str(source), "--json", "--concurrency", "1", "--config", path)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["report"]["providers"]["kakaotalk"]["circuit_opened"] >= 1
+    # one message at a time: nine messages of three attempts, then the tenth's first
+    assert len(kakaotalk.requests) <= 10 * 3
+    assert "provider-down" in result.stderr

@@ -1,0 +1,112 @@
+"""Tests for msgsend.providers.transport against real misbehaving servers on 127.0.0.1.
+
+Deadlines here are 1 s: the assertions allow several seconds more, so that a loaded machine
+cannot fail them, while a per-read timeout (what requests alone gives) would take the
+trickle's full 20 s or more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from misbehaving import MisbehavingProvider
+from msgsend.errors import ConnectError, ReadTimeoutError
+from msgsend.providers.transport import MAX_BODY, DeadlineAdapter, Timeouts, exchange
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        session.trust_env = False
+        adapter = DeadlineAdapter(pool_connections=1, pool_maxsize=4)
+        session.mount("http://", adapter)
+        yield session
+
+
+def post(session: requests.Session, url: str, body: bytes = b"{}") -> requests.PreparedRequest:
+    return session.prepare_request(requests.Request("POST", url + "/sms", data=body))
+
+
+def send(session: requests.Session, server: MisbehavingProvider, total: float = 1.0) -> object:
+    return exchange(
+        session,
+        post(session, server.url),
+        provider="sms",
+        timeouts=Timeouts.of(total, total),
+    )
+
+
+@pytest.mark.parametrize("mode", ["trickle-headers", "trickle-body"])
+def test_a_trickling_answer_fails_at_the_whole_exchange_deadline(session, mode):
+    # one byte every 0.1 s: each read is quick, the whole would take 20 s
+    with MisbehavingProvider(mode, interval=0.1, trickle_bytes=200) as server:
+        started = time.monotonic()
+        with pytest.raises(ReadTimeoutError, match="no complete answer within 1 s") as info:
+            send(session, server, total=1.0)
+        elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 6.0
+    assert info.value.uncertain  # sent: it may have been delivered
+
+
+def test_a_silent_provider_fails_at_the_read_timeout(session):
+    with MisbehavingProvider("silent") as server:
+        started = time.monotonic()
+        with pytest.raises(ReadTimeoutError):
+            send(session, server, total=0.5)
+        assert time.monotonic() - started < 5.0
+
+
+def test_a_huge_body_is_read_up_to_64_kib_and_not_transferred(session):
+    with MisbehavingProvider("huge", huge_bytes=200 * 1024 * 1024) as server:
+        answer = send(session, server, total=5.0)
+        assert answer.status_code == 200  # type: ignore[attr-defined]
+        assert len(answer.content) == MAX_BODY  # type: ignore[attr-defined]
+        assert answer.truncated  # type: ignore[attr-defined]
+        time.sleep(0.2)  # let the server notice the closed connection
+        assert server.bytes_written < 32 * 1024 * 1024  # socket buffers, not 200 MB
+
+
+def test_a_small_body_is_read_whole(session):
+    with MisbehavingProvider("ok") as server:
+        answer = send(session, server)
+    assert answer.status_code == 200  # type: ignore[attr-defined]
+    assert answer.json() == {"status": "ok"}  # type: ignore[attr-defined]
+    assert not answer.truncated  # type: ignore[attr-defined]
+
+
+def test_the_pool_recovers_after_a_deadline(session):
+    with MisbehavingProvider("trickle-body", interval=0.1, trickle_bytes=100) as server:
+        with pytest.raises(ReadTimeoutError):
+            send(session, server, total=0.5)
+        server.mode = "ok"
+        for _ in range(3):
+            assert send(session, server).status_code == 200  # type: ignore[attr-defined]
+
+
+def test_late_deadlines_never_cut_a_reused_connection(session):
+    # Exchanges of 1 s deadlines, back to back on keep-alive connections for 1.5 s: the
+    # deadlines of the first ones pass while later ones run on the same sockets.
+    with MisbehavingProvider("ok") as server:
+        deadline = time.monotonic() + 1.5
+        done = 0
+        while time.monotonic() < deadline:
+            assert send(session, server, total=1.0).status_code == 200  # type: ignore[attr-defined]
+            done += 1
+    assert done > 10
+
+
+def test_nothing_listening_is_a_connect_error(session):
+    with MisbehavingProvider("ok") as server:
+        url = server.url
+    with pytest.raises(ConnectError):
+        exchange(session, post(session, url), provider="sms", timeouts=Timeouts.of(1, 1))
+
+
+def test_timeouts_default_the_total_to_the_larger_and_cap_each_part():
+    assert Timeouts.of(5.0, 5.0) == Timeouts(5.0, 5.0, 5.0)
+    assert Timeouts.of(3.0, 10.0) == Timeouts(3.0, 10.0, 10.0)
+    assert Timeouts.of(5.0, 5.0, 2.0) == Timeouts(2.0, 2.0, 2.0)

@@ -235,7 +235,14 @@ def test_rows_retried_by_resume_do_not_count() -> None:
 def test_sender_marks_a_message_no_channel_could_take_now() -> None:
     clock = FakeClock()
     breakers = {
-        name: CircuitBreaker(name, failure_threshold=1, reset_timeout=30, clock=clock)
+        name: CircuitBreaker(
+            name,
+            window_size=1,
+            minimum_calls=1,
+            failure_rate_threshold=1.0,
+            reset_timeout=30,
+            clock=clock,
+        )
         for name in ("kakaotalk", "sms")
     }
     kakaotalk = FakeProvider("kakaotalk", default=server_error("kakaotalk"))
@@ -262,7 +269,9 @@ def test_sender_marks_a_message_no_channel_could_take_now() -> None:
 def test_a_failure_while_a_channel_is_up_is_the_message_own() -> None:
     # A provider that answers 500 for one number: its circuit stays closed, the row fails.
     breakers = {
-        name: CircuitBreaker(name, failure_threshold=5, reset_timeout=30)
+        name: CircuitBreaker(
+            name, window_size=5, minimum_calls=5, failure_rate_threshold=1.0, reset_timeout=30
+        )
         for name in ("kakaotalk", "sms")
     }
     sender = Sender(
@@ -281,7 +290,14 @@ def test_a_failure_while_a_channel_is_up_is_the_message_own() -> None:
 
 def test_a_message_only_kakaotalk_can_carry_waits_for_kakaotalk() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker("kakaotalk", failure_threshold=1, reset_timeout=30, clock=clock)
+    breaker = CircuitBreaker(
+        "kakaotalk",
+        window_size=1,
+        minimum_calls=1,
+        failure_rate_threshold=1.0,
+        reset_timeout=30,
+        clock=clock,
+    )
     sms = FakeProvider("sms")
     sender = Sender(
         {"kakaotalk": FakeProvider("kakaotalk", default=server_error("kakaotalk")), "sms": sms},

@@ -40,7 +40,14 @@ class Setup:
         self.sms = FakeProvider("sms", default=server_error("sms") if failing_sms else None)
         self.events: list[Event] = []
         self.breakers = {
-            name: CircuitBreaker(name, failure_threshold=1, reset_timeout=30, clock=self.clock)
+            name: CircuitBreaker(
+                name,
+                window_size=1,
+                minimum_calls=1,
+                failure_rate_threshold=1.0,
+                reset_timeout=30,
+                clock=self.clock,
+            )
             for name in ("kakaotalk", "sms")
         }
         self.sender = Sender(

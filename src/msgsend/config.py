@@ -162,7 +162,7 @@ def _check_quiet_hours(value: Any) -> str | None:
     try:
         parse_quiet_hours(value)
     except ValueError as exc:
-        return str(exc)
+        return str(exc).removeprefix("expected ")
     return None
 
 

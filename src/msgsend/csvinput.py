@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import InputError, InputFileError, UsageError
-from .models import Channel, choose_channel, normalize_recipient
+from .models import Channel, check_characters, choose_channel, normalize_recipient
 
 __all__ = [
     "MESSAGE_COLUMNS",
@@ -350,6 +350,7 @@ def compile_template(template: str, columns: Sequence[str]) -> str:
     available = _columns_text(columns)
     if not template.strip():
         raise InputError("the template is empty: give the message text, e.g. '{name}님 안녕하세요'")
+    check_characters(template, "the template")
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:

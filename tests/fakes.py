@@ -90,7 +90,8 @@ class FakeProvider:
 
     ``enqueue(item, ...)`` queues results (``ProviderResponse``) or exceptions (instances or
     zero-argument callables returning one), consumed one per ``send``. With the queue empty,
-    ``send`` succeeds with ``default`` (HTTP 200). ``calls`` logs every ``(recipient, text)``.
+    ``send`` succeeds with ``default`` (HTTP 200). ``calls`` logs every ``(recipient, text)``,
+    ``message_ids`` the ``message_id`` of each call.
     """
 
     def __init__(
@@ -104,6 +105,7 @@ class FakeProvider:
         self.default = default if default is not None else ok()
         self.health = health or ProviderHealth(name, HealthStatus.UP, 1.0, "HTTP 400", 400)
         self.calls: list[tuple[str, str]] = []
+        self.message_ids: list[str | None] = []
         self.pings = 0
         self.closed = False
         self._queue: deque[Any] = deque()
@@ -121,8 +123,9 @@ class FakeProvider:
         """Return how many queued answers were not consumed."""
         return len(self._queue)
 
-    def send(self, recipient: str, text: str) -> ProviderResponse:
+    def send(self, recipient: str, text: str, *, message_id: str | None = None) -> ProviderResponse:
         self.calls.append((recipient, text))
+        self.message_ids.append(message_id)
         item = self._queue.popleft() if self._queue else self.default
         if isinstance(item, BaseException):
             raise item
@@ -222,6 +225,8 @@ class FakeSender:
         self.entered = threading.Semaphore(0)
         self.lock = threading.Lock()
         self.calls: list[tuple[str, str, Channel, bool | None]] = []
+        #: the ``message_id`` of each call, in the order of ``calls``
+        self.message_ids: list[str | None] = []
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -232,9 +237,11 @@ class FakeSender:
         *,
         via: Channel = Channel.KAKAOTALK,
         fallback: bool | None = None,
+        message_id: str | None = None,
     ) -> DeliveryResult:
         with self.lock:
             self.calls.append((recipient, text, via, fallback))
+            self.message_ids.append(message_id)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.entered.release()

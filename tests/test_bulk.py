@@ -607,7 +607,7 @@ KILL_SCRIPT = textwrap.dedent(
     log = os.open(delivered, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     class SlowSender:
-        def send(self, recipient, text, *, via=Channel.KAKAOTALK, fallback=None):
+        def send(self, recipient, text, *, via=Channel.KAKAOTALK, fallback=None, message_id=None):
             time.sleep(delay)
             os.write(log, (text + "\\n").encode())  # delivered ...
             time.sleep(delay)  # ... but not yet recorded: a kill now means a re-send

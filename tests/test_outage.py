@@ -358,6 +358,7 @@ class ScriptedSender:
         *,
         via: Channel = Channel.KAKAOTALK,
         fallback: bool | None = None,
+        message_id: str | None = None,
     ) -> DeliveryResult:
         with self.lock:
             self.calls.append(recipient)

@@ -39,6 +39,7 @@ from .errors import (
     most_severe,
 )
 from .events import Emit, RowSettled, RunStopped
+from .formats import bulk_message_id
 from .models import Channel, DeliveryResult, mask_recipient, message_kind, sms_bytes
 from .outage import QuietHours, RefusalStreak, SendGate
 from .report import LatencyHistogram
@@ -88,6 +89,7 @@ class SupportsSend(Protocol):
         via: Channel = Channel.KAKAOTALK,
         fallback: bool | None = None,
         overflow: bool = False,
+        message_id: str | None = None,
     ) -> DeliveryResult:
         """Send one message; never raise for provider failures (``overflow`` only when on)."""
         ...
@@ -520,6 +522,9 @@ class _Run:
                 return  # stopping (or max-outage passed): unrecorded, resume sends it
             started = time.monotonic()
             try:
+                message_id = bulk_message_id(
+                    str(self.report.results_path), item.row, item.recipient, item.message
+                )
                 if self.overflow and not item.via_cell:
                     result = self.sender.send(
                         item.recipient,
@@ -527,10 +532,15 @@ class _Run:
                         via=item.channel,
                         fallback=self.fallback,
                         overflow=True,
+                        message_id=message_id,
                     )
                 else:
                     result = self.sender.send(
-                        item.recipient, item.message, via=item.channel, fallback=self.fallback
+                        item.recipient,
+                        item.message,
+                        via=item.channel,
+                        fallback=self.fallback,
+                        message_id=message_id,
                     )
             except InputError as exc:
                 self.record(item, INVALID, error=str(exc))

@@ -900,6 +900,15 @@ def sandbox_command(
         int | None,
         typer.Option("--seed", help="Seed of the failure injection.", show_default=False),
     ] = None,
+    wire_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Request format served: default (SPEC §2 JSON) or assignment "
+            '(KakaoTalk JSON {"phone","message"}; SMS ?phone=... with a form body message=...).',
+            metavar="default|assignment",
+        ),
+    ] = "default",
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Do not print each request.")
     ] = False,
@@ -909,10 +918,20 @@ def sandbox_command(
     Example: msgsend sandbox --latency-ms 20 --failure-rate 0.1
     """
     with _errors_to_exit_codes():
+        from .formats import FORMAT_NAMES, preset
         from .sandbox import ProviderOptions, Sandbox, SandboxOptions, format_request
 
-        def provider_options(down: bool, status: int | None, limit: int) -> ProviderOptions:
+        if wire_format not in FORMAT_NAMES:
+            raise typer.BadParameter(
+                f"{wire_format!r} is not one of {', '.join(FORMAT_NAMES)}", param_hint="--format"
+            )
+        formats = {name: preset(wire_format, name) for name in ("kakaotalk", "sms")}
+
+        def provider_options(
+            name: str, down: bool, status: int | None, limit: int
+        ) -> ProviderOptions:
             return ProviderOptions(
+                request_format=formats[name],
                 latency_ms=latency_ms,
                 failure_rate=failure_rate,
                 down=down,
@@ -923,8 +942,10 @@ def sandbox_command(
 
         try:
             options = SandboxOptions(
-                kakaotalk=provider_options(kakaotalk_down, kakaotalk_status, kakaotalk_limit),
-                sms=provider_options(sms_down, sms_status, sms_limit),
+                kakaotalk=provider_options(
+                    "kakaotalk", kakaotalk_down, kakaotalk_status, kakaotalk_limit
+                ),
+                sms=provider_options("sms", sms_down, sms_status, sms_limit),
                 kakaotalk_fail_suffixes=tuple(kakaotalk_fail_suffix or ()),
                 seed=seed,
             )
@@ -948,8 +969,9 @@ def sandbox_command(
             _error(f"cannot start the sandbox: {exc}")
             raise typer.Exit(EXIT_FAILED) from None
         sys.stderr.write(
-            f"sandbox: KakaoTalk at {sandbox.kakaotalk_url}/kakaotalk-messages, "
-            f"SMS at {sandbox.sms_url}/sms (Ctrl-C to stop)\n"
+            f"sandbox ({wire_format} format): "
+            f"KakaoTalk at {_endpoint(sandbox.kakaotalk_url, formats['kakaotalk'])}, "
+            f"SMS at {_endpoint(sandbox.sms_url, formats['sms'])} (Ctrl-C to stop)\n"
         )
         sys.stderr.flush()
         stopped = threading.Event()
@@ -962,6 +984,12 @@ def sandbox_command(
         finally:
             sandbox.close()
             sys.stderr.write(f"sandbox: stopped after {sandbox.count()} request(s)\n")
+
+
+def _endpoint(base_url: str, fmt: Any) -> str:
+    """Return ``POST http://...:8082/sms?phone=... (form)``: where a format sends a message."""
+    query = "&".join(f"{name}=..." for name in fmt.query)
+    return f"{fmt.method} {base_url}{fmt.path}{'?' + query if query else ''} ({fmt.body})"
 
 
 # ---------------------------------------------------------------------------- config

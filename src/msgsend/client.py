@@ -53,6 +53,7 @@ from .events import (
     Overflowed,
     RetryScheduled,
 )
+from .formats import new_message_id
 from .logs import log_event, mask_text
 from .models import (
     Channel,
@@ -225,18 +226,21 @@ class Sender:
         via: Channel | str = Channel.KAKAOTALK,
         fallback: bool | None = None,
         overflow: bool = False,
+        message_id: str | None = None,
     ) -> DeliveryResult:
         """Deliver ``text`` to ``recipient``; return the outcome, never raise for provider errors.
 
         With ``overflow`` (and fallback on), a KakaoTalk message goes by SMS at once when
         KakaoTalk's budget has no free slot and SMS's has (``result.overflow``); it waits for
-        whichever frees first. Raises InputError for a recipient or message that no provider
-        could take.
+        whichever frees first. ``message_id`` fills a format's ``{message_id}``: every attempt
+        and the fallback of this message carry it (default: a fresh id). Raises InputError for
+        a recipient or message that no provider could take.
         """
         number = normalize_recipient(recipient)
         use_fallback = self.fallback if fallback is None else fallback
         can_fall_back = use_fallback and Channel.SMS.value in self.providers
         channel, note = choose_channel(text, via, fallback=can_fall_back)
+        message_id = message_id or new_message_id()
         chain = [channel]
         if can_fall_back and channel is Channel.KAKAOTALK:
             chain.append(Channel.SMS)
@@ -286,6 +290,7 @@ class Sender:
                         number,
                         text,
                         result,
+                        message_id,
                         lease if index == 0 else None,
                         refused_before=refused_before,
                     )
@@ -428,6 +433,7 @@ class Sender:
         number: str,
         text: str,
         result: DeliveryResult,
+        message_id: str,
         lease: Lease | None = None,
         *,
         refused_before: bool = False,
@@ -474,7 +480,7 @@ class Sender:
             started = time.perf_counter()
             try:
                 try:
-                    provider.send(number, text)
+                    provider.send(number, text, message_id=message_id)
                 finally:
                     # The provider answered or the request failed: its slot counts from now.
                     if lease is not None:

@@ -23,6 +23,7 @@ Hierarchy::
     │       ├── ServerError         500, 502, 503, 504 (and any other 5xx)
     │       ├── AuthError           401 / 403: the provider is disabled for the process
     │       └── InvalidRequestError any other 4xx: the message itself is refused
+    │           └── RefusedError    a 2xx that fails [PROVIDER.request] success checks
     ├── ProviderUnavailableError     nothing was sent: the provider cannot be tried now
     │   ├── CircuitOpenError        its circuit is open; carries ``available_in``
     │   └── ProviderPausedError     it asked for a pause longer than ``max-retry-after``
@@ -75,6 +76,7 @@ __all__ = [
     "ProviderUnavailableError",
     "RateLimitedError",
     "ReadTimeoutError",
+    "RefusedError",
     "ResultsWriteError",
     "ServerError",
     "SystematicRefusalError",
@@ -280,6 +282,28 @@ class InvalidRequestError(HTTPStatusError):
     kind = "invalid-request"
 
 
+class RefusedError(InvalidRequestError):
+    """A 2xx answer that fails ``success-statuses`` or ``success-json``: the message was refused.
+
+    Not retried and no fallback (the provider answered, and said no), counted as a refusal.
+    """
+
+    kind = "refused"
+
+    @classmethod
+    def from_answer(cls, provider: str, status_code: int, reason: str, body: str) -> RefusedError:
+        """Return the error for a 2xx ``body`` that fails a success check for ``reason``."""
+        excerpt = body.strip().replace("\n", " ")[:200]
+        shown = f"; answer: {excerpt}" if excerpt else "; the answer was empty"
+        return cls(
+            f"{provider} answered HTTP {status_code} but did not accept the message: "
+            f"{reason}{shown}",
+            provider=provider,
+            status_code=status_code,
+            body=body,
+        )
+
+
 class ProviderUnavailableError(MsgsendError):
     """The provider cannot be tried now and nothing was sent; ``available_in`` says for how long.
 
@@ -479,6 +503,7 @@ def error_for_status(
     headers: Mapping[str, str] | None = None,
     throttle_statuses: Sequence[int] = (429,),
     now: float | None = None,
+    auth_keys: str = "username/password",
 ) -> HTTPStatusError:
     """Return the exception of SPEC §3 for a non-2xx ``status_code``.
 
@@ -507,8 +532,8 @@ def error_for_status(
     if status_code in (401, 403):
         return AuthError(
             f"{provider} refused the credentials (HTTP {status_code}); "
-            f"check [{provider}.auth] username/password or "
-            f"MSGSEND_{provider.upper()}_AUTH_PASSWORD",
+            f"check [{provider}.auth] {auth_keys} or "
+            f"MSGSEND_{provider.upper()}_AUTH_{'TOKEN' if 'token' in auth_keys else 'PASSWORD'}",
             provider=provider,
             status_code=status_code,
             body=body,

@@ -1,17 +1,26 @@
 """Fake KakaoTalk and SMS providers on 127.0.0.1, for demos, tests and benchmarks.
 
 Each provider is a stdlib ``ThreadingHTTPServer`` (HTTP/1.1, keep-alive) in its own daemon
-thread and behaves as SPEC.md §2. A request is checked in this order:
+thread and behaves as SPEC.md §2, in the request format it is given (``ProviderOptions.
+request_format``: SPEC §2's by default, or the assignment's, or any ``[PROVIDER.request]``).
+A request is checked in this order:
 
-1. unknown path → 404; a method other than POST → 405
-2. missing or wrong Basic auth → 401 with ``WWW-Authenticate``
+1. unknown path → 404; another method than the format's → 405
+2. missing or wrong credentials (Basic, Bearer or a named header) → 401
 3. provider down (``set_down``) → 503
 4. forced status (``set_status``, e.g. 401 for revoked credentials) → that status
 5. sliding-window rate limit exceeded → 429 with ``Retry-After``
-6. body not a JSON object with the provider's fields, bad recipient, empty message → 400
+6. a request not exactly in the format → 400: wrong content type, a body that does not parse,
+   a missing or unexpected field or query parameter, a value that does not fit its
+   placeholder (a recipient not like 010-1234-5678, an empty message, a wrong ``{kind}``).
+   Strict on purpose: a lenient provider that answers 200 and records ``undefined`` is how
+   misshapen requests go unnoticed.
 7. KakaoTalk recipient in ``kakaotalk_fail_recipients`` / ending in a fail suffix → ``fail_status``
 8. random failure (``failure_rate``) → ``failure_status``
 9. latency (``latency_ms``) is slept, then 200 ``{"status": "ok", "id": ...}``
+
+A ``[PROVIDER.health]`` endpoint other than the message endpoint (e.g. ``GET /health``) is
+served too: after steps 1-5 it answers 200 ``{"status": "up"}``.
 
 Every authenticated request that reaches step 5 counts against the rate limit (pings and
 invalid bodies included, as a real provider would count them); a request answered 429 does not.
@@ -44,18 +53,22 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from .config import DEFAULTS
+from .formats import PLACEHOLDERS, HealthFormat, RequestFormat, preset
 
 __all__ = [
     "DEFAULT_PASSWORDS",
     "DEFAULT_RATE_LIMITS",
+    "DEFAULT_TOKENS",
     "DEFAULT_USERNAMES",
     "PATHS",
     "PROVIDER_NAMES",
@@ -78,11 +91,26 @@ DEFAULT_PASSWORDS: dict[str, str] = {n: DEFAULTS[f"{n}.auth.password"] for n in 
 DEFAULT_RATE_LIMITS: dict[str, int] = {
     n: DEFAULTS[f"{n}.rate-limit.requests-per-minute"] for n in PROVIDER_NAMES
 }
-_FIELDS: dict[str, tuple[str, str]] = {
-    "kakaotalk": ("recipient", "message"),
-    "sms": ("phoneNumber", "content"),
+#: the credentials of ``[PROVIDER.auth] type = "bearer"`` / ``"header"`` against the sandbox
+DEFAULT_TOKENS: dict[str, str] = {
+    "kakaotalk": "sandbox-kakaotalk-token",
+    "sms": "sandbox-sms-token",
 }
-_RECIPIENT_RE = re.compile(r"01[016789]-\d{3,4}-\d{4}", re.ASCII)
+#: what the value of each placeholder must look like on arrival
+_VALUE_PATTERNS: dict[str, str] = {
+    "recipient": r"01[016789]-\d{3,4}-\d{4}",
+    "recipient_digits": r"01[016789]\d{7,8}",
+    "recipient_e164": r"\+821[016789]\d{7,8}",
+    "message": r".+",
+    "kind": r"kakaotalk|sms|lms",
+    "message_id": r"[A-Za-z0-9._:\-]{1,200}",
+}
+_RECIPIENT_KEYS = ("recipient", "recipient_digits", "recipient_e164")
+_CHALLENGES = {
+    "basic": 'Basic realm="msgsend-sandbox"',
+    "bearer": 'Bearer realm="msgsend-sandbox"',
+    "header": 'ApiKey realm="msgsend-sandbox"',
+}
 _MAX_BODY = 1 << 20
 _JOIN_TIMEOUT = 2.0
 
@@ -106,6 +134,15 @@ class ProviderOptions:
     #: None means the SPEC §2 credentials (``DEFAULT_USERNAMES``, ``DEFAULT_PASSWORDS``)
     username: str | None = None
     password: str | None = None
+    #: the wire format served; None means SPEC §2's (``formats.preset("default", ...)``)
+    request_format: RequestFormat | None = None
+    #: a health endpoint to serve besides the message endpoint (None: none)
+    health: HealthFormat | None = None
+    #: "basic" (username/password), "bearer" or "header" (``token`` in ``header_name``)
+    auth_type: str = "basic"
+    #: None means ``DEFAULT_TOKENS``
+    token: str | None = None
+    header_name: str = "X-API-Key"
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0:
@@ -119,6 +156,8 @@ class ProviderOptions:
             raise ValueError(f"rate_limit must be >= 1 or None, got {self.rate_limit}")
         if self.rate_period <= 0:
             raise ValueError(f"rate_period must be > 0, got {self.rate_period}")
+        if self.auth_type not in ("basic", "bearer", "header"):
+            raise ValueError(f"auth_type must be basic, bearer or header, got {self.auth_type!r}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +186,10 @@ class ReceivedRequest:
     message: str | None
     status: int
     authorized: bool
+    #: the ``{message_id}`` the request carried, if its format has one
+    message_id: str | None = None
+    #: why the request was refused (None when answered 200)
+    error: str | None = None
 
 
 def format_request(r: ReceivedRequest) -> str:
@@ -171,11 +214,11 @@ class _Provider:
 
     def __init__(self, name: str, options: ProviderOptions, sandbox: Sandbox) -> None:
         self.name = name
-        self.path = PATHS[name]
         self.sandbox = sandbox
         self.lock = threading.Lock()
         self.options = options
         self.credentials = b""
+        self.auth_header = "Authorization"
         self.rate_limit: int | None = None
         self.window: deque[float] = deque()
         self.apply(options)
@@ -186,10 +229,28 @@ class _Provider:
     def apply(self, options: ProviderOptions) -> None:
         password = DEFAULT_PASSWORDS[self.name] if options.password is None else options.password
         username = DEFAULT_USERNAMES[self.name] if options.username is None else options.username
+        token = DEFAULT_TOKENS[self.name] if options.token is None else options.token
         limit = options.rate_limit
+        fmt = options.request_format or preset("default", self.name)
+        shape = _Shape(fmt, self.name)
         with self.lock:
-            self.credentials = f"{username}:{password}".encode()
+            if options.auth_type == "basic":
+                self.credentials = f"{username}:{password}".encode()
+            else:
+                self.credentials = token.encode()
+            self.auth_header = (
+                options.header_name if options.auth_type == "header" else ("Authorization")
+            )
             self.rate_limit = DEFAULT_RATE_LIMITS[self.name] if limit == "default" else limit
+            self.path = fmt.path
+            self.method = fmt.method
+            self.shape = shape
+            health = options.health
+            self.health: tuple[str, str] | None = None
+            if health is not None:
+                route = (health.method, health.path or fmt.path)
+                if route != (fmt.method, fmt.path):
+                    self.health = route
             self.options = options
 
     def admit(self, now: float) -> int:
@@ -306,48 +367,60 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
-        self._serve(post=True)
+        self._serve()
 
-    def do_GET(self) -> None:
-        self._serve(post=False)
+    do_GET = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_POST
 
-    do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
-
-    def _serve(self, *, post: bool) -> None:
+    def _serve(self) -> None:
         provider = self.server.provider
         body = self._read_body()
         if body is None:
             return
         at, mono = time.time(), time.monotonic()
-        options = provider.options
-        authorized = self._authorized(provider.credentials)
+        with provider.lock:
+            options, shape, health = provider.options, provider.shape, provider.health
+            path, method = provider.path, provider.method
+        authorized = self._authorized(provider)
         recipient: str | None = None
         message: str | None = None
+        values: dict[str, str] = {}
         headers: dict[str, str] = {}
         error: str | None = None
         latency = 0.0
+        target = self.path.split("?", 1)[0]
+        is_health = health is not None and (self.command, target) == health
+        if is_health:
+            path, method = target, self.command
 
-        if self.path.split("?", 1)[0] != provider.path:
+        if target != path and not (health is not None and target == health[1]):
             status, error = 404, f"not found: {self.path}"
-        elif not post:
-            status, error = 405, "method not allowed: use POST"
-            headers["Allow"] = "POST"
+        elif self.command != method:
+            allowed = [method] + ([health[0]] if health is not None and target == health[1] else [])
+            status, error = 405, f"method not allowed: use {' or '.join(sorted(set(allowed)))}"
+            headers["Allow"] = ", ".join(sorted(set(allowed)))
         else:
-            recipient, message, error = _parse(provider.name, body)
+            if not is_health:
+                values, error = shape.parse(self.path, self.headers, body)
+                recipient, message = _recipient(values), values.get("message")
             if not authorized:
-                status, error = 401, "unauthorized: wrong or missing Basic credentials"
-                headers["WWW-Authenticate"] = 'Basic realm="msgsend-sandbox"'
+                status, error = (
+                    401,
+                    f"unauthorized: wrong or missing {options.auth_type} credentials",
+                )
+                headers["WWW-Authenticate"] = _CHALLENGES[options.auth_type]
             elif options.down:
                 status, error = 503, "provider is down"
             elif options.status is not None:
                 status, error = options.status, f"forced status {options.status}"
                 if status == 401:
-                    headers["WWW-Authenticate"] = 'Basic realm="msgsend-sandbox"'
+                    headers["WWW-Authenticate"] = _CHALLENGES[options.auth_type]
             elif retry_after := provider.admit(mono):
                 status, error = 429, "rate limit exceeded"
                 headers["Retry-After"] = str(retry_after)
             elif error is not None:
                 status = 400
+            elif is_health:
+                status = 200
             elif provider.name == "kakaotalk" and provider.sandbox._fails(recipient or ""):
                 status, error = provider.sandbox._options.fail_status, "recipient failure"
             elif options.failure_rate and provider.sandbox._random() < options.failure_rate:
@@ -359,7 +432,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         payload: dict[str, Any]
-        if status == 200:
+        if is_health and status == 200:
+            payload = {"status": "up"}
+        elif status == 200:
             payload = {"status": "ok", "id": uuid.uuid4().hex}
         else:
             payload = {"error": error or f"status {status}"}
@@ -373,6 +448,8 @@ class _Handler(BaseHTTPRequestHandler):
             message=message,
             status=status,
             authorized=authorized,
+            message_id=values.get("message_id"),
+            error=error if status != 200 else None,
         )
         provider.sandbox._record(record)
         self._respond(status, payload, headers)
@@ -411,11 +488,21 @@ class _Handler(BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline(1024)
 
-    def _authorized(self, credentials: bytes) -> bool:
-        header = self.headers.get("Authorization", "")
+    def _authorized(self, provider: _Provider) -> bool:
+        with provider.lock:
+            auth_type, name, credentials = (
+                provider.options.auth_type,
+                provider.auth_header,
+                provider.credentials,
+            )
+        header = self.headers.get(name, "")
+        if auth_type == "header":
+            return hmac.compare_digest(header.encode("latin-1", "replace"), credentials)
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "basic":
+        if scheme.lower() != auth_type:
             return False
+        if auth_type == "bearer":
+            return hmac.compare_digest(token.strip().encode("latin-1", "replace"), credentials)
         try:
             decoded = base64.b64decode(token.strip(), validate=True)
         except (binascii.Error, ValueError):
@@ -436,33 +523,171 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
-def _parse(provider: str, body: bytes) -> tuple[str | None, str | None, str | None]:
-    """Return the recipient and message found in the body, and why it is invalid (or None)."""
-    to_key, text_key = _FIELDS[provider]
+#: request headers: ``http.server``'s (case-insensitive) or a plain mapping in tests
+_Headers = Mapping[str, str] | Message
+
+
+class _Shape:
+    """What a request in one format must look like, and how to read a message out of it."""
+
+    def __init__(self, fmt: RequestFormat, channel: str) -> None:
+        self.format = fmt
+        self.channel = channel
+        self.fields = {name: self._pattern(source) for name, source in fmt.fields.items()}
+        self.query = {name: self._pattern(source) for name, source in fmt.query.items()}
+        self.headers = {
+            name: self._pattern(source)
+            for name, source in fmt.headers.items()
+            if "{" in source.replace("{{", "")
+        }
+
+    @staticmethod
+    def _pattern(source: str) -> re.Pattern[str]:
+        """Return a regex matching a rendered template, one named group per placeholder."""
+        import string
+
+        parts: list[str] = []
+        seen: set[str] = set()
+        for literal, name, _, _ in string.Formatter().parse(source):
+            parts.append(re.escape(literal))
+            if name is None:
+                continue
+            assert name in PLACEHOLDERS, name
+            if name in seen:
+                parts.append(f"(?P={name})")
+            else:
+                parts.append(f"(?P<{name}>{_VALUE_PATTERNS[name]})")
+                seen.add(name)
+        return re.compile("".join(parts), re.DOTALL)
+
+    def parse(
+        self, target: str, headers: _Headers, body: bytes
+    ) -> tuple[dict[str, str], str | None]:
+        """Return the placeholder values found, and why the request is refused (or None)."""
+        values: dict[str, str] = {}
+        query, problem = _pairs(urlsplit(target).query, "query")
+        if problem is None:
+            problem = self._match(query, self.query, "query parameter", values)
+        if problem is None:
+            problem = self._body(headers, body, values)
+        if problem is None:
+            for name, pattern in self.headers.items():
+                value = headers.get(name)
+                if value is None:
+                    problem = f"missing header {name!r}"
+                    break
+                problem = self._value(pattern, value, f"header {name!r}", values)
+                if problem:
+                    break
+        if problem is None:
+            problem = self._consistent(values)
+        return values, problem
+
+    def _body(self, headers: _Headers, body: bytes, values: dict[str, str]) -> str | None:
+        kind = self.format.body
+        content_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if kind == "none":
+            return "the request must have no body" if body else None
+        expected = "application/json" if kind == "json" else "application/x-www-form-urlencoded"
+        if content_type != expected:
+            return f"Content-Type must be {expected}, got {content_type or 'none'!r}"
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return "body is not valid UTF-8"
+        if kind == "json":
+            try:
+                data = json.loads(text) if text else None
+            except ValueError:
+                return "body is not valid JSON"
+            if not isinstance(data, dict):
+                return "body must be a JSON object"
+            for name, value in data.items():
+                if name in self.fields and not isinstance(value, str):
+                    return f"field {name!r} must be a string"
+            fields = {str(k): v for k, v in data.items()}
+        else:
+            pairs, problem = _pairs(text, "form body")
+            if problem is not None:
+                return problem
+            fields = pairs
+        return self._match(fields, self.fields, "field", values)
+
+    def _match(
+        self,
+        got: Mapping[str, Any],
+        expected: Mapping[str, re.Pattern[str]],
+        what: str,
+        values: dict[str, str],
+    ) -> str | None:
+        for name in got:
+            if name not in expected:
+                return f"unexpected {what} {name!r}"
+        for name, pattern in expected.items():
+            if name not in got:
+                return f"missing {what} {name!r}"
+            problem = self._value(pattern, got[name], f"{what} {name!r}", values)
+            if problem:
+                return problem
+        return None
+
+    @staticmethod
+    def _value(
+        pattern: re.Pattern[str], value: str, where: str, values: dict[str, str]
+    ) -> str | None:
+        match = pattern.fullmatch(value)
+        if match is None:
+            return f"{where} does not match {pattern.pattern!r}: got {value[:80]!r}"
+        for name, found in match.groupdict().items():
+            if name in values and values[name] != found:
+                return f"{where}: {{{name}}} differs from elsewhere in the request"
+            values[name] = found
+        return None
+
+    def _consistent(self, values: dict[str, str]) -> str | None:
+        numbers = {_digits(values[k]).removeprefix("82") for k in _RECIPIENT_KEYS if k in values}
+        numbers = {n if n.startswith("0") else "0" + n for n in numbers}
+        if len(numbers) > 1:
+            return "the recipient differs between fields"
+        message = values.get("message")
+        if message is not None and not message.strip():
+            return "the message must not be empty"
+        kind = values.get("kind")
+        if kind is not None and message is not None:
+            from .models import message_kind
+
+            right = str(message_kind(message, self.channel))
+            if kind != right:
+                return f"{{kind}} is {kind!r} but this message is {right!r}"
+        return None
+
+
+def _pairs(text: str, what: str) -> tuple[dict[str, str], str | None]:
+    """Parse ``a=1&b=2`` strictly: a repeated or malformed name is refused."""
+    if not text:
+        return {}, None
     try:
-        data = json.loads(body.decode("utf-8")) if body else None
-    except (UnicodeDecodeError, ValueError):
-        return None, None, "body is not valid UTF-8 JSON"
-    if not isinstance(data, dict):
-        return None, None, "body must be a JSON object"
-    to, text = data.get(to_key), data.get(text_key)
-    recipient = to if isinstance(to, str) else None
-    message = text if isinstance(text, str) else None
-    if to is None:
-        reason: str | None = f"missing field {to_key!r}"
-    elif recipient is None:
-        reason = f"field {to_key!r} must be a string"
-    elif not _RECIPIENT_RE.fullmatch(recipient):
-        reason = f"field {to_key!r} must look like 010-1234-5678"
-    elif text is None:
-        reason = f"missing field {text_key!r}"
-    elif message is None:
-        reason = f"field {text_key!r} must be a string"
-    elif not message.strip():
-        reason = f"field {text_key!r} must not be empty"
-    else:
-        reason = None
-    return recipient, message, reason
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, errors="strict")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {}, f"{what} is not valid URL encoding ({exc})"
+    result: dict[str, str] = {}
+    for name, value in pairs:
+        if name in result:
+            return {}, f"{what}: {name!r} appears twice"
+        result[name] = value
+    return result, None
+
+
+def _recipient(values: Mapping[str, str]) -> str | None:
+    """Return the recipient as 010-1234-5678, from whichever placeholder carried it."""
+    if "recipient" in values:
+        return values["recipient"]
+    digits = values.get("recipient_digits") or (
+        "0" + values["recipient_e164"][3:] if "recipient_e164" in values else None
+    )
+    if digits is None:
+        return None
+    return f"{digits[:3]}-{digits[3:-4]}-{digits[-4:]}"
 
 
 class Sandbox:

@@ -1,4 +1,4 @@
-"""The KakaoTalk message API (SPEC §2)."""
+"""The KakaoTalk message API (SPEC §2; the wire format is ``[kakaotalk.request]``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ __all__ = ["KakaoTalkProvider"]
 
 
 class KakaoTalkProvider(Provider):
-    """``POST {base-url}/kakaotalk-messages`` with ``{"recipient", "message"}``."""
+    """``POST {base-url}/kakaotalk-messages`` with ``{"recipient", "message"}`` by default."""
 
     name = "kakaotalk"
-    path = "/kakaotalk-messages"
     key_env_var = "MSGSEND_KAKAOTALK_AUTH_PASSWORD"
     max_body_len = KAKAOTALK_MAX_CHARS
-
-    def build_body(self, recipient: str, text: str) -> dict[str, str]:
-        """Return ``{"recipient": ..., "message": ...}``."""
-        return {"recipient": recipient, "message": text}

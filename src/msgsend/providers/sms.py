@@ -1,4 +1,4 @@
-"""The SMS API (SPEC §2)."""
+"""The SMS API (SPEC §2; the wire format is ``[sms.request]``)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ __all__ = ["SmsProvider"]
 
 
 class SmsProvider(Provider):
-    """``POST {base-url}/sms`` with ``{"phoneNumber", "content"}``."""
+    """``POST {base-url}/sms`` with ``{"phoneNumber", "content"}`` by default."""
 
     name = "sms"
-    path = "/sms"
     key_env_var = "MSGSEND_SMS_AUTH_PASSWORD"
     max_body_len = SMS_MAX_BYTES
-
-    def build_body(self, recipient: str, text: str) -> dict[str, str]:
-        """Return ``{"phoneNumber": ..., "content": ...}``."""
-        return {"phoneNumber": recipient, "content": text}

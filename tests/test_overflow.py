@@ -156,6 +156,7 @@ class RecordingSender:
         via: Channel = Channel.KAKAOTALK,
         fallback: bool | None = None,
         overflow: bool = False,
+        message_id: str | None = None,
     ) -> DeliveryResult:
         self.calls.append((recipient, via, overflow))
         channel = "sms" if overflow else str(via)

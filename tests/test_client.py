@@ -468,7 +468,7 @@ class RefusingProvider(FakeProvider):
         super().__init__(name)
         self.refused = refused
 
-    def send(self, recipient: str, text: str) -> Any:
+    def send(self, recipient: str, text: str, *, message_id: str | None = None) -> Any:
         if recipient in self.refused:
             self.calls.append((recipient, text))
             raise server_error(self.name, status_code=500)

@@ -828,3 +828,17 @@ def test_from_config_wires_retry_fallback_and_breakers():
         assert result.error_kind == "circuit-open"
         assert sender.stats.to_json()["providers"]["kakaotalk"]["circuit_opened"] == 1
     assert limiter.closed is False  # a borrowed limiter is not closed
+
+
+def test_the_message_that_meets_a_long_retry_after_waits_when_it_has_no_other_channel():
+    rig = make_rig(breakers=True, retry=RetryPolicy(max_retry_after=60.0))
+    rig.kakao.enqueue(rate_limited(retry_after=600.0))
+    result = rig.send(fallback=False)
+    assert (result.status, result.unavailable, result.error_kind) == (
+        "failed",
+        True,
+        "provider-paused",
+    )
+    assert result.available_in == pytest.approx(600.0)
+    assert "max-retry-after" in (result.error or "")
+    assert rig.sleep.waits == []

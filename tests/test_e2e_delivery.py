@@ -200,3 +200,16 @@ def test_refused_numbers_first_may_open_the_breakers_but_no_healthy_row_fails(
     results = {row["recipient"]: row for row in read_results(tmp_path / "in.results.csv")}
     assert {results[n]["status"] for n in refused} == {"failed"}
     assert all(results[n]["status"] == "sent" for n in numbers if n not in refused)
+
+
+def test_a_paused_provider_with_no_other_channel_makes_rows_wait_then_75(tmp_path, kakaotalk, sms):
+    sms.mode, sms.throttle_headers = "throttle", {"Retry-After": "3600"}
+    source = write_csv(tmp_path / "in.csv", [(phone(i), "안내") for i in range(1, 6)])
+    path = config(tmp_path / "c.toml", kakaotalk, sms)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("[bulk]\nmax-outage = 1\n")
+    result = invoke("bulk", str(source), "--via", "sms", "--concurrency", "1", "--config", path)
+    assert result.exit_code == 75, result.output  # try again later: nothing failed
+    assert sms.count() == 1  # asked once; the rows waited for the pause, not the provider
+    assert "--resume" in result.stderr
+    assert all(row["status"] != "failed" for row in read_results(tmp_path / "in.results.csv"))

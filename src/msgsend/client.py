@@ -39,6 +39,7 @@ from .errors import (
     MsgsendError,
     ProviderDisabledError,
     ProviderError,
+    ProviderPausedError,
     RateLimitedError,
     ServerError,
 )
@@ -495,6 +496,15 @@ class Sender:
                     result,
                     count=not (refused_before and isinstance(exc, ServerError)),
                 )
+                if isinstance(exc, RateLimitedError) and self.retry.too_long(exc):
+                    # Not this message's failure: the provider is paused, the message goes on
+                    # by fallback or (no other channel) waits like any other.
+                    raise ProviderPausedError(
+                        f"{provider_name} asked to wait {exc.retry_after:.0f} s, more than "
+                        f"[retry] max-retry-after = {self.retry.max_retry_after:g} s",
+                        provider=provider_name,
+                        available_in=exc.retry_after,
+                    ) from exc
                 raise
             elapsed = time.perf_counter() - started
             self.events.emit(

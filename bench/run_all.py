@@ -23,6 +23,7 @@ import time
 import bench_limit
 import bench_memory
 import bench_outage
+import bench_overflow
 import bench_overhead
 import bench_startup
 import bench_throughput
@@ -36,6 +37,7 @@ BENCHMARKS = (
     ("memory", bench_memory, 3, 1),
     ("outage", bench_outage, 5, 2),
     ("overhead", bench_overhead, 3, 1),
+    ("overflow", bench_overflow, 2, 1),
 )
 DOC = REPO / "docs" / "benchmarks.md"
 NARRATIVE = BENCH_DIR / "narrative.md"

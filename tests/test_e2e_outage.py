@@ -119,6 +119,7 @@ def test_a_lasting_outage_stops_with_75_and_prints_the_resume_command(
     assert elapsed < 15  # bounded by max-outage, not by the file
     assert "no provider could deliver for" in result.stderr
     assert "[bulk] max-outage is 1.5 s" in result.stderr
+    assert "bulk stopped: " in result.stderr  # the summary says it stopped
     recorded = by_row(tmp_path / "in.results.csv")
     assert all(line["attempts"] != "0" for line in recorded.values())
     left = 6 - len(recorded)

@@ -322,7 +322,7 @@ def render_bulk_summary(
 ) -> None:
     """Print the summary of a bulk run (``bulk.BulkReport``) and its per-provider table.
 
-    An interrupted run says how many rows it processed (the CLI adds how to resume).
+    An interrupted or stopped run says how many rows it processed (the CLI adds how to resume).
     """
     from rich.markup import escape
     from rich.table import Table
@@ -333,10 +333,10 @@ def render_bulk_summary(
     processed = report.done - report.skipped
     if report.dry_run:
         title = f"bulk dry run: {report.total_rows} rows in {report.elapsed:.1f} s"
-    elif report.interrupted:
+    elif report.interrupted or report.stopped:
         title = (
-            f"bulk interrupted: {processed} of {report.total_rows} rows processed "
-            f"in {report.elapsed:.1f} s"
+            f"bulk {'interrupted' if report.interrupted else 'stopped'}: {processed} of "
+            f"{report.total_rows} rows processed in {report.elapsed:.1f} s"
         )
     else:
         title = f"bulk summary: {report.total_rows} rows in {report.elapsed:.1f} s"

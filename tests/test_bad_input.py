@@ -320,3 +320,31 @@ def test_bytes_that_are_not_utf8_exit_65_in_a_real_process(
     assert b"Traceback" not in done.stderr
     assert words in done.stderr
     assert provider_env.received() == []
+
+
+def test_formula_cells_are_sent_unaltered_and_written_escaped(
+    provider_env: Any, tmp_path: Path
+) -> None:
+    """A formula is a valid message: the provider gets it as written, the files get it inert."""
+    import csv
+
+    source = tmp_path / "input.csv"
+    source.write_bytes(
+        _csv('010-1234-5678,"=HYPERLINK(""http://evil"",""x"")"', "010-1234-5679,@SUM(1+1)")
+    )
+    preview = CliRunner().invoke(app, ["bulk", str(source), "--dry-run"])
+    assert preview.exit_code == 0, preview.output
+    preview_file = tmp_path / "input.preview.csv"
+    assert preview_file.stat().st_mode & 0o777 == 0o600
+    with preview_file.open(encoding="utf-8-sig", newline="") as handle:
+        messages = [row["message"] for row in csv.DictReader(handle)]
+    assert messages == ['\'=HYPERLINK("http://evil","x")', "'@SUM(1+1)"]
+    assert provider_env.received() == []
+
+    result = CliRunner().invoke(app, ["bulk", str(source)])
+    assert result.exit_code == 0, result.output
+    assert sorted(r.message for r in provider_env.received()) == [
+        '=HYPERLINK("http://evil","x")',
+        "@SUM(1+1)",
+    ]
+    assert (tmp_path / "input.results.csv").stat().st_mode & 0o777 == 0o600

@@ -838,3 +838,23 @@ def test_module_exports():
     for name in config_module.__all__:
         assert hasattr(config_module, name)
     assert isinstance(load_config(), Config)
+
+
+def test_show_renders_tables_inline_and_redacts_credential_headers(monkeypatch):
+    """A table-valued key (formats' [PROVIDER.request] headers) shows inline, secrets hidden."""
+    monkeypatch.setitem(
+        config_module.SCHEMA,
+        "sms.request.headers",
+        config_module._Key("table", "request headers", redact="headers"),
+    )
+    monkeypatch.setenv(
+        "MSGSEND_SMS_REQUEST_HEADERS", '{"X-Api-Key": "k3y-secret", "Accept": "application/json"}'
+    )
+    monkeypatch.setenv("MSGSEND_SMS_THROTTLE_STATUSES", "[429, 503]")
+    text = config_module.render_effective_config(load_config())
+    assert "k3y-secret" not in text
+    assert 'headers = { X-Api-Key = "***", Accept = "application/json" }' in text.replace("  ", " ")
+    assert "throttle-statuses = [429, 503]" in text
+    assert "[sms.request]" in text
+    parsed = tomllib.loads(text)  # what config show prints is valid TOML
+    assert parsed["sms"]["request"]["headers"]["X-Api-Key"] == "***"

@@ -19,7 +19,7 @@ from tests.fakes import FakeClock, FakeProvider, FakeSleep, auth_error, server_e
 from msgsend.bulk import BulkOptions, RunClocks, send_bulk
 from msgsend.circuit import CircuitBreaker
 from msgsend.client import Sender
-from msgsend.errors import InvalidRequestError, OutageError, SystematicRefusalError
+from msgsend.errors import InvalidRequestError, OutageError, RefusedError, SystematicRefusalError
 from msgsend.events import Event, RunPaused, RunResumed, RunStopped
 from msgsend.models import Channel, DeliveryResult, Refusal
 from msgsend.outage import (
@@ -586,3 +586,21 @@ def test_rows_failed_before_do_not_count_towards_the_stop_on_resume(tmp_path: Pa
 
     again = send_bulk(source, ScriptedSender(second), BulkOptions(concurrency=1, resume=True))
     assert again.stopped is None and again.sent == 5 and again.failed == 39
+
+
+def test_a_success_json_refusal_is_a_refusal_with_its_own_signature() -> None:
+    refused = RefusedError.from_answer(
+        "kakaotalk", 200, 'success-json expects {"result": "ok"}', '{"result": "fail"}'
+    )
+    sender = Sender(
+        {"kakaotalk": FakeProvider("kakaotalk", default=refused), "sms": FakeProvider("sms")},
+        sleep=FakeSleep(),
+    )
+    result = sender.send("010-1234-5678", "hello")
+    assert result.refusal is not None
+    assert result.refusal.signature == ("kakaotalk", 200, "refused")
+    assert result.refusal.excerpt == '{"result": "fail"}'
+    streak = RefusalStreak(limit=2)
+    assert streak.observe(result.refusal) is None
+    stop = streak.observe(result.refusal)
+    assert stop is not None and "kakaotalk with HTTP 200 (refused)" in str(stop)

@@ -858,3 +858,38 @@ def test_show_renders_tables_inline_and_redacts_credential_headers(monkeypatch):
     assert "[sms.request]" in text
     parsed = tomllib.loads(text)  # what config show prints is valid TOML
     assert parsed["sms"]["request"]["headers"]["X-Api-Key"] == "***"
+
+
+@pytest.mark.parametrize(
+    ("key", "kind", "value", "shown"),
+    [
+        ("sms.auth.token", "str", "t0ken", "***"),
+        ("sms.auth.api-key", "str", "k3y", "***"),
+        (
+            "sms.request.headers",
+            "table",
+            {"Authorization": "Bearer t0ken"},
+            {"Authorization": "***"},
+        ),
+        ("sms.health.url", "url", "https://u:pw@h.example.com/x", "https://u:***@h.example.com/x"),
+        ("sms.request.path", "str", "/v1/send", "/v1/send"),
+    ],
+)
+def test_keys_added_later_are_redacted_by_name_and_kind(
+    tmp_path, monkeypatch, key, kind, value, shown
+):
+    """A key another module registers without ``redact=`` is still hidden and still warned of."""
+    monkeypatch.setitem(config_module.SCHEMA, key, config_module._Key(kind, "added later"))
+    assert config_module._redacted(key, value) == shown
+    secret = shown != value
+    table, name = key.rsplit(".", 1)
+    text = f"[{table}]\n" + tomli_w_line(name, value)
+    path = write(tmp_path / "c.toml", text, mode=0o644)
+    warnings = load_config(path).warnings
+    assert bool(warnings) is secret
+    if secret:
+        assert key in warnings[0]
+
+
+def tomli_w_line(name: str, value: object) -> str:
+    return config_module._toml_line(name, value) + "\n"

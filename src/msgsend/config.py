@@ -730,12 +730,33 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
 
 
+#: a key named like this holds a secret even when its schema entry forgets to say so
+_SECRET_KEY_NAME = re.compile(r"password|passwd|token|secret|api-?key|credential")
+
+
+def _redaction(key: str) -> str:
+    """Return how ``key``'s value is hidden: its ``redact``, else what its name and kind imply."""
+    spec = SCHEMA.get(key)
+    if spec is None:
+        return ""
+    if spec.redact:
+        return spec.redact
+    name = key.rsplit(".", 1)[1]
+    if spec.kind == "table" and name == "headers":
+        return "headers"
+    if spec.kind in ("str", "strs") and _SECRET_KEY_NAME.search(name):
+        return "password"
+    return "url" if spec.kind == "url" else ""
+
+
 def _redacted(key: str, value: Any) -> Any:
     """Return ``value`` of ``key`` as ``config show`` may print it (see ``_Key.redact``)."""
-    how = SCHEMA[key].redact if key in SCHEMA else ""
+    how = _redaction(key)
     if not how or value is None:
         return value
     if how == "password":
+        if isinstance(value, list):
+            return [redact.MASK for _item in value]
         return redact.MASK if value else value
     if how == "headers":
         return redact.redact_headers(value)

@@ -110,3 +110,14 @@ def test_timeouts_default_the_total_to_the_larger_and_cap_each_part():
     assert Timeouts.of(5.0, 5.0) == Timeouts(5.0, 5.0, 5.0)
     assert Timeouts.of(3.0, 10.0) == Timeouts(3.0, 10.0, 10.0)
     assert Timeouts.of(5.0, 5.0, 2.0) == Timeouts(2.0, 2.0, 2.0)
+
+
+def test_finished_exchanges_do_not_pile_up_in_the_watchdog():
+    from msgsend.providers import transport
+
+    watchdog = transport._Watchdog()
+    for _ in range(5 * transport._COMPACT_EVERY):
+        exchange = transport._Exchange(deadline=time.monotonic() + 3600)
+        watchdog.watch(exchange)
+        exchange.finish()
+    assert len(watchdog._heap) <= transport._COMPACT_EVERY + 1

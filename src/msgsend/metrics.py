@@ -62,13 +62,14 @@ REQUEST_RESULTS: Final = (
     "auth-failed",
     "invalid-request",
     "circuit-open",
+    "provider-paused",
     "provider-disabled",
     "error",
 )
 #: 5 ms .. 10 s: a local sandbox answers in milliseconds, a timeout is 5 s (connect) + read.
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: results that are not HTTP requests at all: counted, but kept out of the duration histogram
-_NOT_SENT: Final = frozenset({"circuit-open", "provider-disabled"})
+_NOT_SENT: Final = frozenset({"circuit-open", "provider-paused", "provider-disabled"})
 _PROVIDER_LABEL = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
 _OTHER: Final = "other"
 #: ``MsgsendError.kind`` values that differ from their result label
@@ -126,7 +127,7 @@ class Metrics:
         )
         self.requests_total: Counter = Counter(
             "msgsend_requests_total",
-            "Provider requests, by result (circuit-open: refused without sending).",
+            "Provider requests, by result (circuit-open, provider-paused: not sent).",
             ["provider", "result"],
             registry=reg,
         )

@@ -165,6 +165,11 @@ class _Exchange:
             if self._conn is not None:
                 _shut(self._conn)
 
+    @property
+    def done(self) -> bool:
+        """Return whether the exchange is over."""
+        return self._done
+
     def finish(self) -> bool:
         """End the exchange (a later deadline does nothing); return whether it expired."""
         with self._lock:
@@ -173,6 +178,10 @@ class _Exchange:
                 self._conn._msgsend_exchange = None  # type: ignore[attr-defined]
                 self._conn = None
             return self.expired
+
+
+#: how many exchanges between two sweeps of finished ones out of the watchdog's heap
+_COMPACT_EVERY = 1024
 
 
 class _Watchdog:
@@ -187,7 +196,13 @@ class _Watchdog:
 
     def watch(self, exchange: _Exchange) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (exchange.deadline, next(self._order), exchange))
+            order = next(self._order)
+            if order % _COMPACT_EVERY == 0 and self._heap:
+                # Finished exchanges wait in the heap until their deadline; with long
+                # timeouts and many requests that adds up, so drop them now and then.
+                self._heap = [entry for entry in self._heap if not entry[2].done]
+                heapq.heapify(self._heap)
+            heapq.heappush(self._heap, (exchange.deadline, order, exchange))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="msgsend-deadlines", daemon=True

@@ -7,11 +7,14 @@ channel and wait. Waits are short (reset-timeout 0.3 s, max-outage 1.5 s).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +26,7 @@ from typer.testing import CliRunner
 
 from e2e import phone, read_results, write_csv
 from msgsend.cli import app
+from redis_server import RedisServer, start_or_skip
 
 runner = CliRunner()
 
@@ -279,3 +283,69 @@ def test_send_overflow_goes_by_kakaotalk_while_it_has_room(sandbox: Any, tmp_pat
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["channel"] == "kakaotalk"
+
+
+def restart_redis(server: RedisServer, directory: Path) -> RedisServer:
+    """Start redis-server again on the port ``server`` used (empty, as after a reboot)."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    command = [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(directory)]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    again = RedisServer(server.port, process, server.log_path)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as sock,
+        ):
+            sock.sendall(b"PING\r\n")
+            if sock.recv(64).startswith(b"+PONG"):
+                return again
+        time.sleep(0.02)
+    again.stop()
+    raise AssertionError("redis-server did not come back")
+
+
+def test_rows_wait_while_the_redis_store_is_away(sandbox: Any, tmp_path: Path) -> None:
+    """Redis goes away mid-run for a second: no request goes out unpaced, no row fails."""
+    directory = tmp_path / "redis"
+    servers = [start_or_skip(directory)]
+    try:
+        source = rows(tmp_path / "in.csv", 8)
+        config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=60)
+        text = config.read_text(encoding="utf-8").replace(
+            'store = "memory"', f'store = "redis"\nredis-url = "{servers[0].url}"'
+        )
+        # 4 a second: the run lasts past the moment Redis goes away.
+        text += "[kakaotalk.rate-limit]\nrequests-per-second = 4\n"
+        config.write_text(text, encoding="utf-8")
+        during: list[int] = []
+
+        def away() -> None:
+            deadline = time.monotonic() + 20
+            while sandbox.count() < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            servers[0].stop()
+            before = sandbox.count()
+            time.sleep(1.0)
+            during.append(sandbox.count() - before)
+            servers.append(restart_redis(servers[0], directory))
+
+        helper = threading.Thread(target=away, daemon=True)
+        helper.start()
+        try:
+            result = runner.invoke(
+                app, ["bulk", str(source), "--concurrency", "1", "--config", str(config)]
+            )
+        finally:
+            helper.join(30)
+        assert result.exit_code == 0, result.output
+        recorded = by_row(tmp_path / "in.results.csv")
+        assert [recorded[i]["status"] for i in range(1, 9)] == ["sent"] * 8
+        assert during and during[0] <= 1  # at most the request already under way
+        assert "waiting: " in result.stderr and "limiter" in result.stderr
+    finally:
+        for server in servers:
+            server.stop()

@@ -213,3 +213,13 @@ def test_a_paused_provider_with_no_other_channel_makes_rows_wait_then_75(tmp_pat
     assert sms.count() == 1  # asked once; the rows waited for the pause, not the provider
     assert "--resume" in result.stderr
     assert all(row["status"] != "failed" for row in read_results(tmp_path / "in.results.csv"))
+
+
+def test_send_that_no_channel_can_take_now_exits_75(tmp_path, kakaotalk, sms):
+    # Both providers ask for an hour's pause (beyond max-retry-after): nothing can be sent now.
+    for server in (kakaotalk, sms):
+        server.mode, server.throttle_headers = "throttle", {"Retry-After": "3600"}
+    path = config(tmp_path / "c.toml", kakaotalk, sms)
+    result, document, _ = send_json(path)
+    assert result.exit_code == 75, result.output
+    assert document["status"] == "failed" and kakaotalk.count() == sms.count() == 1

@@ -27,6 +27,7 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOFTWARE,
+    EXIT_TEMPFAIL,
     EXIT_USAGE,
     ConfigError,
     InputError,
@@ -433,7 +434,11 @@ def send(
                 _print_json(document)
             else:
                 _render_send(run.console, result, report if verbose else None)
-        raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+        # Nothing could be tried now (circuits open, providers paused, limiter store down):
+        # nothing was sent, so "try again later" (75), not "not delivered" (1).
+        raise typer.Exit(
+            EXIT_OK if result.ok else (EXIT_TEMPFAIL if result.unavailable else EXIT_FAILED)
+        )
 
 
 def _read_message(message: str) -> str:

@@ -25,6 +25,7 @@ import bench_memory
 import bench_outage
 import bench_overflow
 import bench_overhead
+import bench_resume
 import bench_startup
 import bench_throughput
 from common import BENCH_DIR, PYTHON, REPO, Section, Workspace, machine, precompile
@@ -38,6 +39,7 @@ BENCHMARKS = (
     ("outage", bench_outage, 5, 2),
     ("overhead", bench_overhead, 3, 1),
     ("overflow", bench_overflow, 2, 1),
+    ("resume", bench_resume, 2, 1),
 )
 DOC = REPO / "docs" / "benchmarks.md"
 NARRATIVE = BENCH_DIR / "narrative.md"

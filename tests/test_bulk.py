@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeSender
+from msgsend import bulk
 from msgsend.bulk import BulkOptions, BulkReport, send_bulk
 from msgsend.errors import InputError
 from msgsend.events import RowSettled
@@ -472,6 +473,80 @@ def test_resume_detects_results_of_another_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"records row [45] but .* has 3 rows"):
         send_bulk(shorter, sender, BulkOptions(results_path=tmp_path / "shared.csv", resume=True))
     assert sender.calls == []
+
+
+@pytest.fixture(params=["same pass", "pass of its own"])
+def hold_limit(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Check recorded recipients while producing (rows held back), or in a pass first."""
+    if request.param == "pass of its own":
+        monkeypatch.setattr(bulk, "HOLD_LIMIT", 0)
+    return str(request.param)
+
+
+def test_a_late_mismatch_refuses_before_sending_or_recording_anything(
+    tmp_path: Path, hold_limit: str
+) -> None:
+    rows = [(phone(i), f"m{i}") for i in range(1, 9)]
+    first = make_csv(tmp_path / "first.csv", rows)
+    results = tmp_path / "shared.csv"
+    send_bulk(first, FakeSender(fail={phone(2), phone(3)}), BulkOptions(results_path=results))
+    before = results.read_bytes()
+    # the same file but for its last row: rows 2 and 3 (failed) would be sent again first
+    changed = make_csv(tmp_path / "changed.csv", [*rows[:-1], (phone(99), "m8")])
+    sender = FakeSender()
+    options = BulkOptions(results_path=results, resume=True)
+    with pytest.raises(InputError, match=r"does not match .*row 8 was recorded sent"):
+        send_bulk(changed, sender, options)
+    assert sender.calls == []
+    assert results.read_bytes() == before
+
+
+def test_resume_skips_settled_rows_and_keeps_duplicates_exact(
+    tmp_path: Path, hold_limit: str
+) -> None:
+    # Numbers in several spellings: settled rows are compared and indexed without validation.
+    rows = [
+        ("01012340001", "hi"),  # 1 sent (recorded normalised)
+        ("+82 10-1234-0002", "hi"),  # 2 failed
+        ("02-123-4567", "hi"),  # 3 invalid
+        ("010-1234-0001", "hi"),  # 4 duplicate of 1
+        ("010 1234 0001", "hi"),  # 5 unrecorded: a duplicate of the sent row 1
+        ("010-1234-0002", "hi"),  # 6 unrecorded: a duplicate of row 2, sent again now
+        ("010-1234-0007", "new"),  # 7 unrecorded
+    ]
+    source = make_csv(tmp_path / "in.csv", rows)
+    first = FakeSender(fail={"010-1234-0002"})
+    report = send_bulk(source, first)
+    assert (report.sent, report.failed, report.invalid, report.duplicate) == (2, 1, 1, 3)
+    path = report.results_path
+    kept = [line for line in path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+            if not line.startswith(("5,", "6,", "7,"))]  # fmt: skip
+    path.write_text("".join(kept), encoding="utf-8-sig")
+
+    second = FakeSender()
+    report = send_bulk(source, second, BulkOptions(resume=True))
+    assert sorted(second.recipients) == ["010-1234-0002", "010-1234-0007"]
+    assert (report.skipped, report.sent, report.duplicate) == (3, 2, 2)
+    assert report.previously == {"sent": 1, "invalid": 1, "duplicate": 1}
+    lines = {int(x["row"]): x for x in read_results(path)}
+    assert lines[5]["status"] == "duplicate" and lines[5]["error"] == "duplicate of row 1"
+    assert lines[6]["status"] == "duplicate" and lines[6]["error"] == "duplicate of row 2"
+
+
+def test_resuming_a_finished_run_sends_and_writes_nothing(tmp_path: Path) -> None:
+    rows = [(phone(i), "same") for i in range(1, 6)] + [("bad", "x"), (phone(1), "same")]
+    source = make_csv(tmp_path / "in.csv", rows)
+    report = send_bulk(source, FakeSender())
+    before = report.results_path.read_bytes()
+    sender = FakeSender()
+    progress: list[tuple[int, int]] = []
+    again = send_bulk(
+        source, sender, BulkOptions(resume=True), on_progress=lambda d, t: progress.append((d, t))
+    )
+    assert sender.calls == [] and report.results_path.read_bytes() == before
+    assert (again.skipped, again.total_rows, again.exit_code) == (7, 7, 1)  # row 6 is invalid
+    assert again.previously == {"sent": 5, "invalid": 1, "duplicate": 1}
+    assert progress[-1] == (7, 7)
 
 
 def test_resume_refuses_a_foreign_file(tmp_path: Path) -> None:

@@ -8,13 +8,19 @@ Options travel as one ``BulkOptions``. Each settled row becomes one line of the 
 writes a preview instead. With ``resume`` the rows an earlier run settled (``sent``, ``invalid``,
 ``duplicate``) are skipped and ``failed`` rows and rows without a line are processed again. The
 duplicate index is rebuilt from the whole input, so a repeat of a row sent in an earlier run is
-still a duplicate. Before anything is sent, the recorded recipients are compared with the
-input's rows: a mismatch means the results belong to another file (InputError).
+still a duplicate. The input is read once: a settled row is not validated again (its recorded
+recipient is compared with its cell, and a sent row's digest goes into the duplicate index
+unless no row is left to process). Before anything is sent or recorded, the recorded recipients
+are compared with the input's rows: a mismatch means the results belong to another file
+(InputError). That check runs in the same pass, holding back what would be recorded or sent
+until the last recorded row has been compared; with more than ``HOLD_LIMIT`` rows to hold (many
+failed rows), it is a pass of its own first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -27,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .csvinput import CsvInfo, CsvRow, CsvSource, _clean, inspect_csv
+from .csvinput import CsvInfo, CsvRecord, CsvRow, CsvSource, _clean, inspect_csv
 from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -40,7 +46,14 @@ from .errors import (
 )
 from .events import Emit, RowSettled, RunStopped
 from .formats import bulk_message_id
-from .models import Channel, DeliveryResult, mask_recipient, message_kind, sms_bytes
+from .models import (
+    Channel,
+    DeliveryResult,
+    mask_recipient,
+    message_kind,
+    normalize_recipient,
+    sms_bytes,
+)
 from .outage import QuietHours, RefusalStreak, SendGate
 from .report import LatencyHistogram
 from .results import (
@@ -339,24 +352,60 @@ def _digest(recipient: str, message: str) -> int:
     return value or 1
 
 
+class _ResultsMismatchError(InputError):
+    """The results file records other recipients than the input has: another file's results."""
+
+
+def _recorded_here(source: CsvSource, record: CsvRecord, crc: int) -> bool:
+    """Tell whether ``record`` holds the recipient recorded with checksum ``crc``.
+
+    A results line records the normalised number, or for a row refused for its number the
+    cell itself; comparing the cell first spares normalising numbers already in shape.
+    """
+    fields = record.fields
+    if fields is None:
+        return recipient_crc("") == crc  # a malformed record is recorded without a recipient
+    cell = source.recipient_cell(fields)
+    if recipient_crc(cell) == crc:
+        return bool(cell) or bool("".join(fields).strip())  # a blank record is never recorded
+    if source.recipient_index >= len(fields):
+        return False
+    try:
+        return recipient_crc(normalize_recipient(fields[source.recipient_index])) == crc
+    except InputError:
+        return False
+
+
+def _mismatch(source: CsvSource, previous: Previous, path: Path, record: CsvRecord) -> InputError:
+    fields = record.fields or []
+    cell = source.recipient_cell(fields) if "".join(fields).strip() else ""
+    shown = mask_recipient(cell) if cell else "(nothing)"
+    return _ResultsMismatchError(
+        f"{path} does not match {source.path}: row {record.row} was recorded "
+        f"{previous.status_name(record.row)} for another recipient (the file has {shown} "
+        "there); the input changed since that run or the results belong to another file: "
+        "choose another file with --results"
+    )
+
+
 def _verify_previous(source: CsvSource, previous: Previous, path: Path) -> None:
-    """Refuse to resume when the recorded recipients are not the input's."""
-    with source.rows() as rows:
-        for item in rows:
-            if not previous.status[item.row]:
-                continue
-            if item.blank or recipient_crc(item.recipient) != previous.crc[item.row]:
-                shown = mask_recipient(item.recipient) if item.recipient else "(nothing)"
-                raise InputError(
-                    f"{path} does not match {source.path}: row {item.row} was recorded "
-                    f"{previous.status_name(item.row)} for another recipient (the file has "
-                    f"{shown} there); "
-                    "the input changed since that run or the results belong to another "
-                    "file: choose another file with --results"
-                )
+    """Refuse to resume when the recorded recipients are not the input's (a pass of its own)."""
+    status, crc = previous.status, previous.crc
+    last = previous.last_recorded
+    with source.records() as records:
+        for record in records:
+            if status[record.row] and not _recorded_here(source, record, crc[record.row]):
+                raise _mismatch(source, previous, path, record)
+            if record.row >= last:
+                return
 
 
 _STOP_ITEM: CsvRow | None = None
+#: rows settled by an earlier run are counted (and the progress told) this many at a time
+_SKIP_BATCH = 4096
+#: at most this many rows are held back while resume checks the recorded recipients in the
+#: same pass; with more (many failed rows), the check is a pass of its own first
+HOLD_LIMIT = 10_000
 
 
 class _Run:
@@ -448,32 +497,89 @@ class _Run:
 
     # -- producer ---------------------------------------------------------------------------
 
-    def produce(self, rows: Iterator[CsvRow], dry_run: bool) -> None:
-        """Settle or queue every row until the file ends or a stop is requested."""
-        report = self.report
+    def produce(
+        self, records: Iterator[CsvRecord], dry_run: bool, *, verify_until: int = 0
+    ) -> None:
+        """Settle or queue every row until the file ends or a stop is requested.
+
+        Rows an earlier run settled are skipped without validating them: their recorded
+        recipient is compared with the cell, and a sent row's message digest still goes into
+        the duplicate index (unless no row is left to process). Up to row ``verify_until``
+        the recorded recipients are being checked: what would be recorded or sent is held
+        back until then, so results of another file are refused before anything happens.
+        """
+        source = self.source
         previous = self.previous
-        status = previous.status if previous is not None else None
-        for item in rows:
+        status = previous.status if previous is not None else bytearray()
+        crc = previous.crc if previous is not None else None
+        path = self.report.results_path
+        sent = STATUS_CODES[SENT]
+        held: list[Callable[[], None]] | None = [] if verify_until else None
+        skipped = 0
+        for record in records:
             if self.stopping():
                 return
-            if item.blank:
-                report.blank += 1
-                continue
-            first = item.row
-            if item.error is None and self.index is not None:
-                assert item.message is not None
-                first = self.index.first(_digest(item.recipient, item.message), item.row)
-            if status is not None and status[item.row] in _SETTLED:
-                assert previous is not None
-                self.skip(previous.status_name(item.row))
-            elif item.error is not None:
-                self.record(item, INVALID, error=item.error)
-            elif first != item.row:
-                self.record(item, DUPLICATE, error=f"duplicate of row {first}")
-            elif dry_run:
-                self.record(item, READY, channel=item.channel, error=item.note or None)
+            row = record.row
+            code = status[row] if row < len(status) else 0
+            if held is not None:
+                assert previous is not None and crc is not None
+                if code and not _recorded_here(source, record, crc[row]):
+                    raise _mismatch(source, previous, path, record)
+            if code in _SETTLED:
+                if code == sent and self.index is not None:
+                    self.index_settled(record)
+                skipped += 1
+                if skipped >= _SKIP_BATCH:
+                    self.skip(skipped)
+                    skipped = 0
             else:
-                self.enqueue(item)
+                if skipped:
+                    self.skip(skipped)
+                    skipped = 0
+                action = self.decide(source.validate(record), dry_run)
+                if held is None:
+                    action()
+                else:
+                    held.append(action)
+            if held is not None and row >= verify_until:
+                for action in held:
+                    action()
+                held = None
+        if skipped:
+            self.skip(skipped)
+        for action in held or ():
+            action()
+
+    def index_settled(self, record: CsvRecord) -> None:
+        """Put the digest of a row an earlier run sent into the duplicate index."""
+        assert self.index is not None and record.fields is not None
+        fields = record.fields
+        recipient = normalize_recipient(fields[self.source.recipient_index])
+        digest = _digest(recipient, self.source.render(fields))
+        self.index.first(digest, record.row)
+
+    def decide(self, item: CsvRow, dry_run: bool) -> Callable[[], None]:
+        """Return what to do with a row to process: record it, or queue it for sending."""
+        if item.blank:
+            return self.count_blank
+        first = item.row
+        if item.error is None and self.index is not None:
+            assert item.message is not None
+            first = self.index.first(_digest(item.recipient, item.message), item.row)
+        if item.error is not None:
+            return functools.partial(self.record, item, INVALID, error=item.error)
+        if first != item.row:
+            return functools.partial(
+                self.record, item, DUPLICATE, error=f"duplicate of row {first}"
+            )
+        if dry_run:
+            return functools.partial(
+                self.record, item, READY, channel=item.channel, error=item.note or None
+            )
+        return functools.partial(self.enqueue, item)
+
+    def count_blank(self) -> None:
+        self.report.blank += 1
 
     def enqueue(self, item: CsvRow) -> None:
         while True:
@@ -484,10 +590,10 @@ class _Run:
                 if self.stopping():
                     return
 
-    def skip(self, status: str) -> None:
+    def skip(self, count: int) -> None:
+        """Count ``count`` rows an earlier run settled (they are skipped in batches)."""
         with self.lock:
-            self.report.skipped += 1
-            self.report.previously[status] = self.report.previously.get(status, 0) + 1
+            self.report.skipped += count
             self.progress()
 
     # -- workers ----------------------------------------------------------------------------
@@ -875,14 +981,26 @@ def send_bulk(
         target,
         " (dry run)" if dry_run else "",
     )
+    verify_until = settled = 0
+    if previous is not None and previous.lines:
+        settled = previous.count(SENT, INVALID, DUPLICATE)
+        for name in (SENT, INVALID, DUPLICATE):
+            if previous.count(name):
+                report.previously[name] = previous.count(name)
+        if settled == info.total_rows:
+            run.index = None  # every row is settled: no duplicate is left to find
+        verify_until = previous.last_recorded
     try:
-        if previous is not None and previous.lines:
-            _verify_previous(source, previous, target)
+        if previous is not None and verify_until - settled > HOLD_LIMIT:
+            _verify_previous(source, previous, target)  # too many rows to hold back
+            verify_until = 0
         if not dry_run:
             run.start()
         try:
-            with source.rows() as rows:
-                run.produce(rows, dry_run)
+            with source.records() as records:
+                run.produce(records, dry_run, verify_until=verify_until)
+        except _ResultsMismatchError:
+            raise
         except InputError as exc:
             # The file became unreadable mid-way: let in-flight rows finish and be recorded.
             run.fail(

@@ -32,6 +32,7 @@ __all__ = [
     "RECIPIENT_COLUMNS",
     "VIA_COLUMN",
     "CsvInfo",
+    "CsvRecord",
     "CsvRow",
     "CsvSource",
     "compile_template",
@@ -116,7 +117,7 @@ class CsvRow:
 
 def _invalid(
     row: int,
-    record: _Record,
+    record: CsvRecord,
     recipient: str,
     reason: str,
     channel: Channel | None = None,
@@ -138,14 +139,19 @@ def _open_text(path: Path, encoding: str) -> TextIO:
 
 
 @dataclass(slots=True)
-class _Record:
+class CsvRecord:
+    """One parsed record of the input, not yet validated (``CsvSource.records``)."""
+
     first_line: int
     last_line: int
+    #: None when the record is not valid CSV (``error`` says why)
     fields: list[str] | None
     error: str | None
+    #: the row number (1 = the first record after the header)
+    row: int = 0
 
 
-def _records(path: Path, handle: TextIO) -> Iterator[_Record]:
+def _records(path: Path, handle: TextIO) -> Iterator[CsvRecord]:
     """Yield every csv record with its line span; a recoverable csv error becomes a record."""
     reader = csv.reader(handle, strict=True)
     last = 0
@@ -161,10 +167,10 @@ def _records(path: Path, handle: TextIO) -> Iterator[_Record]:
                     f"{path}: line {last + 1}: unreadable CSV ({text}); an unbalanced quote? "
                     "fix the file (quote fields that contain commas, quotes or newlines)"
                 ) from None
-            yield _Record(last + 1, reader.line_num, None, text)
+            yield CsvRecord(last + 1, reader.line_num, None, text)
             last = reader.line_num
             continue
-        yield _Record(last + 1, reader.line_num, fields, None)
+        yield CsvRecord(last + 1, reader.line_num, fields, None)
         last = reader.line_num
 
 
@@ -501,27 +507,53 @@ class CsvSource:
     @contextmanager
     def rows(self) -> Iterator[Iterator[CsvRow]]:
         """Open the file and yield an iterator of its validated data rows, blank ones included."""
+        with self.records() as records:
+            yield (self.validate(record) for record in records)
+
+    @contextmanager
+    def records(self) -> Iterator[Iterator[CsvRecord]]:
+        """Open the file and yield an iterator of its parsed data records, not yet validated.
+
+        ``validate`` turns one into a ``CsvRow``; a run that skips rows settled earlier reads
+        only what it needs of them (``recipient_cell``, ``render``).
+        """
         with _open_text(self.path, self.info.encoding) as handle:
             yield self._iterate(handle)
 
-    def _iterate(self, handle: TextIO) -> Iterator[CsvRow]:
+    def _iterate(self, handle: TextIO) -> Iterator[CsvRecord]:
         records = _records(self.path, handle)
         for record in records:
             if record.fields is None or not _is_blank(record.fields):
                 break  # the header row
-        width = len(self.info.columns)
         row = 0
         try:
             for record in records:
                 row += 1
-                yield self._validate(row, width, record)
+                record.row = row
+                yield record
         except UnicodeDecodeError:
             raise InputError(
                 f"{self.path}: after row {row}: cannot decode as {self.info.encoding}; "
                 "did the file change while being read?"
             ) from None
 
-    def _validate(self, row: int, width: int, record: _Record) -> CsvRow:
+    def validate(self, record: CsvRecord) -> CsvRow:
+        """Return the validated row of ``record``: ``error`` says why it cannot be sent."""
+        return self._validate(record.row, len(self.info.columns), record)
+
+    def recipient_cell(self, fields: Sequence[str]) -> str:
+        """Return the recipient cell as a results file records an invalid one (cleaned)."""
+        index = self.recipient_index
+        return _clean(fields[index]) if index < len(fields) else ""
+
+    def render(self, fields: Sequence[str]) -> str:
+        """Return the message of a well-formed record: the template filled in, or its cell."""
+        if self.format is not None:
+            return self.format.format(*fields)
+        assert self.message_index is not None
+        return fields[self.message_index]
+
+    def _validate(self, row: int, width: int, record: CsvRecord) -> CsvRow:
         span = (
             f"line {record.first_line}"
             if record.last_line <= record.first_line
@@ -539,7 +571,7 @@ class CsvSource:
         if fields is None:
             reason = f"malformed CSV record ({span}): {record.error}; an unbalanced quote?"
             return _invalid(row, record, "", reason)
-        raw = _clean(fields[self.recipient_index]) if self.recipient_index < len(fields) else ""
+        raw = self.recipient_cell(fields)
         joined = "".join(fields)
         if not joined.strip():
             return CsvRow(row, record.first_line, raw, None, None, None, blank=True)
@@ -552,11 +584,7 @@ class CsvSource:
             return _invalid(row, record, raw, reason)
         if "\x00" in joined:
             return _invalid(row, record, raw, f"NUL byte in the record ({span})")
-        if self.format is not None:
-            message = self.format.format(*fields)
-        else:
-            assert self.message_index is not None
-            message = fields[self.message_index]
+        message = self.render(fields)
         try:
             recipient = normalize_recipient(fields[self.recipient_index])
         except InputError as exc:

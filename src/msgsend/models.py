@@ -98,6 +98,8 @@ def message_kind(text: str, channel: Channel | str) -> MessageKind:
 
 _SEPARATORS = re.compile(r"[\s\-.()]")
 _MOBILE = re.compile(r"^01([016789])(\d{3,4})(\d{4})$", re.ASCII)
+#: a number already in the form msgsend sends (most rows of a file written by a program)
+_CANONICAL = re.compile(r"(?:010-\d{4}|01[16789]-\d{3,4})-\d{4}", re.ASCII)
 #: Dash look-alikes (hyphen, non-breaking hyphen, figure/en/em dash, minus, small and
 #: full-width hyphen-minus) and invisible characters (zero-width space, joiners, word joiner,
 #: BOM, soft hyphen, direction marks) that copying a number from a document or a web page
@@ -136,6 +138,8 @@ def normalize_recipient(raw: str) -> str:
         >>> normalize_recipient("+82 10 1234 5678")
         '010-1234-5678'
     """
+    if _CANONICAL.fullmatch(raw):
+        return raw
     # NFKC turns full-width digits, hyphen and plus (as a Korean IME types them) into ASCII,
     # and NBSP and the other wide spaces into spaces.
     spaced = unicodedata.normalize("NFKC", raw.translate(_NUMBER_NOISE)).strip()

@@ -308,6 +308,15 @@ class Previous:
         """Return the status recorded for ``row`` ("" when none)."""
         return _NAMES.get(self.status[row], "")
 
+    def count(self, *statuses: str) -> int:
+        """Return how many rows are recorded with one of ``statuses``."""
+        return sum(self.status.count(STATUS_CODES[name]) for name in statuses)
+
+    @property
+    def last_recorded(self) -> int:
+        """Return the highest row that has a line (0 when none)."""
+        return max(len(self.status.rstrip(b"\x00")) - 1, 0)
+
 
 def recipient_crc(recipient: str) -> int:
     """Return the checksum resume compares a recorded recipient with the input's by."""
@@ -354,6 +363,9 @@ def _lines(raw: io.FileIO, tail: list[bytes]) -> Iterator[bytes]:
 
 
 def _fields(line: bytes) -> list[str] | None:
+    """Split one results line; None when it is not a whole CSV record (torn by a kill)."""
+    if b'"' not in line:  # most lines: nothing quoted, so the commas are the separators
+        return line.decode("utf-8", "surrogateescape").rstrip("\r").split(",")
     try:
         return next(csv.reader([line.decode("utf-8", "surrogateescape").rstrip("\r")], strict=True))
     except (csv.Error, StopIteration):

@@ -154,6 +154,10 @@ def test_alert_json_shape():
         "provider": "kakaotalk",
         "message": "5 failures",
         "at": "2024-05-01T03:00:00Z",
+        "suppressed": 0,
+        "host": None,
+        "run_id": None,
+        "input": None,
         "text": ":rotating_light: msgsend provider-down kakaotalk: 5 failures",
     }
     assert Alert("fallback", None, "x", "t").text.endswith("msgsend fallback: x")
@@ -170,6 +174,10 @@ def test_webhook_receives_the_json(ok_hook, caplog_alerts):
             "provider": "sms",
             "message": "sms refused the credentials (HTTP 401)",
             "at": "2024-05-01T03:00:00Z",
+            "suppressed": 0,
+            "host": None,
+            "run_id": None,
+            "input": None,
             "text": ":lock: msgsend auth-failed sms: sms refused the credentials (HTTP 401)",
         }
     ]
@@ -300,3 +308,55 @@ def test_alerter_listens_to_events():
     events.emit(CircuitChanged("sms", "closed", "open", "5 consecutive failures"))
     events.emit(MessageFinished("010-****-5678", "sent", "sms", False, 1))
     assert [(a.type, a.provider) for a in alerter.emitted] == [("provider-down", "sms")]
+
+
+def test_the_next_alert_says_how_many_the_window_held_back():
+    clock = FakeClock()
+    alerter = Alerter(clock=clock, wall_clock=lambda: FIXED_NOW)
+    alerter.emit("rate-limit", "sms", "sms throttled a request (HTTP 429)")
+    for _ in range(3):
+        assert alerter.emit("rate-limit", "sms", "again") is False
+    alerter.emit("rate-limit", "kakaotalk", "another provider: its own group")
+    clock.advance(61)
+    alerter.emit("rate-limit", "sms", "still throttled")
+    first, other, second = alerter.emitted
+    assert (first.suppressed, other.suppressed, second.suppressed) == (0, 0, 3)
+    assert second.to_json()["suppressed"] == 3
+    assert "3 more like it" in second.text
+    clock.advance(61)
+    alerter.emit("rate-limit", "sms", "once more")
+    assert alerter.emitted[-1].suppressed == 0  # counted from the last alert sent
+
+
+def test_every_alert_says_where_it_comes_from(ok_hook):
+    context = {"host": "cron-3", "run_id": "a1b2c3d4e5f6", "input": "campaign.csv"}
+    alerter = Alerter(ok_hook.url, clock=FakeClock(), context=context)
+    alerter.emit("provider-down", "kakaotalk", "circuit opened")
+    alerter.close(timeout=5)
+    [body] = ok_hook.bodies
+    assert {k: body[k] for k in context} == context
+    assert "cron-3, run a1b2c3d4e5f6, input campaign.csv" in str(body["text"])
+
+
+def test_apprise_urls_get_every_alert(ok_hook):
+    pytest.importorskip("apprise")
+    # apprise's json:// plugin POSTs {"title", "message", "type", ...} to the URL.
+    target = ok_hook.url.replace("http://", "json://")
+    alerter = Alerter(None, clock=FakeClock(), apprise_urls=[target], context={"host": "h1"})
+    alerter.emit("provider-down", "sms", "circuit opened")
+    alerter.close(timeout=10)
+    assert alerter.sent == 1, alerter.failed
+    [body] = ok_hook.bodies
+    assert body["title"] == "msgsend provider-down sms"
+    assert "circuit opened" in str(body["message"]) and "h1" in str(body["message"])
+    assert body["type"] == "failure"
+
+
+def test_apprise_failing_is_counted_never_raised(refused_url):
+    pytest.importorskip("apprise")
+    alerter = Alerter(
+        None, clock=FakeClock(), apprise_urls=[refused_url.replace("http://", "json://")]
+    )
+    alerter.emit("fallback", "kakaotalk", "x")
+    alerter.close(timeout=10)
+    assert (alerter.sent, alerter.failed) == (0, 1)

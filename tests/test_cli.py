@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +326,114 @@ def test_pushgateway_errors_never_echo_its_password(sandbox_config: Path) -> Non
     )  # fmt: skip
     assert "pushg4te-pw" not in result.output
     assert "--pushgateway http://ops:***@127.0.0.1:1/" in result.stderr
+
+
+def test_help_names_values_plainly_and_flags_without_a_type() -> None:
+    shown = invoke("bulk", "--help")
+    assert shown.exit_code == 0
+    text = shown.output
+    for noise in ("<bool>", "<int", "<str>", "<path>", "<float"):
+        assert noise not in text
+    assert re.search(r"--results\s+PATH", text)
+    assert re.search(r"--concurrency\s+INTEGER", text)
+    assert re.search(r"--dry-run\s+Validate", text)  # a flag: no type column
+    assert "[bulk] concurrency" in text  # a config section is not read as markup
+
+
+def test_shell_completion_is_offered_and_completes_commands_and_options() -> None:
+    import os
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "msgsend", "--show-completion", "bash"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "SHELL": "/bin/bash"},
+    )
+    assert shown.returncode == 0 and "_msgsend_completion" in shown.stdout, shown.stderr
+    for words, cword, expected in (
+        ("msgsend bu", "1", "bulk"),
+        ("msgsend bulk --dry", "2", "--dry-run"),
+    ):
+        completed = subprocess.run(
+            [sys.executable, "-m", "msgsend"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={
+                **os.environ,
+                "_MSGSEND_COMPLETE": "complete_bash",
+                "COMP_WORDS": words,
+                "COMP_CWORD": cword,
+            },
+        )
+        assert expected in completed.stdout.split(), completed.stderr
+
+
+# ---------------------------------------------------------------------------- cron-grade
+
+
+def test_log_file_gets_a_start_and_an_end_line_without_v(
+    sandbox: Any, sandbox_config: Path, tmp_path: Path
+) -> None:
+    csv = tmp_path / "campaign.csv"
+    csv.write_text("phone,message\n010-1234-5678,hi\n02-123-4567,landline\n", encoding="utf-8")
+    log = tmp_path / "run.log"
+    result = invoke("bulk", str(csv), "--config", str(sandbox_config), "--log-file", str(log))
+    assert result.exit_code == 1, result.output
+    lines = log.read_text(encoding="utf-8").splitlines()
+    started = [line for line in lines if "msgsend bulk" in line and "started" in line]
+    finished = [line for line in lines if "msgsend bulk finished" in line]
+    assert len(started) == 1 and str(csv) in started[0] and "(2 rows)" in started[0]
+    assert len(finished) == 1
+    assert "exit 1" in finished[0] and "sent 1" in finished[0] and "invalid 1" in finished[0]
+    assert "attempt" not in log.read_text(encoding="utf-8")  # the per-attempt lines need -v
+    assert "started" not in result.stderr  # stderr stays quiet without -v
+
+
+def test_log_file_records_a_run_that_failed_early(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    result = invoke(
+        "bulk", str(tmp_path / "missing.csv"), "--log-file", str(log), "--log-format", "json"
+    )
+    assert result.exit_code == 66
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    ends = [r for r in records if r.get("event") == "run-finished"]
+    assert len(ends) == 1 and ends[0]["exit_code"] == 66 and ends[0]["command"] == "bulk"
+    assert [r for r in records if r.get("event") == "run-started"]
+
+
+# ---------------------------------------------------------------------------- --json errors
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("send", "02-123-4567", "hi", "--json"), 65),
+        (("bulk", "/nonexistent/file.csv", "--json"), 66),
+        (("send", "010-1234-5678", "hi", "--via", "fax", "--json"), 2),
+    ],
+)
+def test_json_errors_are_one_json_document_on_stdout(args: tuple[str, ...], code: int) -> None:
+    result = invoke(*args)
+    assert result.exit_code == code
+    document = json.loads(result.stdout)
+    assert document["error"]["exit_code"] == code
+    assert document["error"]["message"]
+    assert result.stderr  # and the line for humans
+
+
+# ---------------------------------------------------------------------------- ping metrics
+
+
+def test_ping_metrics_file_has_provider_health(
+    sandbox: Any, sandbox_config: Path, tmp_path: Path
+) -> None:
+    sandbox.set_down("sms")
+    prom = tmp_path / "ping.prom"
+    result = invoke("ping", "--config", str(sandbox_config), "--metrics-file", str(prom))
+    assert result.exit_code == 1, result.output
+    text = prom.read_text(encoding="utf-8")
+    assert 'msgsend_provider_up{provider="kakaotalk"} 1.0' in text
+    assert 'msgsend_provider_up{provider="sms"} 0.0' in text
+    assert 'msgsend_provider_probe_seconds{provider="kakaotalk"}' in text

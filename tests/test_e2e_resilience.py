@@ -384,7 +384,18 @@ def test_webhook_receives_the_provider_down_alert(sandbox: Any, tmp_path: Path) 
     assert types["provider-down"] == 1  # once per type and provider
     assert all(count == 1 for count in types.values())
     [down] = [body for body in bodies if body["type"] == "provider-down"]
-    assert set(down) == {"type", "provider", "message", "at", "text"}
+    assert set(down) == {
+        "type",
+        "provider",
+        "message",
+        "at",
+        "text",
+        "suppressed",
+        "host",
+        "run_id",
+        "input",
+    }
+    assert down["input"] == "in.csv" and down["host"] and len(down["run_id"]) == 12
     assert down["provider"] == "kakaotalk"
     assert "circuit opened" in down["message"]
     assert "provider-down" in down["text"] and "kakaotalk" in down["text"]

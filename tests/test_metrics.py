@@ -35,6 +35,7 @@ from msgsend.events import (
     FellBack,
     LimiterWaited,
     MessageFinished,
+    ProviderProbed,
     RetryScheduled,
     RowSettled,
 )
@@ -49,6 +50,9 @@ SPEC_NAMES = {
     "msgsend_overflows",  # issue 13: KakaoTalk rows sent by SMS while KakaoTalk's budget is full
     "msgsend_rate_limit_wait_seconds",
     "msgsend_circuit_open",
+    "msgsend_rate_limit_usage_ratio",  # issue 12: our own pacing, a gauge and not an alert
+    "msgsend_provider_up",  # issue 12: ping --metrics-file
+    "msgsend_provider_probe_seconds",
     "msgsend_last_run_timestamp_seconds",
     "msgsend_last_run_success",
 }
@@ -334,3 +338,35 @@ def test_textfile_path_may_be_str(metrics, tmp_path):
     target = tmp_path / "m.prom"
     metrics.write_textfile(Path(str(target)))
     assert target.exists()
+
+
+def test_rate_limit_usage_ratio_is_the_busiest_window_of_the_run():
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    m = Metrics(limits={"sms": (10, 60.0)}, clock=clock)
+    events = Events(m.on_event)
+    for _ in range(8):  # 8 of 10 slots in the first minute
+        events.emit(LimiterWaited("sms", 0.0))
+    clock.now = 120.0
+    for _ in range(3):  # a quieter window later does not lower the peak
+        events.emit(LimiterWaited("sms", 0.0))
+    assert m.sample("msgsend_rate_limit_usage_ratio", {"provider": "sms"}) == 0.8
+    for _ in range(9):
+        events.emit(LimiterWaited("sms", 2.0))
+    assert m.sample("msgsend_rate_limit_usage_ratio", {"provider": "sms"}) == 1.0
+
+
+def test_health_probes_become_up_and_probe_seconds():
+    m = Metrics()
+    events = Events(m.on_event)
+    events.emit(ProviderProbed("kakaotalk", "up", 0.042))
+    events.emit(ProviderProbed("sms", "down", 5.0))
+    text = m.to_text()
+    assert 'msgsend_provider_up{provider="kakaotalk"} 1.0' in text
+    assert 'msgsend_provider_up{provider="sms"} 0.0' in text
+    assert 'msgsend_provider_probe_seconds{provider="kakaotalk"} 0.042' in text

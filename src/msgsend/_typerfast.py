@@ -13,6 +13,11 @@ range, ...), so that typer produces the same result or the same error message as
 ``install()`` is called by ``msgsend.cli``. When typer's internals are not what this expects
 (an older typer that does not use pydantic, or a newer one that changed them), it installs
 nothing and typer works as usual.
+
+``install_plain_help()`` (also called by ``msgsend.cli``) makes ``--help`` list an option's
+value the way click does (``--concurrency INTEGER``, ``--results PATH``) and flags with no
+type at all, where typer 0.29 writes ``<bool>``, ``<int range>`` or ``<str>`` beside every
+option. Both patch private typer names: pyproject.toml pins typer to the minor tested.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["install"]
+__all__ = ["install", "install_plain_help"]
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -127,4 +132,46 @@ def install() -> bool:
 
     get_runtime_param._msgsend = True  # type: ignore[attr-defined]
     parameter.get_runtime_param = get_runtime_param  # type: ignore[method-assign]
+    return True
+
+
+#: click's names for the plain types, as ``--help`` shows them
+_HELP_TYPES: dict[Any, str] = {
+    str: "TEXT",
+    int: "INTEGER",
+    float: "NUMBER",
+    Path: "PATH",
+    bool: "BOOLEAN",
+}
+
+
+def install_plain_help() -> bool:
+    """Show click-style value names in ``--help`` and none for flags; return whether installed."""
+    try:
+        from typer import core
+
+        classes = (core.TyperOption, core.TyperArgument)
+        originals = [cls.display_type_rich for cls in classes]
+    except (ImportError, AttributeError):
+        return False
+    if all(getattr(original, "_msgsend", False) for original in originals):
+        return True
+
+    def plain(original: Any, argument: bool) -> Any:
+        def display_type_rich(self: Any, ctx: Any) -> str | None:
+            if argument and self.metavar is not None:
+                return None  # the name column shows it already (FILE.csv)
+            if self.metavar is not None:
+                return str(self.metavar)
+            if getattr(self, "is_flag", False) or getattr(self, "count", False):
+                return None
+            annotation: Any = getattr(getattr(self, "type_descriptor", None), "annotation", None)
+            name = _HELP_TYPES.get(annotation)
+            return name if name is not None else original(self, ctx)
+
+        display_type_rich._msgsend = True  # type: ignore[attr-defined]
+        return display_type_rich
+
+    core.TyperOption.display_type_rich = plain(originals[0], argument=False)  # type: ignore[method-assign]
+    core.TyperArgument.display_type_rich = plain(originals[1], argument=True)  # type: ignore[method-assign]
     return True

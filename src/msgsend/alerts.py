@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -44,6 +44,12 @@ _EMOJI: Final = {
     "fallback": ":twisted_rightwards_arrows:",
 }
 _STOP: Final = object()
+#: apprise's NotifyType values per alert type
+_APPRISE_TYPES: Final = {
+    "auth-failed": "failure",
+    "provider-down": "failure",
+    "provider-recovered": "success",
+}
 
 
 def _utc_now() -> _dt.datetime:
@@ -101,31 +107,58 @@ def alert_listener(alerter: SupportsEmit) -> Listener:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """One alert, as logged, posted and listed in the run report."""
+    """One alert, as logged, posted and listed in the run report.
+
+    ``suppressed`` counts the alerts of the same type and provider that the grouping window
+    held back since the previous one was sent; ``host``, ``run_id`` and ``input`` say where
+    it comes from (several cron hosts, several runs a night).
+    """
 
     type: str
     provider: str | None
     message: str
     at: str  # ISO-8601, UTC
+    suppressed: int = 0
+    host: str | None = None
+    run_id: str | None = None
+    input: str | None = None
 
     @property
     def summary(self) -> str:
-        """Return ``type provider: message`` for logs."""
+        """Return ``type provider: message (+N suppressed)`` for logs."""
         who = f" {self.provider}" if self.provider else ""
-        return f"{self.type}{who}: {self.message}"
+        more = (
+            f" (and {self.suppressed} more like it since the last alert)" if self.suppressed else ""
+        )
+        return f"{self.type}{who}: {self.message}{more}"
+
+    @property
+    def origin(self) -> str:
+        """Return ``host, run ID, input FILE`` (what is known)."""
+        parts = [
+            self.host or "",
+            f"run {self.run_id}" if self.run_id else "",
+            f"input {self.input}" if self.input else "",
+        ]
+        return ", ".join(part for part in parts if part)
 
     @property
     def text(self) -> str:
         """Return one Slack-friendly line."""
-        return f"{_EMOJI.get(self.type, ':warning:')} msgsend {self.summary}"
+        origin = f" [{self.origin}]" if self.origin else ""
+        return f"{_EMOJI.get(self.type, ':warning:')} msgsend {self.summary}{origin}"
 
     def to_json(self) -> dict[str, Any]:
-        """Return the webhook body: type, provider, message, at and Slack's ``text``."""
+        """Return the webhook body: type, provider, message, at, origin and Slack's ``text``."""
         return {
             "type": self.type,
             "provider": self.provider,
             "message": self.message,
             "at": self.at,
+            "suppressed": self.suppressed,
+            "host": self.host,
+            "run_id": self.run_id,
+            "input": self.input,
             "text": self.text,
         }
 
@@ -153,8 +186,13 @@ class Alerter:
         logger: logging.Logger | None = None,
         queue_size: int = 100,
         wall_clock: Callable[[], _dt.datetime] = _utc_now,
+        context: Mapping[str, str | None] | None = None,
+        apprise_urls: Sequence[str] = (),
     ) -> None:
         self.webhook_url = webhook_url or None
+        self.apprise_urls = tuple(apprise_urls)
+        #: ``host``, ``run_id`` and ``input`` (the input file's name), stamped on every alert
+        self.context = dict(context or {})
         self.window = window
         self.timeout = timeout
         self._clock = clock
@@ -164,6 +202,8 @@ class Alerter:
         self._webhook_logger = self._logger.getChild("webhook")
         self._lock = threading.Lock()
         self._last: dict[tuple[str, str | None], float] = {}
+        self._held: dict[tuple[str, str | None], int] = {}
+        self._apprise: Any = None
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, queue_size))
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -179,12 +219,12 @@ class Alerter:
 
     @property
     def sent(self) -> int:
-        """Return the webhook posts answered with 2xx."""
+        """Return the deliveries that succeeded (webhook posts answered 2xx, apprise notices)."""
         return self._sent
 
     @property
     def failed(self) -> int:
-        """Return the webhook posts that failed (error, timeout or non-2xx)."""
+        """Return the deliveries that failed (error, timeout, non-2xx, apprise refused)."""
         return self._failed
 
     @property
@@ -232,18 +272,35 @@ class Alerter:
             last = self._last.get(key)
             if last is not None and now - last < self.window:
                 self._suppressed += 1
+                self._held[key] = self._held.get(key, 0) + 1
                 return False
             self._last[key] = now
             at = self._wall_clock().astimezone(_dt.UTC).isoformat(timespec="seconds")
-            alert = Alert(type, provider, mask_text(message), at.replace("+00:00", "Z"))
+            alert = Alert(
+                type,
+                provider,
+                mask_text(message),
+                at.replace("+00:00", "Z"),
+                suppressed=self._held.pop(key, 0),
+                host=self.context.get("host"),
+                run_id=self.context.get("run_id"),
+                input=self.context.get("input"),
+            )
             self.emitted.append(alert)
         self._logger.log(
             _LEVELS.get(type, logging.WARNING),
             "%s",
             alert.summary,
-            extra={"alert_type": type, "provider": provider},
+            extra={
+                "alert_type": type,
+                "provider": provider,
+                "suppressed": alert.suppressed,
+                "host": alert.host,
+                "run_id": alert.run_id,
+                "input": alert.input,
+            },
         )
-        if self.webhook_url:
+        if self.webhook_url or self.apprise_urls:
             self._enqueue(alert)
         return True
 
@@ -288,10 +345,52 @@ class Alerter:
                     with self._lock:
                         self._dropped += 1
                     continue
-                self._post(session, item)
+                if self.webhook_url:
+                    self._post(session, item)
+                if self.apprise_urls:
+                    self._notify_apprise(item)
         finally:
             if owned:
                 session.close()
+
+    def _notify_apprise(self, alert: Alert) -> None:
+        """Send one alert to the Apprise URLs (Slack, Teams, Telegram, e-mail...); never raise.
+
+        apprise is imported here, on the first alert of a run that configures it (its import
+        alone takes about 200 ms).
+        """
+        try:
+            if self._apprise is None:
+                import apprise
+
+                self._apprise = apprise.Apprise()
+                for url in self.apprise_urls:
+                    if not self._apprise.add(url):
+                        self._webhook_logger.warning(
+                            "apprise URL %s is not one apprise knows", redact_endpoint(url)
+                        )
+            ok = bool(
+                self._apprise.notify(
+                    title=f"msgsend {alert.type}"
+                    + (f" {alert.provider}" if alert.provider else ""),
+                    body=alert.text,
+                    notify_type=_APPRISE_TYPES.get(alert.type, "warning"),
+                )
+            )
+        except Exception as exc:  # a plugin's bug, a missing module: never kill the worker
+            ok = False
+            self._webhook_logger.warning("apprise delivery failed: %s", type(exc).__name__)
+        self._count(ok)
+        if not ok:
+            self._webhook_logger.warning("apprise could not deliver the %s alert", alert.type)
+
+    def _count(self, ok: bool) -> None:
+        """Count one delivery (a webhook post or an apprise notification)."""
+        with self._lock:
+            if ok:
+                self._sent += 1
+            else:
+                self._failed += 1
 
     def _post(self, session: requests.Session, alert: Alert) -> None:
         """POST one alert; count the outcome; never raise."""
@@ -310,16 +409,11 @@ class Alerter:
             finally:
                 response.close()
         except Exception as exc:  # requests errors, and anything else: never kill the worker
-            with self._lock:
-                self._failed += 1
+            self._count(False)
             # Only the exception's class: its text repeats the URL, whose path may be a secret.
             self._webhook_logger.warning("alert webhook %s failed: %s", where, type(exc).__name__)
             return
-        with self._lock:
-            if ok:
-                self._sent += 1
-            else:
-                self._failed += 1
+        self._count(ok)
         if not ok:
             self._webhook_logger.warning("alert webhook %s answered HTTP %d", where, status)
 

@@ -7,11 +7,15 @@ stores, prometheus_client) are imported inside the commands that use them, so th
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
 import signal
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ import typer
 
 from . import __version__
 from ._typerfast import install as _install_plain_options
+from ._typerfast import install_plain_help as _install_plain_help
 from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -41,6 +46,7 @@ from .redact import redact_text, redact_url
 # `import requests` does: parse msgsend's plain options without it (start-up budget, see
 # docs/benchmarks.md). Same values and error messages; a no-op on a typer it does not know.
 _install_plain_options()
+_install_plain_help()
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -60,7 +66,7 @@ _APP_SETTINGS: dict[str, Any] = {
     "name": "msgsend",
     "help": "Send text messages to Korean mobile numbers: KakaoTalk first, SMS as the fallback.",
     "no_args_is_help": True,
-    "add_completion": False,
+    "add_completion": True,
     "pretty_exceptions_enable": False,
     "context_settings": {"help_option_names": ["-h", "--help"]},
 }
@@ -113,7 +119,7 @@ OverflowOpt = Annotated[
     bool,
     typer.Option(
         "--overflow",
-        help="Send by SMS at once when KakaoTalk's rate limit is full (or [fallback] overflow).",
+        help="Send by SMS at once when KakaoTalk's rate limit is full (or \\[fallback] overflow).",
     ),
 ]
 
@@ -144,6 +150,8 @@ class Run:
     closers: list[Any] = field(default_factory=list)
     #: whether every message was delivered (``msgsend_last_run_success``); commands set it
     ok: bool = True
+    #: the command's start/end log lines (None for a library-style use)
+    command: Command | None = None
     _console: Console | None = None
 
     @property
@@ -179,28 +187,155 @@ def _raise_errors() -> bool:
 
 
 @contextmanager
-def _errors_to_exit_codes() -> Iterator[None]:
-    """Map every error to a message on stderr and the exit code of SPEC §8, in one place."""
+def _errors_to_exit_codes(json_output: bool = False) -> Iterator[None]:
+    """Map every error to a message on stderr and the exit code of SPEC §8, in one place.
+
+    With ``--json`` the error is also the one JSON document on stdout, so that a script that
+    parses stdout always reads something: ``{"error": {"message": ..., "exit_code": N}}``.
+    """
     try:
         yield
-    except (typer.Exit, typer.BadParameter):
+    except typer.Exit:
+        raise
+    except typer.BadParameter as exc:
+        if json_output:
+            _print_json_error(exc.format_message(), EXIT_USAGE)
         raise
     except MsgsendError as exc:
         if _raise_errors():
             raise
         _error(str(exc))
-        raise typer.Exit(exit_code_for(exc)) from None
+        code = exit_code_for(exc)
+        if json_output:
+            _print_json_error(str(exc), code)
+        raise typer.Exit(code) from None
     except KeyboardInterrupt:
         sys.stderr.write("\nmsgsend: interrupted\n")
+        if json_output:
+            _print_json_error("interrupted", EXIT_INTERRUPTED)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         if _raise_errors():
             raise
-        _error(
-            f"internal error: {type(exc).__name__}: {exc} "
-            "(set MSGSEND_RAISE_ERRORS=1 to see the traceback)"
-        )
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        _error(f"{message} (set MSGSEND_RAISE_ERRORS=1 to see the traceback)")
+        if json_output:
+            _print_json_error(message, EXIT_SOFTWARE)
         raise typer.Exit(EXIT_SOFTWARE) from None
+
+
+def _print_json_error(message: str, code: int) -> None:
+    _print_json({"error": {"message": redact_text(message), "exit_code": code}})
+
+
+@dataclass
+class Command:
+    """One command run as the log file sees it: a start line and an end line (cron-grade).
+
+    Both are INFO records on ``msgsend.run``, written to ``--log-file`` even without ``-v``.
+    """
+
+    name: str
+    started_at: float = field(default_factory=time.monotonic)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    input: str | None = None
+    rows: int | None = None
+    #: the outcome per status (bulk) or per message (send), for the end line
+    counts: dict[str, int] = field(default_factory=dict)
+    _logged_start: bool = False
+
+    def start(self, input: str | None = None, rows: int | None = None) -> None:
+        """Log the start line: the command, its input file and how many rows it holds."""
+        self.input, self.rows = input if input is not None else self.input, rows
+        if self._logged_start:
+            return
+        self._logged_start = True
+        what = f" {self.input}" if self.input else ""
+        size = f" ({self.rows} rows)" if self.rows is not None else ""
+        _run_log().info(
+            "msgsend %s%s%s started (run %s)",
+            self.name,
+            what,
+            size,
+            self.run_id,
+            extra={
+                "event": "run-started",
+                "command": self.name,
+                "input": self.input,
+                "rows": self.rows,
+                "run_id": self.run_id,
+            },
+        )
+
+    def finish(self, exit_code: int) -> None:
+        """Log the end line: counts per status, duration and exit code."""
+        self.start()
+        elapsed = time.monotonic() - self.started_at
+        counts = ", ".join(f"{status} {n}" for status, n in self.counts.items())
+        _run_log().info(
+            "msgsend %s finished: exit %d in %.1f s%s (run %s)",
+            self.name,
+            exit_code,
+            elapsed,
+            f"; {counts}" if counts else "",
+            self.run_id,
+            extra={
+                "event": "run-finished",
+                "command": self.name,
+                "input": self.input,
+                "exit_code": exit_code,
+                "duration_s": round(elapsed, 3),
+                "counts": dict(self.counts),
+                "run_id": self.run_id,
+            },
+        )
+
+
+def _run_log() -> logging.Logger:
+    from .logs import RUN_LOGGER
+
+    return logging.getLogger(RUN_LOGGER)
+
+
+@contextmanager
+def _command(
+    name: str, common: Common, *, json_output: bool = False, input: str | None = None
+) -> Iterator[Command]:
+    """Run a command: logging first, errors mapped to exit codes, a start and an end line."""
+    command = Command(name, input=input)
+    with _errors_to_exit_codes(json_output):
+        _setup_logging(common)
+    code = EXIT_SOFTWARE
+    try:
+        with _errors_to_exit_codes(json_output):
+            yield command
+        code = EXIT_OK
+    except typer.Exit as exc:
+        code = exc.exit_code
+        raise
+    except typer.BadParameter:
+        code = EXIT_USAGE
+        raise
+    finally:
+        with suppress(Exception):
+            command.finish(code)
+
+
+def _setup_logging(common: Common) -> None:
+    from .logs import setup_logging
+
+    _check_common(common)
+    try:
+        setup_logging(
+            common.verbose,
+            log_file=common.log_file,
+            log_format=common.log_format,
+            rich_console=_stderr_console() if sys.stderr.isatty() else None,
+        )
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot write {common.log_file}: {exc.strerror or exc}", param_hint="--log-file"
+        ) from None
 
 
 def _check_common(common: Common) -> None:
@@ -214,27 +349,13 @@ def _check_common(common: Common) -> None:
 def _run(
     common: Common,
     *,
+    command: Command | None = None,
     need_config: bool = True,
     overrides: dict[str, Any] | None = None,
     sandbox: bool = False,
-    json_output: bool = False,
 ) -> Iterator[Run]:
-    """Set up logging, configuration, alerts and metrics; tear them down at exit."""
-    from .logs import setup_logging
-
-    _check_common(common)
-    run = Run(common=common)
-    try:
-        setup_logging(
-            common.verbose,
-            log_file=common.log_file,
-            log_format=common.log_format,
-            rich_console=run.console if sys.stderr.isatty() else None,
-        )
-    except OSError as exc:
-        raise typer.BadParameter(
-            f"cannot write {common.log_file}: {exc.strerror or exc}", param_hint="--log-file"
-        ) from None
+    """Set up configuration, alerts and metrics; tear them down at exit."""
+    run = Run(common=common, command=command)
     success = False
     try:
         if need_config:
@@ -243,17 +364,46 @@ def _run(
                 run.sandbox, run.config = _start_sandbox(run.config, run)
             from .alerts import Alerter
 
-            run.alerter = Alerter(run.config.alerts.webhook_url)
+            apprise_urls = run.config.alerts.apprise_urls
+            if apprise_urls and importlib.util.find_spec("apprise") is None:
+                raise ConfigError(
+                    "is set but apprise is not installed: pip install 'msgsend[apprise]'",
+                    source=_config_source(run.config),
+                    key="alerts.apprise-urls",
+                )
+            run.alerter = Alerter(
+                run.config.alerts.webhook_url,
+                context=_alert_context(command),
+                apprise_urls=apprise_urls,
+            )
             run.events.subscribe(run.alerter.on_event)
             if common.metrics_file or common.pushgateway:
                 from .metrics import Metrics
 
-                run.metrics = Metrics()
+                limits = {
+                    name: (
+                        run.config.provider(name).rate_limit.count,
+                        run.config.provider(name).rate_limit.period,
+                    )
+                    for name in ("kakaotalk", "sms")
+                }
+                run.metrics = Metrics(limits=limits)
                 run.events.subscribe(run.metrics.on_event)
         yield run
         success = run.ok
     finally:
         _finish(run, success)
+
+
+def _alert_context(command: Command | None) -> dict[str, str | None]:
+    """Return what every alert of this run carries: host, run id and input file name."""
+    import socket
+
+    return {
+        "host": socket.gethostname(),
+        "run_id": command.run_id if command is not None else None,
+        "input": Path(command.input).name if command is not None and command.input else None,
+    }
 
 
 def _load_config(common: Common, overrides: dict[str, Any] | None, run: Run) -> Config:
@@ -408,14 +558,15 @@ def send(
     Example: msgsend send 010-1234-5678 "배송이 시작되었습니다"
     """
     common = Common(config, verbose, log_file, log_format, metrics_file, pushgateway)
-    channel = _channel(via)
-    with _errors_to_exit_codes():
+    with _command("send", common, json_output=json_output) as command:
+        channel = _channel(via)
         text = _read_message(message)
         from .models import normalize_recipient, validate_message
 
         normalize_recipient(recipient)
         validate_message(text, channel)
-        with _run(common, sandbox=sandbox) as run:
+        command.start(rows=1)
+        with _run(common, command=command, sandbox=sandbox) as run:
             sender = _build_sender(run, pool_size=2)
             assert run.config is not None
             result = sender.send(
@@ -426,6 +577,7 @@ def send(
                 overflow=overflow or run.config.overflow,
             )
             run.ok = result.ok
+            command.counts = {result.status: 1}
             report = sender.stats.to_json()
             if json_output:
                 document = result.to_json()
@@ -512,18 +664,22 @@ def ping(
     Example: msgsend ping --json
     """
     common = Common(config, verbose, log_file, log_format, metrics_file, pushgateway)
-    names = [_channel(provider, "--provider")] if provider else None
-    with _errors_to_exit_codes(), _run(common, sandbox=sandbox) as run:
-        from .health import check_health
+    with _command("ping", common, json_output=json_output) as command:
+        names = [_channel(provider, "--provider")] if provider else None
+        with _run(common, command=command, sandbox=sandbox) as run:
+            from .health import check_health
 
-        sender = _build_sender(run, pool_size=2)
-        report = check_health(sender, names)
-        if json_output:
-            _print_json(report.to_json())
-        else:
-            _render_health(report)
-        code = report.exit_code
-    raise typer.Exit(code)
+            sender = _build_sender(run, pool_size=2)
+            report = check_health(sender, names)
+            command.counts = {p.status.value: 0 for p in report.providers}
+            for health in report.providers:
+                command.counts[health.status.value] += 1
+            if json_output:
+                _print_json(report.to_json())
+            else:
+                _render_health(report)
+            code = report.exit_code
+        raise typer.Exit(code)
 
 
 def _render_health(report: Any) -> None:
@@ -584,7 +740,7 @@ def bulk(
             "--concurrency",
             min=1,
             max=256,
-            help="Parallel sends (default [bulk] concurrency).",
+            help="Parallel sends (default \\[bulk] concurrency).",
             show_default=False,
         ),
     ] = None,
@@ -613,7 +769,7 @@ def bulk(
     ignore_quiet_hours: Annotated[
         bool,
         typer.Option(
-            "--ignore-quiet-hours", help="Send even inside [bulk] quiet-hours (e.g. not ads)."
+            "--ignore-quiet-hours", help="Send even inside \\[bulk] quiet-hours (e.g. not ads)."
         ),
     ] = False,
     allow_empty_fields: Annotated[
@@ -650,23 +806,26 @@ def bulk(
     Example: msgsend bulk recipients.csv --template "{name}님, 주문하신 상품이 발송되었습니다."
     """
     common = Common(config, verbose, log_file, log_format, metrics_file, pushgateway)
-    channel = _channel(via)
-    if encoding is not None:
-        import codecs
+    with _command("bulk", common, json_output=json_output, input=str(file)) as command:
+        channel = _channel(via)
+        if encoding is not None:
+            import codecs
 
-        try:
-            codecs.lookup(encoding)
-        except LookupError:
-            raise typer.BadParameter(
-                f"unknown encoding {encoding!r}", param_hint="--encoding"
-            ) from None
-    with _errors_to_exit_codes():
+            try:
+                codecs.lookup(encoding)
+            except LookupError:
+                raise typer.BadParameter(
+                    f"unknown encoding {encoding!r}", param_hint="--encoding"
+                ) from None
         from .bulk import BulkOptions, inspect_csv
         from .models import Channel
 
         info = inspect_csv(file, encoding=encoding)
+        command.start(rows=info.total_rows)
         overrides = {"bulk.concurrency": concurrency} if concurrency else None
-        with _run(common, overrides=overrides, sandbox=sandbox and not dry_run) as run:
+        with _run(
+            common, command=command, overrides=overrides, sandbox=sandbox and not dry_run
+        ) as run:
             assert run.config is not None
             workers = run.config.bulk.concurrency
             quiet = None if ignore_quiet_hours else _quiet_hours(run.config)
@@ -708,7 +867,7 @@ def bulk(
                 run, sender, info, options, json_output=json_output, resume_command=resume_command
             )
             run.ok = code == EXIT_OK
-    raise typer.Exit(code)
+        raise typer.Exit(code)
 
 
 def _quiet_hours(config: Config) -> QuietHours | None:
@@ -807,6 +966,8 @@ def _bulk(
         run.events.unsubscribe(progress.on_event)
         restore()
     stats = sender.stats.to_json() if sender is not None else None
+    if run.command is not None:
+        run.command.counts = {status: n for status, n in report.counts.items() if n}
     unfinished = bool(report.left) and (report.stopped is not None or report.interrupted)
     if json_output:
         document = report.to_json()

@@ -35,6 +35,7 @@ __all__ = [
     "MessageFinished",
     "Overflowed",
     "ProviderPaused",
+    "ProviderProbed",
     "RetryScheduled",
     "RowSettled",
     "RunPaused",
@@ -216,6 +217,16 @@ class RunStopped(Event):
     reason: str
     exit_code: int
     left: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderProbed(Event):
+    """A health probe (``msgsend ping``) found ``provider`` ``status`` (up, throttled, down,
+    auth-failed) in ``seconds`` (None: not probed, the rate limit was in use)."""
+
+    provider: str
+    status: str
+    seconds: float | None
 
 
 #: A listener takes every event and ignores the types it does not handle.

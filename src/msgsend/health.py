@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import LimiterTimeout
+from .events import ProviderProbed
 from .models import HealthStatus, ProviderHealth
 
 if TYPE_CHECKING:
@@ -93,4 +94,7 @@ def check_health(
 
     with ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
         results = list(pool.map(probe, chosen))
+    for health in results:
+        seconds = None if health.latency_ms is None else health.latency_ms / 1000
+        sender.events.emit(ProviderProbed(health.provider, health.status.value, seconds))
     return HealthReport(results)

@@ -41,6 +41,7 @@ from .redact import redact_text
 
 __all__ = [
     "LOGGER_NAME",
+    "RUN_LOGGER",
     "JsonFormatter",
     "MaskingFilter",
     "TextFormatter",
@@ -268,13 +269,33 @@ def setup_logging(
 
     reset_logging()
     logger = logging.getLogger(LOGGER_NAME)
-    logger.setLevel(level)
     masking = MaskingFilter()
     for handler in handlers:
         handler.setLevel(level)
         handler.addFilter(masking)
         setattr(handler, _HANDLER_MARK, True)
         logger.addHandler(handler)
+    if log_file is not None and level > logging.INFO:
+        # Cron-grade: the run's start and end lines reach the log file without -v.
+        file_handler.setLevel(logging.INFO)
+        file_handler.addFilter(_RunLinesOrLevel(level))
+        level = logging.INFO
+    logger.setLevel(level)
+
+
+#: the logger of a command's start and end lines (``msgsend.cli``)
+RUN_LOGGER: Final = f"{LOGGER_NAME}.run"
+
+
+class _RunLinesOrLevel(logging.Filter):
+    """Pass records at ``level`` and above, and the run's start/end lines at any level."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level or record.name == RUN_LOGGER
 
 
 _client_log = logging.getLogger("msgsend.client")

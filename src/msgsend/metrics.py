@@ -15,6 +15,7 @@ import re
 import socket
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -28,6 +29,7 @@ from .events import (
     LimiterWaited,
     MessageFinished,
     Overflowed,
+    ProviderProbed,
     RetryScheduled,
     RowSettled,
 )
@@ -112,11 +114,17 @@ class Metrics:
         *,
         providers: Iterable[str] = ("kakaotalk", "sms"),
         wall_clock: Callable[[], float] = time.time,
+        limits: Mapping[str, tuple[int, float]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry if registry is not None else CollectorRegistry()
         self._wall_clock = wall_clock
+        self._clock = clock
+        #: (count, period) of each provider's rate limit, for the usage ratio
+        self._limits = dict(limits or {})
+        self._slots: dict[str, deque[float]] = {}
         reg = self.registry
         self.messages_total: Counter = Counter(
             "msgsend_messages_total",
@@ -166,6 +174,25 @@ class Metrics:
             ["provider"],
             registry=reg,
         )
+        self.rate_limit_usage_ratio: Gauge = Gauge(
+            "msgsend_rate_limit_usage_ratio",
+            "Highest share of the provider's rate limit this run took within one period of the "
+            "limit (1: at the limit, sends waited for slots).",
+            ["provider"],
+            registry=reg,
+        )
+        self.provider_up: Gauge = Gauge(
+            "msgsend_provider_up",
+            "1 if the health probe found the provider able to deliver (up or throttled), else 0.",
+            ["provider"],
+            registry=reg,
+        )
+        self.provider_probe_seconds: Gauge = Gauge(
+            "msgsend_provider_probe_seconds",
+            "Duration of the provider's health probe.",
+            ["provider"],
+            registry=reg,
+        )
         self.last_run_timestamp_seconds: Gauge = Gauge(
             "msgsend_last_run_timestamp_seconds",
             "Unix time at which the run finished.",
@@ -204,10 +231,13 @@ class Metrics:
                 self.overflows_total.inc()
             case LimiterWaited(provider=provider, seconds=seconds):
                 self.observe_limiter_wait(provider, seconds)
+                self.observe_slot(provider)
             case CircuitChanged(provider=provider, new="open"):
                 self.observe_circuit_open(provider)
             case MessageFinished(channel=channel, status=status, kind=kind):
                 self.observe_message(channel, status, kind)
+            case ProviderProbed(provider=provider, status=status, seconds=seconds):
+                self.observe_probe(provider, up=status in ("up", "throttled"), seconds=seconds)
             case RowSettled(status="invalid" | "duplicate" as status):
                 # Rows that never reached the sender; the others are MessageFinished events.
                 self.observe_message(None, status)
@@ -246,6 +276,29 @@ class Metrics:
             self.rate_limit_wait_seconds_total.labels(provider=_provider_label(provider)).inc(
                 seconds
             )
+
+    def observe_slot(self, provider: str) -> None:
+        """Count one slot taken of ``provider``'s rate limit (for the usage ratio)."""
+        limit = self._limits.get(provider)
+        if limit is None:
+            return
+        count, period = limit
+        now = self._clock()
+        taken = self._slots.setdefault(provider, deque(maxlen=max(1, count)))
+        taken.append(now)
+        while taken and now - taken[0] >= period:
+            taken.popleft()
+        gauge = self.rate_limit_usage_ratio.labels(provider=_provider_label(provider))
+        ratio = min(1.0, len(taken) / count)
+        if ratio > (self.sample("msgsend_rate_limit_usage_ratio", {"provider": provider}) or 0):
+            gauge.set(ratio)
+
+    def observe_probe(self, provider: str, *, up: bool, seconds: float | None) -> None:
+        """Record one health probe of ``provider``."""
+        label = _provider_label(provider)
+        self.provider_up.labels(provider=label).set(1 if up else 0)
+        if seconds is not None:
+            self.provider_probe_seconds.labels(provider=label).set(seconds)
 
     def observe_circuit_open(self, provider: str) -> None:
         """Count one opening of ``provider``'s circuit."""

@@ -568,12 +568,11 @@ def test_lists_from_the_environment_are_json(monkeypatch):
 
 def test_a_table_of_strings_loads_and_overrides_from_json(tmp_path, monkeypatch):
     """Tables of strings are config values (formats' [PROVIDER.request] fields use them)."""
-    monkeypatch.setitem(
-        config_module.SCHEMA, "sms.request.fields", config_module._Key("table", "body fields")
+    path = write(
+        tmp_path / "c.toml", '[sms.request]\nfields = {to = "{recipient}", text = "{message}"}\n'
     )
-    path = write(tmp_path / "c.toml", '[sms.request]\nfields = {to = "{recipient}"}\n')
     config = load_config(path)
-    assert config.values["sms.request.fields"] == {"to": "{recipient}"}
+    assert config.values["sms.request.fields"] == {"to": "{recipient}", "text": "{message}"}
     monkeypatch.setenv(
         "MSGSEND_SMS_REQUEST_FIELDS", '{"phone": "{recipient}", "text": "{message}"}'
     )
@@ -781,7 +780,11 @@ def test_no_permission_warning_without_a_password(tmp_path):
 def test_sample_config_parses_and_loads_back_to_the_defaults(tmp_path):
     text = render_sample_config()
     data = tomllib.loads(text)
-    assert data["kakaotalk"]["auth"] == {"username": "autoever", "password": "1234"}
+    assert data["kakaotalk"]["auth"] == {
+        "type": "basic",
+        "username": "autoever",
+        "password": "1234",
+    }
     assert data["sms"]["rate-limit"] == {"requests-per-minute": 500}
     path = write(tmp_path / "sample.toml", text)
     loaded = load_config(path)
@@ -816,7 +819,8 @@ def test_effective_items_mask_passwords_and_give_sources(tmp_path, monkeypatch):
 def test_effective_items_follow_schema_order():
     keys = [key for key, _value, _source in effective_items(load_config())]
     assert keys == [key for key in SCHEMA if key in keys]
-    assert set(keys) == set(DEFAULTS)
+    # The health probe's path defaults to the request's path, whatever that is set to.
+    assert set(keys) == set(DEFAULTS) | {"kakaotalk.health.path", "sms.health.path"}
 
 
 def test_sandbox_config_fixture_shape(tmp_path):

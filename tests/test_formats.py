@@ -7,19 +7,24 @@ Every encoding claim is checked by decoding with the standard decoder a server w
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
 import requests_mock
+from typer.testing import CliRunner
 
 from fakes import FakeProvider, FakeSender, FakeSleep, server_error
 from msgsend.bulk import BulkOptions, send_bulk
+from msgsend.cli import app
 from msgsend.client import Sender
-from msgsend.errors import InvalidRequestError, RefusedError
+from msgsend.config import load_config
+from msgsend.errors import ConfigError, InvalidRequestError, RefusedError
 from msgsend.formats import (
     CONTENT_TYPES,
+    FORMAT_NAMES,
     AuthSpec,
     FormatError,
     HealthFormat,
@@ -337,10 +342,10 @@ def test_a_bad_health_format_is_refused_naming_the_key(
 
 BAD_AUTH = [
     (AuthSpec("oauth"), "auth.type", "'basic', 'bearer', 'header'"),
-    (AuthSpec("basic", "u", "p", token="t"), "auth.token", 'type = "bearer" or "header"'),
+    (AuthSpec("basic", "u", "p", token="t"), "auth.type", 'type = "bearer" or "header"'),
     (AuthSpec("basic", "u", "p", header_name="X-Key"), "auth.header-name", 'type = "header"'),
-    (AuthSpec("bearer"), "auth.token", "needs a token"),
-    (AuthSpec("bearer", token="a\nb"), "auth.token", "one line"),
+    (AuthSpec("bearer"), "auth.type", "needs a token"),
+    (AuthSpec("bearer", token="a\nb"), "auth", "one line"),
     (AuthSpec("header", token="t"), "auth.header-name", "needs header-name"),
     (AuthSpec("header", token="t", header_name="X Key"), "auth.header-name", "not a usable"),
     (AuthSpec("header", token="t", header_name="Content-Length"), "auth.header-name", "usable"),
@@ -428,3 +433,100 @@ def test_bulk_gives_each_row_a_message_id_that_a_resume_repeats(tmp_path: Path) 
     ids = dict(zip([c[0] for c in first.calls], first.message_ids, strict=True))
     assert len(set(ids.values())) == 3
     assert again.message_ids == [ids["010-1234-5679"]]  # only the failed row, same id
+
+
+# --------------------------------------------------------------------------- the configuration
+
+# TOML, the key named, words of the message: every one exits 78 through the CLI
+BAD_CONFIGS = [
+    ('[sms.request]\nfields = {to = "{recipient}", text = "{mesage}"}\n',
+     "sms.request.fields.text", "did you mean {message}"),
+    ('[sms.request]\nbody = "xml"\n', "sms.request.body", "one of 'json', 'form', 'none'"),
+    ('[sms.request]\nbody = "none"\n', "sms.request.fields", 'body = "none" sends no fields'),
+    ("[sms.request]\nfields = 5\n", "sms.request.fields", "a table of strings"),
+    ("[sms.request]\nfields = {to = 1}\n", "sms.request.fields", "a table of strings"),
+    ('[sms.request]\nquery = ["phone"]\n', "sms.request.query", "a table of strings"),
+    ('[sms.request]\nmethod = "DELETE"\n', "sms.request.method", "one of"),
+    ('[sms.request]\npath = "sms"\n', "sms.request.path", "starting with '/'"),
+    ("[sms.request]\nsuccess-statuses = [302]\n", "sms.request.success-statuses", "200 to 299"),
+    ('[sms.request]\nsuccess-statuses = "200"\n', "sms.request.success-statuses", "a list"),
+    ("[sms.request]\nsuccess-json = {result = [1]}\n", "sms.request.success-json",
+     "strings, numbers or booleans"),
+    ('[sms.request]\nheaders = {Authorization = "Bearer x"}\n',
+     "sms.request.headers.Authorization", "[auth]"),
+    ('[sms.request]\nunknown = 1\n', "sms.request.unknown", "unknown key"),
+    ('[sms.health]\nmethod = "GET"\n', "sms.health.body", "cannot carry a body"),
+    ("[sms.health]\nhealthy-statuses = [99]\n", "sms.health.healthy-statuses", "100 to 599"),
+    ('[sms.auth]\ntype = "oauth"\n', "sms.auth.type", "one of"),
+    ('[sms.auth]\ntype = "bearer"\n', "sms.auth.type", '"bearer" needs a token'),
+    ('[sms.auth]\ntoken = "t"\n', "sms.auth.type", 'set type = "bearer" or "header"'),
+    ('[sms.auth]\ntype = "header"\ntoken = "t"\n', "sms.auth.header-name", "needs header-name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("toml", "key", "words"), BAD_CONFIGS)
+def test_a_bad_format_config_exits_78_naming_file_and_key(
+    tmp_path: Path, toml: str, key: str, words: str
+) -> None:
+    path = tmp_path / "msgsend.toml"
+    path.write_text(toml, encoding="utf-8")
+    result = CliRunner().invoke(app, ["config", "check", "--config", str(path)])
+    assert result.exit_code == 78, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert str(path) in line and key in line and words in line
+    assert "Traceback" not in result.output
+
+
+def test_an_environment_override_of_a_table_is_json(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("MSGSEND_SMS_REQUEST_QUERY", '{"phone": "{recipient_digits}"}')
+    monkeypatch.setenv("MSGSEND_SMS_REQUEST_FIELDS", '{"message": "{message}"}')
+    monkeypatch.setenv("MSGSEND_SMS_REQUEST_BODY", "form")
+    monkeypatch.setenv("MSGSEND_SMS_REQUEST_SUCCESS_JSON", '{"ok": true}')
+    config = load_config(env=dict(os.environ), cwd=tmp_path)
+    assert config.sms.request == RequestFormat(
+        path="/sms",
+        body="form",
+        query={"phone": "{recipient_digits}"},
+        fields={"message": "{message}"},
+        success_json={"ok": True},
+    )
+    assert config.sources["sms.request.query"] == "MSGSEND_SMS_REQUEST_QUERY"
+    monkeypatch.setenv("MSGSEND_SMS_REQUEST_QUERY", '{"phone": "{number}"}')
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=dict(os.environ), cwd=tmp_path)
+    assert "environment MSGSEND_SMS_REQUEST_QUERY" in str(caught.value)
+    assert "unknown placeholder {number}" in str(caught.value)
+
+
+def test_config_show_prints_the_request_format_with_sources_and_hides_tokens(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "msgsend.toml"
+    path.write_text(
+        '[sms.request]\nbody = "form"\nquery = { phone = "{recipient}" }\n'
+        'fields = { message = "{message}" }\n'
+        '[sms.auth]\ntype = "bearer"\ntoken = "s3cret-token"\n',
+        encoding="utf-8",
+    )
+    path.chmod(0o644)
+    result = CliRunner().invoke(app, ["config", "show", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = {line.split("#")[0].strip(): line for line in result.stdout.splitlines()}
+    assert f"file {path}" in lines['body = "form"']
+    assert f"file {path}" in lines['query = { phone = "{recipient}" }']
+    assert "default" in lines['path = "/sms"']  # the request's, and the health probe's
+    assert "s3cret-token" not in result.output
+    assert 'token = "***"' in lines
+    assert "auth.token" in result.stderr and "chmod 600" in result.stderr  # readable by others
+
+
+def test_config_init_writes_either_format_and_it_loads_back(tmp_path: Path) -> None:
+    for name in FORMAT_NAMES:
+        path = tmp_path / f"{name}.toml"
+        result = CliRunner().invoke(app, ["config", "init", "--format", name, str(path)])
+        assert result.exit_code == 0, result.output
+        config = load_config(path)
+        for provider in ("kakaotalk", "sms"):
+            assert config.provider(provider).request == preset(name, provider)
+    result = CliRunner().invoke(app, ["config", "init", "--format", "xml", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--format" in result.output

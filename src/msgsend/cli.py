@@ -424,6 +424,7 @@ def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
     from .config import LimiterConfig
     from .sandbox import (
         DEFAULT_PASSWORDS,
+        DEFAULT_TOKENS,
         DEFAULT_USERNAMES,
         ProviderOptions,
         Sandbox,
@@ -431,9 +432,25 @@ def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
     )
 
     def limits(name: str) -> ProviderOptions:
-        # The fake provider enforces the limit msgsend is configured for, as a real one would.
-        rate = config.provider(name).rate_limit
-        return ProviderOptions(rate_limit=rate.count, rate_period=rate.period)
+        # The fake provider enforces the limit msgsend is configured for, as a real one would,
+        # and serves its request format, health probe and kind of credentials.
+        provider = config.provider(name)
+        rate = provider.rate_limit
+        return ProviderOptions(
+            rate_limit=rate.count,
+            rate_period=rate.period,
+            request_format=provider.request,
+            health=provider.health,
+            auth_type=provider.auth_type,
+            header_name=provider.header_name or "X-API-Key",
+        )
+
+    def credentials(name: str) -> dict[str, Any]:
+        return {
+            "username": DEFAULT_USERNAMES[name],
+            "password": DEFAULT_PASSWORDS[name],
+            "token": DEFAULT_TOKENS[name] if config.provider(name).auth_type != "basic" else None,
+        }
 
     options = SandboxOptions(
         kakaotalk=limits("kakaotalk"),
@@ -445,17 +462,9 @@ def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
     config = dataclasses.replace(
         config,
         kakaotalk=dataclasses.replace(
-            config.kakaotalk,
-            base_url=sandbox.kakaotalk_url,
-            username=DEFAULT_USERNAMES["kakaotalk"],
-            password=DEFAULT_PASSWORDS["kakaotalk"],
+            config.kakaotalk, base_url=sandbox.kakaotalk_url, **credentials("kakaotalk")
         ),
-        sms=dataclasses.replace(
-            config.sms,
-            base_url=sandbox.sms_url,
-            username=DEFAULT_USERNAMES["sms"],
-            password=DEFAULT_PASSWORDS["sms"],
-        ),
+        sms=dataclasses.replace(config.sms, base_url=sandbox.sms_url, **credentials("sms")),
         # The embedded providers belong to this process alone: never spend a shared budget.
         limiter=LimiterConfig(strategy=config.limiter.strategy, store="memory"),
     )
@@ -1171,10 +1180,28 @@ def config_init(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    wire_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Request format: default (SPEC §2 JSON) or assignment "
+            '(KakaoTalk JSON {"phone","message"}; SMS ?phone=... with a form body message=...).',
+            metavar="default|assignment",
+        ),
+    ] = "default",
 ) -> None:
-    """Write a commented sample configuration (mode 600)."""
+    """Write a commented sample configuration (mode 600).
+
+    Example: msgsend config init --format assignment ./msgsend.toml
+    """
     with _errors_to_exit_codes():
         from .config import render_sample_config
+        from .formats import FORMAT_NAMES
+
+        if wire_format not in FORMAT_NAMES:
+            raise typer.BadParameter(
+                f"{wire_format!r} is not one of {', '.join(FORMAT_NAMES)}", param_hint="--format"
+            )
 
         if path is None:
             xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -1186,7 +1213,7 @@ def config_init(
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(render_sample_config())
+                handle.write(render_sample_config(wire_format))
             os.chmod(path, 0o600)
         except OSError as exc:
             raise ConfigError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None

@@ -35,6 +35,21 @@ from urllib.parse import urlsplit
 
 from . import redact
 from .errors import ConfigError
+from .formats import (
+    AUTH_TYPES,
+    BODY_KINDS,
+    HEALTH_METHODS,
+    METHODS,
+    PLACEHOLDERS,
+    AuthSpec,
+    FormatError,
+    HealthFormat,
+    RequestFormat,
+    check_auth,
+    check_health_format,
+    check_request_format,
+    preset,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -63,7 +78,9 @@ RESERVED_ENV_VARS = ("MSGSEND_CONFIG", "MSGSEND_RAISE_ERRORS")
 #: The kinds of value a key can hold. Scalars: str, url, int, float, bool, choice.
 #: ``table``: a table of strings (``fields = {phone = "{recipient}"}``);
 #: ``ints`` / ``strs``: a list of whole numbers / of strings (``throttle-statuses = [429]``).
-KINDS = ("str", "url", "int", "float", "bool", "choice", "table", "ints", "strs")
+#: ``scalars``: a table of strings, numbers or booleans (``success-json = {result = "OK"}``).
+KINDS = ("str", "url", "int", "float", "bool", "choice", "table", "scalars", "ints", "strs")
+_TABLE_KINDS = ("table", "scalars")
 
 # --------------------------------------------------------------------------- the schema
 
@@ -187,6 +204,42 @@ def _timeout(doc: str, example: float | None = None) -> _Key:
     )
 
 
+def _request_schema() -> dict[str, _Key]:
+    """Return the keys of ``[PROVIDER.request]`` and ``[PROVIDER.health]`` (see formats.py)."""
+    kinds = "json | form | none"
+    return {
+        "request.method": _Key("choice", "HTTP method of a message", choices=METHODS),
+        "request.path": _Key("str", "path of a message, after base-url"),
+        "request.body": _Key("choice", kinds, choices=BODY_KINDS),
+        "request.fields": _Key("table", "body fields; placeholders: " + _PLACEHOLDER_DOC),
+        "request.query": _Key("table", "query parameters (placeholders as in fields)"),
+        "request.headers": _Key(
+            "table", "extra headers ({message_id} e.g.); auth stays [auth]'s", redact="headers"
+        ),
+        "request.success-statuses": _Key(
+            "ints", "statuses that mean delivered (empty: any 2xx)", minimum=200, maximum=299
+        ),
+        "request.success-json": _Key(
+            "scalars", "top-level keys the JSON answer must hold (empty: none)"
+        ),
+        "health.method": _Key("choice", "HTTP method of ping's probe", choices=HEALTH_METHODS),
+        "health.path": _Key(
+            "str", "path of ping's probe (default: request.path)", example="/health"
+        ),
+        "health.body": _Key("choice", f"{kinds} ({{}} / empty form / nothing)", choices=BODY_KINDS),
+        "health.healthy-statuses": _Key(
+            "ints",
+            "statuses that mean up (empty: 2xx, 400 or 422)",
+            minimum=100,
+            maximum=599,
+            unit="HTTP status",
+        ),
+    }
+
+
+_PLACEHOLDER_DOC = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+
+
 def _provider_schema(name: str) -> dict[str, _Key]:
     return {
         "base-url": _Key("url", f"where the {name} API listens", redact="url"),
@@ -201,12 +254,27 @@ def _provider_schema(name: str) -> dict[str, _Key]:
             unit="HTTP status",
             min_items=1,
         ),
+        "auth.type": _Key(
+            "choice",
+            "basic (username/password) | bearer (token) | header (header-name, token)",
+            choices=AUTH_TYPES,
+        ),
         "auth.username": _Key("str", "HTTP Basic user"),
         "auth.password": _Key(
             "str",
             f"HTTP Basic password (or MSGSEND_{name.upper()}_AUTH_PASSWORD)",
             redact="password",
         ),
+        "auth.token": _Key(
+            "str",
+            f"API token of bearer/header auth (or MSGSEND_{name.upper()}_AUTH_TOKEN)",
+            redact="password",
+            example="...",
+        ),
+        "auth.header-name": _Key(
+            "str", "the header that carries the token (type = header)", example="X-API-Key"
+        ),
+        **_request_schema(),
         "rate-limit.requests-per-minute": _Key(
             "int",
             "client-side limit (or requests-per-second)",
@@ -345,6 +413,19 @@ SCHEMA: dict[str, _Key] = {
     ),
 }
 
+
+def _format_defaults(provider: str, wire_format: str) -> dict[str, Any]:
+    """Return the ``request.*``, ``health.*`` and ``auth.type`` keys of a named format."""
+    request = preset(wire_format, provider).as_config()
+    health = HealthFormat().as_config(request["path"])
+    del health["path"]  # default: the request's path, whatever it is set to
+    return {
+        "auth.type": "basic",
+        **{f"request.{k}": v for k, v in request.items()},
+        **{f"health.{k}": v for k, v in health.items()},
+    }
+
+
 DEFAULTS: dict[str, Any] = {
     "kakaotalk.base-url": "http://localhost:8081",
     "kakaotalk.timeout": 5.0,
@@ -358,6 +439,11 @@ DEFAULTS: dict[str, Any] = {
     "sms.auth.username": "autoever",
     "sms.auth.password": "5678",
     "sms.rate-limit.requests-per-minute": 500,
+    **{
+        f"{name}.{key}": value
+        for name in ("kakaotalk", "sms")
+        for key, value in _format_defaults(name, "default").items()
+    },
     "retry.max-attempts": 3,
     "retry.backoff-delay": 1000,
     "retry.multiplier": 2.0,
@@ -385,6 +471,7 @@ _TYPE_NAMES = {
     "bool": "true or false",
     "choice": "one of",
     "table": 'a table of strings, e.g. {name = "value"}',
+    "scalars": 'a table of strings, numbers or booleans, e.g. {result = "OK"}',
     "ints": "a list of whole numbers, e.g. [429, 503]",
     "strs": 'a list of strings, e.g. ["a", "b"]',
 }
@@ -423,13 +510,26 @@ class ProviderConfig:
     password: str = field(repr=False)
     rate_limit: RateLimitConfig
     throttle_statuses: tuple[int, ...] = (429,)
+    #: the wire format of a message (``[PROVIDER.request]``); None: SPEC §2's
+    request: RequestFormat | None = None
+    #: ``ping``'s probe (``[PROVIDER.health]``)
+    health: HealthFormat = field(default_factory=HealthFormat)
+    auth_type: str = "basic"
+    token: str | None = field(default=None, repr=False)
+    header_name: str | None = None
 
     def __repr__(self) -> str:
+        secret = "password" if self.auth_type == "basic" else "token"
         return (
             f"ProviderConfig(name={self.name!r}, base_url={redact.redact_url(self.base_url)!r}, "
-            f"username={self.username!r}, password={redact.MASK!r}, "
-            f"rate_limit={self.rate_limit!r})"
+            f"auth_type={self.auth_type!r}, username={self.username!r}, "
+            f"{secret}={redact.MASK!r}, rate_limit={self.rate_limit!r})"
         )
+
+    @property
+    def auth(self) -> AuthSpec:
+        """Return the credentials as ``[PROVIDER.auth]`` sets them."""
+        return AuthSpec(self.auth_type, self.username, self.password, self.token, self.header_name)
 
 
 @dataclass(frozen=True)
@@ -555,7 +655,7 @@ def _flatten(table: Mapping[str, Any], prefix: str, source: str, out: dict[str, 
     for name, value in table.items():
         key = f"{prefix}{name}"
         spec = SCHEMA.get(key)
-        if isinstance(value, dict) and (spec is None or spec.kind != "table"):
+        if isinstance(value, dict) and (spec is None or spec.kind not in _TABLE_KINDS):
             if spec is not None:
                 raise ConfigError(
                     f"expected {_expectation(spec)}, got a table", source=source, key=key
@@ -594,7 +694,7 @@ def _from_json(key: str, raw: Any, source: str) -> Any:
     try:
         return json.loads(str(raw))
     except ValueError:
-        example = '{"name": "value"}' if SCHEMA[key].kind == "table" else "[429, 503]"
+        example = '{"name": "value"}' if SCHEMA[key].kind in _TABLE_KINDS else "[429, 503]"
         raise ConfigError(
             f"expected JSON ({_TYPE_NAMES[SCHEMA[key].kind]}; in the environment: "
             f"'{example}'), got {raw!r}",
@@ -648,10 +748,11 @@ def _coerce(key: str, raw: Any, source: str, from_env: bool) -> Any:
         if not _in_bounds(spec, number):
             raise wrong
         value = number
-    elif spec.kind == "table":
+    elif spec.kind in _TABLE_KINDS:
         value = _from_json(key, raw, source) if from_env else raw
+        allowed = str if spec.kind == "table" else (str, int, float, bool)
         if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            isinstance(k, str) and isinstance(v, allowed) for k, v in value.items()
         ):
             raise wrong
         value = dict(value)
@@ -896,8 +997,67 @@ def _rate_limit(
     )
 
 
-def _provider(name: str, values: Mapping[str, Any], sources: Mapping[str, str]) -> ProviderConfig:
+def _format_error(name: str, exc: FormatError, sources: Mapping[str, str]) -> ConfigError:
+    """Return ``exc`` as a ConfigError naming the key and the layer that set it."""
+    key = f"{name}.{exc.key}"
+    known = key
+    while known not in sources and "." in known:
+        known = known.rsplit(".", 1)[0]
+    if sources.get(known, "default") == "default":
+        # A combination of keys is wrong (body = "none" with the default fields): name the
+        # layer that set one of them, the file or the environment, not the defaults.
+        table = f"{name}.{exc.key.split('.', 1)[0]}."
+        known = next(
+            (k for k, source in sources.items() if k.startswith(table) and source != "default"),
+            known,
+        )
+    return ConfigError(str(exc), source=_where(sources, known), key=key)
+
+
+def _formats(
+    name: str, values: dict[str, Any], sources: dict[str, str]
+) -> tuple[RequestFormat, HealthFormat, AuthSpec]:
+    """Build and check the request format, health probe and credentials of provider ``name``."""
+    get = values.get
+    request = RequestFormat(
+        method=values[f"{name}.request.method"],
+        path=values[f"{name}.request.path"],
+        body=values[f"{name}.request.body"],
+        fields=dict(values[f"{name}.request.fields"]),
+        query=dict(values[f"{name}.request.query"]),
+        headers=dict(values[f"{name}.request.headers"]),
+        success_statuses=tuple(values[f"{name}.request.success-statuses"]),
+        success_json=dict(values[f"{name}.request.success-json"]),
+    )
+    health = HealthFormat(
+        method=values[f"{name}.health.method"],
+        path=get(f"{name}.health.path"),
+        body=values[f"{name}.health.body"],
+        healthy_statuses=tuple(values[f"{name}.health.healthy-statuses"]),
+    )
+    auth = AuthSpec(
+        values[f"{name}.auth.type"],
+        values[f"{name}.auth.username"],
+        values[f"{name}.auth.password"],
+        get(f"{name}.auth.token"),
+        get(f"{name}.auth.header-name"),
+    )
+    try:
+        check_request_format(request)
+        check_health_format(health)
+        check_auth(auth)
+    except FormatError as exc:
+        raise _format_error(name, exc, sources) from None
+    if health.path is None:
+        # Shown by `config show`: the probe goes where messages go unless told otherwise.
+        values[f"{name}.health.path"] = request.path
+        sources[f"{name}.health.path"] = "default"
+    return request, health, auth
+
+
+def _provider(name: str, values: dict[str, Any], sources: dict[str, str]) -> ProviderConfig:
     timeout = values[f"{name}.timeout"]
+    request, health, auth = _formats(name, values, sources)
     return ProviderConfig(
         name=name,
         base_url=str(values[f"{name}.base-url"]).rstrip("/"),
@@ -907,6 +1067,11 @@ def _provider(name: str, values: Mapping[str, Any], sources: Mapping[str, str]) 
         password=values[f"{name}.auth.password"],
         rate_limit=_rate_limit(name, values, sources),
         throttle_statuses=tuple(values[f"{name}.throttle-statuses"]),
+        request=request,
+        health=health,
+        auth_type=auth.type,
+        token=auth.token,
+        header_name=auth.header_name,
     )
 
 
@@ -1020,21 +1185,29 @@ def _range_note(spec: _Key) -> str:
     return f" (>{low}, <={high})" if spec.above else f" ({low}-{high})"
 
 
-def render_sample_config() -> str:
-    """Return the commented sample file that ``msgsend config init`` writes."""
+def render_sample_config(wire_format: str = "default") -> str:
+    """Return the commented sample file that ``msgsend config init`` writes.
+
+    ``wire_format`` names the request format of ``[PROVIDER.request]`` (``formats.preset``):
+    ``default`` (SPEC §2) or ``assignment``.
+    """
+    values = dict(DEFAULTS)
+    for name in ("kakaotalk", "sms"):
+        values.update({f"{name}.{k}": v for k, v in _format_defaults(name, wire_format).items()})
     lines = [
         "# msgsend configuration. Every key can be overridden by an environment variable:",
         "# MSGSEND_ + the key's path upper-cased, '.' and '-' as '_'",
         "# (e.g. MSGSEND_KAKAOTALK_AUTH_PASSWORD; lists and tables as JSON:",
         "# MSGSEND_SMS_THROTTLE_STATUSES='[429, 503]'). Keep this file private: chmod 600.",
+        f"# Request format: {wire_format} (msgsend config init --format default|assignment).",
     ]
     keys = [k for k, spec in SCHEMA.items() if not spec.deprecated]
     for table, members in _grouped(keys):
         lines += ["", f"[{table}]"]
         for key in members:
             spec, name = SCHEMA[key], key.rsplit(".", 1)[1]
-            if key in DEFAULTS:
-                text = _toml_line(name, DEFAULTS[key])
+            if key in values:
+                text = _toml_line(name, values[key])
             elif spec.example is not None:
                 text = "# " + _toml_line(name, spec.example)
             else:

@@ -424,20 +424,26 @@ def check_auth(auth: AuthSpec) -> None:
             f"expected one of {', '.join(repr(t) for t in AUTH_TYPES)}, got {auth.type!r}",
             key="auth.type",
         )
+    # (Problems are named on auth.type or auth: an error text right after "token:" would be
+    # masked as a secret by the redaction of every message.)
     if auth.type == "basic":
         if auth.token is not None:
             raise FormatError(
-                'a token is set but type = "basic" sends username/password: '
+                '"basic" sends username/password, but a token is set: '
                 'set type = "bearer" or "header", or remove the token',
-                key="auth.token",
+                key="auth.type",
             )
         if auth.header_name is not None:
             raise FormatError('header-name needs type = "header"', key="auth.header-name")
         return
     if not auth.token:
-        raise FormatError(f'type = "{auth.type}" needs a token', key="auth.token")
+        raise FormatError(
+            f'"{auth.type}" needs a token (set token, or the environment variable '
+            "MSGSEND_<PROVIDER>_AUTH_TOKEN)",
+            key="auth.type",
+        )
     if any(c in auth.token for c in "\r\n") or not auth.token.isascii():
-        raise FormatError("a token must be one line of ASCII text", key="auth.token")
+        raise FormatError("the token must be one line of ASCII text", key="auth")
     if auth.type == "bearer" and auth.header_name is not None:
         raise FormatError(
             'header-name needs type = "header" (bearer uses Authorization)', key="auth.header-name"

@@ -58,4 +58,7 @@ def build_provider(config: ProviderConfig, *, pool_size: int = 16) -> Provider:
         read_timeout=config.read_timeout,
         pool_size=pool_size,
         throttle_statuses=config.throttle_statuses,
+        request_format=config.request,
+        health=config.health,
+        auth=config.auth,
     )

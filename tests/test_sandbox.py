@@ -422,3 +422,21 @@ def test_serve_forever_returns_when_stopped(session: requests.Session) -> None:
     thread.join(2)
     assert not thread.is_alive()
     assert not box.running("sms")
+
+
+def test_what_the_sandbox_prints_has_control_characters_escaped() -> None:
+    """Anyone can post to the sandbox: its terminal line never carries raw control characters."""
+    from msgsend.sandbox import ReceivedRequest, format_request
+
+    seen = ReceivedRequest(
+        provider="sms",
+        at=0.0,
+        monotonic=0.0,
+        status=400,
+        recipient="010\x1b[2J",
+        message="hi\u202eexe",
+        authorized=True,
+    )
+    line = format_request(seen)
+    assert all(ch.isprintable() for ch in line)
+    assert "010\\x1b[2J" in line and "\\u202e" in line

@@ -64,6 +64,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .config import DEFAULTS
 from .formats import PLACEHOLDERS, HealthFormat, RequestFormat, preset
+from .redact import printable
 
 __all__ = [
     "DEFAULT_PASSWORDS",
@@ -193,11 +194,14 @@ class ReceivedRequest:
 
 
 def format_request(r: ReceivedRequest) -> str:
-    """Format a received request as one unmasked line for the operator's terminal."""
+    """Format a received request as one unmasked line for the operator's terminal.
+
+    Anyone can post to the sandbox: what it received is shown with control characters escaped.
+    """
     clock = datetime.fromtimestamp(r.at).strftime("%H:%M:%S.%f")[:-3]
     auth = "" if r.authorized else " (unauthorized)"
     message = "-" if r.message is None else json.dumps(r.message, ensure_ascii=False)
-    return f"{clock} {r.provider:<9} {r.status} {r.recipient or '-'} {message}{auth}"
+    return printable(f"{clock} {r.provider:<9} {r.status} {r.recipient or '-'} {message}{auth}")
 
 
 def _check_status(name: str, status: int) -> None:

@@ -437,3 +437,13 @@ def test_ping_metrics_file_has_provider_health(
     assert 'msgsend_provider_up{provider="kakaotalk"} 1.0' in text
     assert 'msgsend_provider_up{provider="sms"} 0.0' in text
     assert 'msgsend_provider_probe_seconds{provider="kakaotalk"}' in text
+
+
+def test_a_deprecated_key_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "msgsend.toml"
+    path.write_text("[circuit-breaker]\nfailure-threshold = 5\n", encoding="utf-8")
+    path.chmod(0o600)
+    checked = invoke("config", "check", "--config", str(path))
+    assert checked.exit_code == 0, checked.output
+    assert "circuit-breaker.failure-threshold is deprecated" in checked.stderr
+    assert "failure-rate-threshold" in checked.stderr

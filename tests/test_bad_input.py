@@ -109,6 +109,18 @@ CONFIG_CASES = [
     Case("secret-in-a-group-readable-file", ("config", "check"), EXIT_CONFIG,
          "kakaotalk.timeout", config='[sms.auth]\npassword = "s3cr3t"\n[kakaotalk]\ntimeout = -1\n',
          config_mode=0o644),
+    Case("format-attribute-placeholder", SEND, EXIT_CONFIG, "sms.request.fields.to: unknown "
+         "placeholder {recipient.__class__}",
+         config='[sms.request]\nfields = {to = "{recipient.__class__}"}\n'),
+    Case("format-header-injection", SEND, EXIT_CONFIG, "sms.request.headers.X-Evil: a header "
+         "value must be one line", config='[sms.request]\nheaders = {X-Evil = "a\\r\\nX: b"}\n'),
+    Case("format-header-not-string", SEND, EXIT_CONFIG, "sms.request.headers: expected a table "
+         "of strings", config="[sms.request]\nheaders = {X = 1}\n"),
+    Case("format-bearer-without-token", SEND, EXIT_CONFIG, 'sms.auth.type: "bearer" needs a '
+         "token", config='[sms.auth]\ntype = "bearer"\n'),
+    Case("format-success-5xx", SEND, EXIT_CONFIG, "sms.request.success-statuses: expected each "
+         "item to be a whole number from 200 to 299",
+         config="[sms.request]\nsuccess-statuses = [500]\n"),
     Case("missing-config", ("send", "010-1234-5678", "hi", "--config", "{dir}/nope.toml"),
          EXIT_CONFIG, "nope.toml: no such configuration file"),
 ]  # fmt: skip
@@ -135,6 +147,10 @@ ENV_CASES = [
          env={"MSGSEND_ALERTS_APPRISE_URLS": '{"a": "b"}'}),
     Case("env-rate-fraction", SEND, EXIT_CONFIG, "expected a whole number, got '0.5'",
          env={"MSGSEND_KAKAOTALK_RATE_LIMIT_REQUESTS_PER_SECOND": "0.5"}),
+    Case("env-format-not-json", SEND, EXIT_CONFIG, "environment MSGSEND_SMS_REQUEST_FIELDS: "
+         "sms.request.fields: expected JSON", env={"MSGSEND_SMS_REQUEST_FIELDS": "to={recipient}"}),
+    Case("env-format-token-in-error", SEND, EXIT_CONFIG, "expected a table of strings",
+         env={"MSGSEND_SMS_REQUEST_HEADERS": '{"Authorization": ["Bearer s3cr3t"]}'}),
     Case("env-config-missing", SEND, EXIT_CONFIG, "no such configuration file (named by "
          "MSGSEND_CONFIG)", env={"MSGSEND_CONFIG": "/nonexistent/msgsend.toml"}),
 ]  # fmt: skip

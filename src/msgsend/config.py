@@ -972,7 +972,10 @@ def load_config(
 
 def _where(sources: Mapping[str, str], key: str) -> str:
     source = sources.get(key, "default")
-    return f"environment {source}" if source.startswith("MSGSEND_") else source
+    if source.startswith("MSGSEND_"):
+        return f"environment {source}"
+    # an error names the file as every other configuration error does: "PATH: key: ..."
+    return source.removeprefix("file ")
 
 
 def _rate_limit(

@@ -76,15 +76,18 @@ def _log_tail(path: Path) -> str:
     return " | ".join(lines[-3:]) or "empty log"
 
 
-def start_redis_server(directory: Path, *, timeout: float = 10.0, attempts: int = 3) -> RedisServer:
-    """Start redis-server in ``directory`` on a free 127.0.0.1 port; raise if it will not run."""
+def start_redis_server(
+    directory: Path, *, timeout: float = 10.0, attempts: int = 3, port: int | None = None
+) -> RedisServer:
+    """Start redis-server in ``directory`` on ``port`` (default: a free 127.0.0.1 port)."""
     binary = shutil.which("redis-server") or FALLBACK_BINARY
     if not os.access(binary, os.X_OK):
         raise RedisUnavailableError(f"{binary} not found")
     directory.mkdir(parents=True, exist_ok=True)
     problem = "not started"
+    chosen = port
     for attempt in range(attempts):
-        port = free_port()
+        port = chosen or free_port()
         log_path = directory / f"redis-{port}.log"
         command = [
             binary,

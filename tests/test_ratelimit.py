@@ -20,7 +20,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ import pytest
 
 from msgsend.errors import exit_code_for
 from msgsend.ratelimit import (
-    RATE_LIMIT_EVENT,
     STORES,
     STRATEGIES,
     Limit,
@@ -70,14 +69,6 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(round(seconds, 6))
         self.us += round(seconds * 1_000_000)
-
-
-@dataclass
-class Events:
-    seen: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def __call__(self, event: str, provider: str, message: str) -> None:
-        self.seen.append((event, provider, message))
 
 
 @pytest.fixture(autouse=True)
@@ -426,16 +417,9 @@ def test_blocking_acquire_sleeps_exactly_and_reports_waits(
     store: str, tmp_path: Path, request: Any
 ) -> None:
     clock = FakeClock()
-    events = Events()
     options = store_options(store, tmp_path, request)
     with RateLimiter(
-        {"p": Limit(2, 1.0)},
-        store=store,
-        clock=clock,
-        sleep=clock.sleep,
-        guard=0,
-        on_event=events,
-        **options,
+        {"p": Limit(2, 1.0)}, store=store, clock=clock, sleep=clock.sleep, guard=0, **options
     ) as limiter:
         waits = [round(take_and_settle(limiter), 6) for _ in range(5)]
         assert waits == [0, 0, 1.001, 0, 1.001]
@@ -443,67 +427,26 @@ def test_blocking_acquire_sleeps_exactly_and_reports_waits(
         stats = limiter.stats("p")
         assert (stats.acquired, stats.waits, stats.throttled) == (5, 2, 0)
         assert (stats.wait_seconds, stats.max_wait) == pytest.approx((2.002, 1.001))
-        # Saturated once: the second wait belongs to the same episode.
-        assert [(event, provider) for event, provider, _ in events.seen] == [
-            (RATE_LIMIT_EVENT, "p")
-        ]
-        assert "client-side rate limit 2/second reached" in events.seen[0][2]
-
-        # A quiet period ends the episode; the next wait raises the event again.
-        clock.sleep(5)
-        assert take_and_settle(limiter) == 0
-        assert take_and_settle(limiter) == 0
-        assert take_and_settle(limiter) > 0
-        assert len(events.seen) == 2
 
 
-def test_note_throttled_raises_the_event_and_pauses(tmp_path: Path) -> None:
+def test_note_throttled_pauses_that_provider_in_this_process(tmp_path: Path) -> None:
     clock = FakeClock()
-    events = Events()
     with RateLimiter(
-        {"p": Limit(5, 10.0), "q": Limit(5, 10.0)},
-        store="memory",
-        clock=clock,
-        sleep=clock.sleep,
-        on_event=events,
+        {"p": Limit(5, 10.0), "q": Limit(5, 10.0)}, store="memory", clock=clock, sleep=clock.sleep
     ) as limiter:
         limiter.note_throttled("p", 2.5)
-        assert events.seen == [
-            (
-                "rate-limit",
-                "p",
-                "p answered 429 Too Many Requests despite the client-side limit 5 per 10 s; "
-                "pausing its sends for 2.5 s",
-            )
-        ]
         assert try_take(limiter, "p") == pytest.approx(2.5)
         assert try_take(limiter, "q") == 0  # only the throttled provider pauses
-        assert limiter.acquire("p").waited == pytest.approx(2.5)
+        assert take_and_settle(limiter) == pytest.approx(2.5)
         assert clock.sleeps == [2.5]
-        assert len(events.seen) == 1  # the pause is not a second alert
         stats = limiter.stats("p")
         assert (stats.throttled, stats.waits) == (1, 1)
 
         limiter.note_throttled("p", 3600)  # capped at one period of the limit
         assert try_take(limiter, "p") == pytest.approx(10.0)
         clock.sleep(10)
-        limiter.note_throttled("p", None)  # no Retry-After: alert, no pause
-        assert events.seen[-1][2].endswith("despite the client-side limit 5 per 10 s")
+        limiter.note_throttled("p", None)  # no Retry-After: no pause
         assert try_take(limiter, "p") == 0
-
-
-def test_a_failing_alert_hook_never_fails_a_send(caplog: pytest.LogCaptureFixture) -> None:
-    def broken(event: str, provider: str, message: str) -> None:
-        raise RuntimeError("webhook down")
-
-    clock = FakeClock()
-    with RateLimiter(
-        {"p": Limit(1, 1.0)}, store="memory", clock=clock, sleep=clock.sleep, on_event=broken
-    ) as limiter:
-        limiter.acquire("p").settle()
-        assert limiter.acquire("p").waited > 0
-        limiter.note_throttled("p", 1)
-    assert "rate-limit alert hook failed" in caplog.text
 
 
 # --- real time -------------------------------------------------------------------------------

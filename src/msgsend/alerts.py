@@ -18,7 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from .events import AttemptFinished, CircuitChanged, Event, FellBack, Listener
+from .events import (
+    AttemptFinished,
+    CircuitChanged,
+    Event,
+    FellBack,
+    LimiterStoreChanged,
+    Listener,
+)
 from .logs import mask_text
 from .redact import redact_endpoint
 
@@ -33,15 +40,23 @@ ALERT_TYPES: Final = (
     "provider-recovered",
     "rate-limit",
     "fallback",
+    "limiter-store-down",
+    "limiter-store-recovered",
 )
 
-_LEVELS: Final = {"auth-failed": logging.ERROR, "provider-down": logging.ERROR}
+_LEVELS: Final = {
+    "auth-failed": logging.ERROR,
+    "provider-down": logging.ERROR,
+    "limiter-store-down": logging.ERROR,
+}
 _EMOJI: Final = {
     "auth-failed": ":lock:",
     "provider-down": ":rotating_light:",
     "provider-recovered": ":white_check_mark:",
     "rate-limit": ":hourglass_flowing_sand:",
     "fallback": ":twisted_rightwards_arrows:",
+    "limiter-store-down": ":no_entry:",
+    "limiter-store-recovered": ":white_check_mark:",
 }
 _STOP: Final = object()
 #: apprise's NotifyType values per alert type
@@ -85,6 +100,10 @@ def alert_for(event: Event) -> tuple[str, str | None, str] | None:
             return "provider-down", provider, f"{provider} circuit opened: {event.reason}"
         case CircuitChanged(provider=provider, new="closed", old="half-open"):
             return "provider-recovered", provider, f"{provider} answers again; circuit closed"
+        case LimiterStoreChanged(down=True, reason=reason):
+            return "limiter-store-down", None, f"{reason}; sends wait for it"
+        case LimiterStoreChanged(down=False, store=store):
+            return "limiter-store-recovered", None, f"the rate limiter's {store} store answers"
     return None
 
 

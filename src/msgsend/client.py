@@ -46,6 +46,7 @@ from .errors import (
 from .events import (
     AttemptFinished,
     CircuitChanged,
+    Emit,
     Event,
     Events,
     FellBack,
@@ -167,7 +168,7 @@ class Sender:
         }
         owned_limiter = None
         if limiter is None:
-            owned_limiter = limiter = build_limiter(config)
+            owned_limiter = limiter = build_limiter(config, emit=events.emit)
         settings = config.circuit_breaker
         breakers = {
             name: CircuitBreaker(
@@ -603,8 +604,11 @@ class Sender:
             waiting.clear()
 
 
-def build_limiter(config: Config) -> Any:
-    """Return the ``RateLimiter`` of ``config``; raise ConfigError if its store is unusable."""
+def build_limiter(config: Config, *, emit: Emit | None = None) -> Any:
+    """Return the ``RateLimiter`` of ``config``; raise ConfigError if its store is unusable.
+
+    An unreachable store (Redis down) raises LimiterUnavailableError: try again later.
+    """
     from .errors import ConfigError
     from .ratelimit import Limit, LimiterError, RateLimiter
 
@@ -631,6 +635,7 @@ def build_limiter(config: Config) -> Any:
             path=config.limiter.path,
             redis_url=config.limiter.redis_url,
             hold=hold,
+            emit=emit,
         )
     except LimiterError as exc:
         raise ConfigError(str(exc), source=str(config.path) if config.path else None) from exc

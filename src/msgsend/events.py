@@ -30,6 +30,7 @@ __all__ = [
     "Event",
     "Events",
     "FellBack",
+    "LimiterStoreChanged",
     "LimiterWaited",
     "Listener",
     "MessageFinished",
@@ -105,6 +106,18 @@ class LimiterWaited(Event):
 
     provider: str
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterStoreChanged(Event):
+    """The rate limiter's store went down (``down``) or answers again; ``store`` names it.
+
+    While it is down nothing is sent (never unpaced): bulk rows wait for it.
+    """
+
+    store: str
+    down: bool
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

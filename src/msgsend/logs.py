@@ -29,6 +29,7 @@ from .events import (
     CircuitChanged,
     Event,
     FellBack,
+    LimiterStoreChanged,
     MessageFinished,
     Overflowed,
     ProviderPaused,
@@ -301,6 +302,7 @@ class _RunLinesOrLevel(logging.Filter):
 _client_log = logging.getLogger("msgsend.client")
 _circuit_log = logging.getLogger("msgsend.circuit")
 _bulk_log = logging.getLogger("msgsend.bulk")
+_limiter_log = logging.getLogger("msgsend.ratelimit")
 
 
 def log_event(event: Event) -> None:
@@ -396,6 +398,14 @@ def log_event(event: Event) -> None:
                 event.left,
                 event.reason,
                 extra={"event": "stopped", "exit_code": event.exit_code, "left": event.left},
+            )
+        case LimiterStoreChanged(down=True):
+            _limiter_log.warning("%s", event.reason, extra={"event": "limiter-store-down"})
+        case LimiterStoreChanged(down=False):
+            _limiter_log.warning(
+                "the rate limiter's %s store answers again",
+                event.store,
+                extra={"event": "limiter-store-recovered"},
             )
         case CircuitChanged():
             # INFO, not WARNING: the alert rules turn transitions into the operator-visible

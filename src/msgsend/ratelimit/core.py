@@ -15,7 +15,6 @@ __all__ = [
     "DEFAULT_HOLD",
     "DEFAULT_STORE",
     "DEFAULT_STRATEGY",
-    "RATE_LIMIT_EVENT",
     "STORES",
     "STRATEGIES",
     "Lease",
@@ -31,8 +30,6 @@ STRATEGIES = ("sliding-window", "fixed-window", "token-bucket")
 STORES = ("memory", "sqlite", "redis")
 DEFAULT_STRATEGY = "sliding-window"
 DEFAULT_STORE = "sqlite"
-#: the alert type raised when a limiter saturates or a provider answers 429 anyway
-RATE_LIMIT_EVENT = "rate-limit"
 #: seconds a lease that is never settled (its process died) keeps its slot
 DEFAULT_HOLD = 60.0
 
@@ -244,8 +241,6 @@ class Slot:
         # When this process's head waiter looks again (for waiters on several providers).
         self.next_try = -math.inf
         self.paused_until = -math.inf
-        self.saturated = False
-        self.last_wait_end = -math.inf
         self.acquired = 0
         self.waits = 0
         self.wait_seconds = 0.0
@@ -254,22 +249,14 @@ class Slot:
         # Mean seconds a lease was held (acquire to settle), for the schedule estimate.
         self.mean_hold = 0.0
 
-    def record(self, waited: float, delayed: bool, end: float) -> bool:
-        """Count one acquire; return True when the limiter just became saturated."""
+    def record(self, waited: float, delayed: bool) -> None:
+        """Count one acquire and, when it had to wait, the wait."""
         with self.stats_lock:
             self.acquired += 1
-            if not delayed:
-                if self.saturated and end - self.last_wait_end >= self.limit.period:
-                    self.saturated = False
-                return False
-            self.waits += 1
-            self.wait_seconds += waited
-            self.max_wait = max(self.max_wait, waited)
-            self.last_wait_end = end
-            if self.saturated:
-                return False
-            self.saturated = True
-            return True
+            if delayed:
+                self.waits += 1
+                self.wait_seconds += waited
+                self.max_wait = max(self.max_wait, waited)
 
     def held(self, seconds: float) -> None:
         """Fold one lease's hold time into the running mean (recent ones weigh more)."""

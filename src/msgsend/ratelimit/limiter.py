@@ -5,18 +5,19 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from msgsend.errors import LimiterError, LimiterTimeout, LimiterUnavailableError
+from msgsend.events import Emit, LimiterStoreChanged
 
 from .core import (
     DEFAULT_HOLD,
     DEFAULT_STORE,
     DEFAULT_STRATEGY,
-    RATE_LIMIT_EVENT,
     Lease,
     Limit,
     LimiterStats,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RateLimiter"]
 
+_T = TypeVar("_T")
 _PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 #: how often a waiter for several providers looks again at one whose queue is busy here
 _BUSY_RECHECK = 0.05
@@ -53,8 +55,9 @@ class RateLimiter:
             finally:
                 lease.settle()                    # answered: count the slot from now
 
-    ``clock`` (seconds, float) and ``sleep`` are injectable; an injected clock also stamps the
-    stores, so a fake clock drives every store. ``guard`` (seconds) overrides
+    ``emit`` receives a ``LimiterStoreChanged`` event when the store goes down and when it
+    answers again. ``clock`` (seconds, float) and ``sleep`` are injectable; an injected clock
+    also stamps the stores, so a fake clock drives every store. ``guard`` (seconds) overrides
     :func:`default_guard`, the margin added to each sliding window. ``hold`` (seconds, one
     value or one per provider) is how long a lease that is never settled keeps its slot.
     """
@@ -69,7 +72,7 @@ class RateLimiter:
         store: str = DEFAULT_STORE,
         path: Path | str | None = None,
         redis_url: str | None = None,
-        on_event: Callable[[str, str, str], None] | None = None,
+        emit: Emit | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], None] | None = None,
         guard: float | None = None,
@@ -99,7 +102,9 @@ class RateLimiter:
 
         self.strategy = strategy
         self.store = store
-        self._on_event = on_event
+        self._emit = emit
+        self._down_lock = threading.Lock()
+        self._down = False
         self._clock: Callable[[], float] = clock or time.monotonic
         self._sleep: Callable[[float], None] = sleep or time.sleep
         self._guard = guard
@@ -109,13 +114,17 @@ class RateLimiter:
         now_ms = None if clock is None else (lambda: math.floor(clock() * 1000 + 1e-6))
 
         backend: MemoryStore | SQLiteStore | RedisStore
-        if store == "memory":
-            backend = MemoryStore(strategy, guard, now_ms)
-        elif store == "sqlite":
-            self.path = Path(path).expanduser() if path is not None else default_state_path()
-            backend = SQLiteStore(self.path, strategy, guard, now_ms)
-        else:
-            backend = RedisStore(redis_url, strategy, guard, now_ms)
+        try:
+            if store == "memory":
+                backend = MemoryStore(strategy, guard, now_ms)
+            elif store == "sqlite":
+                self.path = Path(path).expanduser() if path is not None else default_state_path()
+                backend = SQLiteStore(self.path, strategy, guard, now_ms)
+            else:
+                backend = RedisStore(redis_url, strategy, guard, now_ms)
+        except LimiterUnavailableError as exc:  # down at start: an outage, alerted as one
+            self._store_down(exc)
+            raise
         self._backend = backend
         try:
             self._slots = {
@@ -189,32 +198,53 @@ class RateLimiter:
                 queued.turn.release()
 
     def _take(self, slot: Slot) -> tuple[Any, int]:
+        hold_ms = round(self._hold[slot.name] * 1000)
+        return self._in_store(slot.name, lambda: slot.store.take(hold_ms))
+
+    def _in_store(self, provider: str, call: Callable[[], _T]) -> _T:
+        """Run one store call; a failure is LimiterUnavailableError and a store-down event."""
         try:
-            return slot.store.take(round(self._hold[slot.name] * 1000))
+            result = call()
+        except LimiterUnavailableError as exc:  # a lock held too long: names its holder
+            self._store_down(exc)
+            raise
         except self._backend.errors as exc:
-            raise LimiterUnavailableError(
-                f"[limiter] store {self.store}: {slot.name}: {reason(exc)}; "
+            error = LimiterUnavailableError(
+                f"[limiter] store {self.store}: {provider}: {reason(exc)}; "
                 "nothing is sent until it answers",
-                provider=slot.name,
-            ) from exc
+                provider=provider,
+            )
+            self._store_down(error)
+            raise error from exc
+        if self._down:
+            self._store_up()
+        return result
+
+    def _store_down(self, error: LimiterUnavailableError) -> None:
+        with self._down_lock:
+            if self._down:
+                return
+            self._down = True
+        self._notify(LimiterStoreChanged(self.store, True, str(error)))
+
+    def _store_up(self) -> None:
+        with self._down_lock:
+            if not self._down:
+                return
+            self._down = False
+        self._notify(LimiterStoreChanged(self.store, False, "answers again"))
 
     def _granted(self, slot: Slot, token: Any, start: float, delayed: bool) -> Lease:
         end = self._clock()
         waited = end - start if delayed else 0.0
-        lease = Lease(
+        slot.record(waited, delayed)
+        return Lease(
             slot.name,
             waited,
             end,
             end + self._hold[slot.name],
             lambda lease, sent: self._end(slot, token, lease, sent),
         )
-        if slot.record(waited, delayed, end):
-            self._emit(
-                slot.name,
-                f"{slot.name}: client-side rate limit {slot.limit} reached; "
-                "sends are waiting for a slot",
-            )
-        return lease
 
     def _end(self, slot: Slot, token: Any, lease: Lease, sent: bool) -> None:
         """Settle or cancel a lease in the store; a store failure here is logged, not raised.
@@ -226,18 +256,16 @@ class RateLimiter:
             return
         try:
             if sent:
-                slot.store.settle(token)
+                self._in_store(slot.name, lambda: slot.store.settle(token))
                 slot.held(self._clock() - lease.acquired_at)
             else:
-                slot.store.cancel(token)
-        except self._backend.errors as exc:
+                self._in_store(slot.name, lambda: slot.store.cancel(token))
+        except LimiterUnavailableError as exc:
             log.warning(
-                "%s: could not %s a rate-limit slot in the %s store (%s); it is released at "
-                "its deadline",
+                "%s: could not %s a rate-limit slot (%s); it is released at its deadline",
                 slot.name,
                 "settle" if sent else "cancel",
-                self.store,
-                reason(exc),
+                exc,
             )
 
     def _timed_out(
@@ -252,28 +280,19 @@ class RateLimiter:
         )
 
     def note_throttled(self, provider: str, retry_after: float | None) -> None:
-        """Record that ``provider`` answered 429 anyway: raise the alert, pause its sends.
+        """Record that ``provider`` answered 429 anyway: pause its sends in this process.
 
         The pause (``retry_after`` seconds, at most one period of the limit) holds back this
-        process's sends only; other processes learn of the 429 from their own responses.
+        process's sends only; other processes learn of the 429 from their own responses. The
+        ``rate-limit`` alert comes from the attempt's event (``alerts.alert_for``).
         """
         slot = self._slot(provider)
         pause = 0.0
         if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
             pause = min(retry_after, slot.limit.period)
-        now = self._clock()
         with slot.stats_lock:
             slot.throttled += 1
-            slot.paused_until = max(slot.paused_until, now + pause)
-            # Waiting through the pause is the same episode; do not alert for it again.
-            slot.saturated = True
-            slot.last_wait_end = max(slot.last_wait_end, now + pause)
-        detail = f"; pausing its sends for {pause:.1f} s" if pause else ""
-        self._emit(
-            provider,
-            f"{provider} answered 429 Too Many Requests despite the client-side limit "
-            f"{slot.limit}{detail}",
-        )
+            slot.paused_until = max(slot.paused_until, self._clock() + pause)
 
     def schedule(self, provider: str, remaining: int) -> float:
         """Estimate the seconds from now until the last of ``remaining`` more sends may start.
@@ -340,12 +359,11 @@ class RateLimiter:
         except KeyError:
             raise KeyError(f"no rate limit configured for provider {provider!r}") from None
 
-    def _emit(self, provider: str, message: str) -> None:
-        """Raise the rate-limit event: the one place it leaves the limiter."""
-        log.debug("%s", message)
-        if self._on_event is None:
+    def _notify(self, event: LimiterStoreChanged) -> None:
+        """Hand ``event`` to ``emit``; a failing listener never fails a send."""
+        if self._emit is None:
             return
         try:
-            self._on_event(RATE_LIMIT_EVENT, provider, message)
+            self._emit(event)
         except Exception:
-            log.warning("the rate-limit alert hook failed", exc_info=True)
+            log.warning("a rate-limit event listener failed", exc_info=True)

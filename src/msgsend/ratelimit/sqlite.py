@@ -48,7 +48,7 @@ class SQLiteStore:
         strategy: str,
         guard: float | None,
         now_ms: Callable[[], int] | None,
-        lock_wait: float = LOCK_WAIT,
+        lock_wait: float | None = None,
     ) -> None:
         self.path = path
         self.strategy = strategy
@@ -56,6 +56,7 @@ class SQLiteStore:
         self.now_ms = now_ms or wall_ms
         self.conn: sqlite3.Connection | None = None
         self.lock: FileLock | None = None
+        lock_wait = LOCK_WAIT if lock_wait is None else lock_wait
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Created 0600 whatever the umask, before sqlite opens it (its -wal/-shm files get

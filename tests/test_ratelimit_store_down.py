@@ -1,0 +1,162 @@
+"""A limiter store that is down or locked: never an unpaced request, always a named cause.
+
+Real processes: a sqlite lock held by another msgsend process (running, then stopped with
+SIGSTOP as Ctrl-Z would), and a real redis-server stopped and started again mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import msgsend.ratelimit.sqlite as sqlite_store
+from msgsend.alerts import alert_for
+from msgsend.errors import exit_code_for
+from msgsend.events import Event, LimiterStoreChanged
+from msgsend.ratelimit import Limit, LimiterUnavailableError, RateLimiter
+from redis_server import start_or_skip, start_redis_server
+from test_ratelimit import FakeClock
+
+HOLDER = r"""
+import sys, time
+from msgsend.ratelimit.sqlite import FileLock
+lock = FileLock(sys.argv[1] + ".lock")
+with lock:
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """Another process holding the sqlite store's lock (until the test ends)."""
+    path = tmp_path / "rl.sqlite"
+    RateLimiter({"p": Limit(5, 1.0)}, path=path).close()  # the file exists, its lock is free
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "holding"
+            yield path, process
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_a_lock_held_too_long_names_the_process_and_sends_nothing(
+    holder: tuple[Path, subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, process = holder
+    monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 0.3)
+    with pytest.raises(LimiterUnavailableError) as caught:
+        RateLimiter({"p": Limit(5, 1.0)}, path=path)
+    message = str(caught.value)
+    assert f"locked by process {process.pid} (" in message
+    assert "for more than 0.3 s; nothing is sent until it lets go" in message
+    assert caught.value.holder is not None and str(process.pid) in caught.value.holder
+    assert exit_code_for(caught.value) == 75
+
+
+def test_a_stopped_holder_is_named_with_how_to_resume_it(
+    holder: tuple[Path, subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, process = holder
+    monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 0.3)
+    seen: list[Event] = []
+    os.kill(process.pid, signal.SIGSTOP)  # Ctrl-Z while holding the lock
+    with pytest.raises(LimiterUnavailableError, match="which is stopped") as caught:
+        RateLimiter({"p": Limit(5, 1.0)}, path=path, emit=seen.append)
+    assert f"resume it with `kill -CONT {process.pid}`" in str(caught.value)
+    assert seen == [LimiterStoreChanged("sqlite", True, str(caught.value))]
+
+
+def test_a_lock_freed_in_time_is_waited_for(tmp_path: Path) -> None:
+    path = tmp_path / "rl.sqlite"
+    with RateLimiter({"p": Limit(5, 1.0)}, path=path) as limiter, subprocess.Popen(
+        [sys.executable, "-c", HOLDER.replace("60", "0.2"), str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "holding"
+        limiter.acquire("p").settle()  # waits the 0.2 s out, well within the bound
+        process.wait(timeout=10)
+
+
+def test_store_down_is_one_event_and_recovery_another(tmp_path: Path) -> None:
+    clock = FakeClock()
+    seen: list[Event] = []
+    with RateLimiter(
+        {"p": Limit(5, 1.0)},
+        path=tmp_path / "rl.sqlite",
+        clock=clock,
+        sleep=clock.sleep,
+        emit=seen.append,
+    ) as limiter:
+        store = limiter._slots["p"].store
+        working = store.take
+
+        def broken(hold_ms: int) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        store.take = broken  # type: ignore[method-assign]
+        for _ in range(3):
+            with pytest.raises(LimiterUnavailableError, match=r"store sqlite: p: disk I/O error"):
+                limiter.acquire("p")
+        assert seen == [
+            LimiterStoreChanged(
+                "sqlite",
+                True,
+                "[limiter] store sqlite: p: disk I/O error; nothing is sent until it answers",
+            )
+        ]
+        store.take = working  # type: ignore[method-assign]
+        limiter.acquire("p").settle()
+        assert seen[1:] == [LimiterStoreChanged("sqlite", False, "answers again")]
+
+
+def test_store_events_become_alerts() -> None:
+    assert alert_for(LimiterStoreChanged("redis", True, "[limiter] redis-url x: down")) == (
+        "limiter-store-down",
+        None,
+        "[limiter] redis-url x: down; sends wait for it",
+    )
+    assert alert_for(LimiterStoreChanged("redis", False, "answers again")) == (
+        "limiter-store-recovered",
+        None,
+        "the rate limiter's redis store answers",
+    )
+
+
+def test_redis_going_away_mid_run_stops_sends_until_it_is_back(tmp_path: Path) -> None:
+    server = start_or_skip(tmp_path / "redis")
+    seen: list[Event] = []
+    try:
+        limiter = RateLimiter(
+            {"p": Limit(100, 1.0)}, store="redis", redis_url=server.url, emit=seen.append
+        )
+        lease = limiter.acquire("p")
+        server.stop()
+        lease.settle()  # the answer came while Redis is away: logged, kept until its deadline
+        with pytest.raises(LimiterUnavailableError, match=r"store redis: p: .*nothing is sent"):
+            limiter.acquire("p")
+        assert [event.down for event in seen if isinstance(event, LimiterStoreChanged)] == [True]
+        server = start_redis_server(tmp_path / "redis", port=server.port)
+        limiter.acquire("p").settle()  # scripts are loaded again on the new server
+        assert [event.down for event in seen if isinstance(event, LimiterStoreChanged)] == [
+            True,
+            False,
+        ]
+        limiter.close()
+    finally:
+        server.stop()

@@ -459,3 +459,27 @@ def test_cli_json_and_summary_count_messages_per_kind(tmp_path: Path, sandbox: A
     assert "messages sent by kind: kakaotalk 1, sms 1, lms 1" in result.stderr
     dry = _bulk(str(source), "--dry-run")
     assert "messages to send by kind: kakaotalk 1, sms 1, lms 1" in dry.stderr
+
+
+def test_a_pipe_nobody_reads_fails_at_once_with_66(tmp_path: Path) -> None:
+    fifo = tmp_path / "results.fifo"
+    os.mkfifo(fifo)
+    source = write_csv(tmp_path / "in.csv", [(phone(1), "a")])
+    sender = FakeSender()
+    with pytest.raises(InputError, match="cannot open the results file"):
+        send_bulk(source, sender, BulkOptions(results_path=fifo, resume=True))
+    assert sender.calls == []
+
+
+def test_a_dry_run_into_a_pipe_nobody_reads_fails_at_once_with_66(tmp_path: Path) -> None:
+    fifo = tmp_path / "preview.fifo"
+    os.mkfifo(fifo)
+    source = write_csv(tmp_path / "in.csv", [(phone(1), "a")])
+    with pytest.raises(InputError, match="cannot write the preview"):
+        send_bulk(source, None, BulkOptions(results_path=fifo, dry_run=True))
+
+
+def test_a_dry_run_into_dev_null(tmp_path: Path) -> None:
+    source = write_csv(tmp_path / "in.csv", [(phone(1), "a")])
+    report = send_bulk(source, None, BulkOptions(results_path=Path("/dev/null"), dry_run=True))
+    assert report.ready == 1

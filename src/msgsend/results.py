@@ -464,7 +464,7 @@ def _open_existing(path: Path, resume: bool) -> io.FileIO:
         )
     try:
         if special:
-            return io.FileIO(path, "a")  # /dev/null, a pipe: never read back
+            return _open_special(path)
         return io.FileIO(path, "a+")
     except OSError as exc:
         raise InputFileError(
@@ -472,24 +472,56 @@ def _open_existing(path: Path, resume: bool) -> io.FileIO:
         ) from None
 
 
+def _refuse_to_overwrite(path: Path) -> None:
+    """Raise ResultsExistError when ``path`` holds something else than a dry-run preview."""
+    try:
+        with open(path, "rb") as existing:
+            first = existing.readline(4096).removeprefix(_BOM).rstrip(b"\r\n")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if first and first.decode("utf-8", "replace") not in _PREVIEW_HEADERS:
+        raise ResultsExistError(
+            f"{path} exists and is not a dry-run preview; refusing to overwrite it: "
+            "choose another file with --results"
+        )
+
+
+def _open_special(path: Path) -> io.FileIO:
+    """Open a device or pipe (``/dev/null``, a FIFO) for writing; it is never read back.
+
+    Non-blocking, so that a pipe nobody reads from fails at once (ENXIO) instead of waiting
+    for a reader forever; writes then block as usual.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return io.FileIO(fd, "a")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def open_preview(path: Path) -> PreviewFile:
     """Open the dry-run preview (0600), overwriting only an earlier preview."""
     try:
-        with open(path, "rb") as existing:
-            regular = stat.S_ISREG(os.fstat(existing.fileno()).st_mode)
-            first = existing.readline(4096).removeprefix(_BOM).rstrip(b"\r\n") if regular else b""
+        special = not stat.S_ISREG(os.stat(path).st_mode)
     except FileNotFoundError:
-        pass
+        special = False
     except OSError as exc:
         raise InputFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    else:
-        if first and first.decode("utf-8", "replace") not in _PREVIEW_HEADERS:
-            raise ResultsExistError(
-                f"{path} exists and is not a dry-run preview; refusing to overwrite it: "
-                "choose another file with --results"
-            )
+    if not special:
+        _refuse_to_overwrite(path)
+    handle: io.TextIOWrapper
     try:
-        handle = open(path, "w", encoding="utf-8", newline="", opener=_private)  # noqa: SIM115
+        if special:  # /dev/null, a pipe: written to, never read
+            handle = io.TextIOWrapper(
+                io.BufferedWriter(_open_special(path)), encoding="utf-8", newline=""
+            )
+        else:
+            handle = open(path, "w", encoding="utf-8", newline="", opener=_private)  # noqa: SIM115
     except OSError as exc:
         raise InputFileError(f"{path}: cannot write the preview: {exc.strerror or exc}") from None
     try:

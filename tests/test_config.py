@@ -359,7 +359,8 @@ ERROR_TABLE = [
     ('[kakaotalk]\ntimeout = "fast"\n', "kakaotalk.timeout", "expected a number, got 'fast'"),
     ("[retry]\nmax-attempts = 2.5\n", "retry.max-attempts", "expected a whole number, got 2.5"),
     ("[retry]\nmax-attempts = true\n", "retry.max-attempts", "expected a whole number"),
-    ("[sms.auth]\npassword = 5678\n", "sms.auth.password", "expected a string, got 5678"),
+    ("[sms.auth]\npassword = 5678\n", "sms.auth.password",
+     "expected a string, got a number (hidden)"),
     ("[kakaotalk]\ntimeout = inf\n", "kakaotalk.timeout", "expected a number"),
     ("[kakaotalk]\ntimeout = nan\n", "kakaotalk.timeout", "expected a number"),
     # bool given as a string
@@ -899,3 +900,26 @@ def test_keys_added_later_are_redacted_by_name_and_kind(
 
 def tomli_w_line(name: str, value: object) -> str:
     return config_module._toml_line(name, value) + "\n"
+
+
+# TOML text, key, the secret that must not appear in the error
+SECRET_ERRORS = [
+    ("[sms.auth]\npassword = 5678\n", "sms.auth.password", "5678", "got a number (hidden)"),
+    ('[sms.auth]\ntoken = ["t0ken"]\n', "sms.auth.token", "t0ken", "got a list (hidden)"),
+    ('[limiter]\nredis-url = "http://u:r3dis@cache"\n', "limiter.redis-url", "r3dis",
+     "got 'http://u:***@cache'"),
+    ('[alerts]\nwebhook-url = "ftp://hooks.example.com/T0/w3bhook"\n', "alerts.webhook-url",
+     "w3bhook", "got 'ftp://hooks.example.com'"),
+    ('[alerts]\napprise-urls = ["tgram:/t0ken"]\n', "alerts.apprise-urls", "t0ken",
+     "got 'tgram://***'"),
+    ('[sms]\nbase-url = "ftp://u:b4se@sms.example.com"\n', "sms.base-url", "b4se",
+     "got 'ftp://u:***@sms.example.com'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "key", "secret", "shown"), SECRET_ERRORS)
+def test_an_error_about_a_secret_key_never_shows_the_secret(tmp_path, text, key, secret, shown):
+    error = config_error(tmp_path, text)
+    assert error.key == key
+    assert secret not in str(error)
+    assert shown in str(error)

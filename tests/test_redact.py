@@ -89,6 +89,12 @@ TEXTS = [
     ("POST http://u:pw@host:1/x failed", "POST http://u:***@host:1/x failed"),
     ("redis://:pw@cache:6379 refused", "redis://:***@cache:6379 refused"),
     ("basic validation failed", "basic validation failed"),
+    # a configuration error names a secret key, and keeps its words
+    (
+        "c.toml: sms.auth.password: expected a string, got a number (hidden)",
+        "c.toml: sms.auth.password: expected a string, got a number (hidden)",
+    ),
+    ("c.toml: kakaotalk.auth.token: unknown key", "c.toml: kakaotalk.auth.token: unknown key"),
 ]
 
 

@@ -194,7 +194,9 @@ def _check_timezone(value: Any) -> str | None:
 def _check_apprise_url(value: Any) -> str | None:
     scheme, sep, rest = value.partition("://")
     if not sep or not rest or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
-        return "an Apprise URL such as 'tgram://bottoken/ChatID' or 'mailto://user:pass@host'"
+        return (
+            "an Apprise URL such as 'tgram://bottoken/ChatID' or 'json://hooks.example.com/alerts'"
+        )
     return None
 
 
@@ -689,6 +691,28 @@ def _expectation(spec: _Key) -> str:
     return _TYPE_NAMES[spec.kind]
 
 
+_KIND_OF_VALUE: dict[type, str] = {
+    bool: "true or false", int: "a number", float: "a number", str: "a string",
+    list: "a list", dict: "a table",
+}  # fmt: skip
+
+
+def _shown(key: str, raw: Any) -> str:
+    """Return ``raw`` as an error message may show it: a secret never appears in an error."""
+    how = _redaction(key)
+    if not how:
+        return repr(raw)
+    texts = list(raw.values()) if isinstance(raw, dict) else raw if isinstance(raw, list) else [raw]
+    readable = {"url": str, "endpoint": str | list, "headers": dict}.get(how)
+    if (
+        readable is None
+        or not isinstance(raw, readable)
+        or not all(isinstance(t, str) for t in texts)
+    ):
+        return f"{_KIND_OF_VALUE.get(type(raw), 'a value')} (hidden)"
+    return repr(_redacted(key, raw))
+
+
 def _from_json(key: str, raw: Any, source: str) -> Any:
     """Return an environment value of a table or list key, which is written as JSON."""
     try:
@@ -697,7 +721,7 @@ def _from_json(key: str, raw: Any, source: str) -> Any:
         example = '{"name": "value"}' if SCHEMA[key].kind in _TABLE_KINDS else "[429, 503]"
         raise ConfigError(
             f"expected JSON ({_TYPE_NAMES[SCHEMA[key].kind]}; in the environment: "
-            f"'{example}'), got {raw!r}",
+            f"'{example}'), got {_shown(key, raw)}",
             source=source,
             key=key,
         ) from None
@@ -726,7 +750,9 @@ def _coerce(key: str, raw: Any, source: str, from_env: bool) -> Any:
     """Return ``raw`` as the type ``key`` needs, or raise ConfigError naming the expectation."""
     spec = SCHEMA[key]
     value: Any = raw
-    wrong = ConfigError(f"expected {_expectation(spec)}, got {raw!r}", source=source, key=key)
+    wrong = ConfigError(
+        f"expected {_expectation(spec)}, got {_shown(key, raw)}", source=source, key=key
+    )
     if spec.kind == "bool":
         if from_env:
             lowered = str(raw).strip().lower()
@@ -743,7 +769,9 @@ def _coerce(key: str, raw: Any, source: str, from_env: bool) -> Any:
         if number is None:
             hint = f"; {spec.hint}" if spec.hint else ""
             raise ConfigError(
-                f"expected {_TYPE_NAMES[spec.kind]}, got {raw!r}{hint}", source=source, key=key
+                f"expected {_TYPE_NAMES[spec.kind]}, got {_shown(key, raw)}{hint}",
+                source=source,
+                key=key,
             )
         if not _in_bounds(spec, number):
             raise wrong
@@ -764,18 +792,24 @@ def _coerce(key: str, raw: Any, source: str, from_env: bool) -> Any:
         for item in value if spec.kind in ("ints", "strs") else [value]:
             problem = spec.check(item)
             if problem:
-                raise ConfigError(f"expected {problem}, got {item!r}", source=source, key=key)
+                raise ConfigError(
+                    f"expected {problem}, got {_shown(key, item)}", source=source, key=key
+                )
     return value
 
 
 def _coerce_list(key: str, spec: _Key, raw: Any, source: str, from_env: bool) -> list[Any]:
     items = _from_json(key, raw, source) if from_env else raw
-    wrong = ConfigError(f"expected {_TYPE_NAMES[spec.kind]}, got {raw!r}", source=source, key=key)
+    wrong = ConfigError(
+        f"expected {_TYPE_NAMES[spec.kind]}, got {_shown(key, raw)}", source=source, key=key
+    )
     if not isinstance(items, list):
         raise wrong
     if len(items) < spec.min_items:
         raise ConfigError(
-            f"expected at least {spec.min_items} item(s), got {raw!r}", source=source, key=key
+            f"expected at least {spec.min_items} item(s), got {_shown(key, raw)}",
+            source=source,
+            key=key,
         )
     out: list[Any] = []
     for item in items:
@@ -789,7 +823,7 @@ def _coerce_list(key: str, spec: _Key, raw: Any, source: str, from_env: bool) ->
             raise wrong
         if not _in_bounds(spec, number):
             raise ConfigError(
-                f"expected each item to be {_bounds_text(spec)}, got {item!r}",
+                f"expected each item to be {_bounds_text(spec)}, got {_shown(key, item)}",
                 source=source,
                 key=key,
             )
@@ -798,7 +832,9 @@ def _coerce_list(key: str, spec: _Key, raw: Any, source: str, from_env: bool) ->
 
 
 def _coerce_text(key: str, spec: _Key, raw: Any, source: str) -> str:
-    wrong = ConfigError(f"expected {_expectation(spec)}, got {raw!r}", source=source, key=key)
+    wrong = ConfigError(
+        f"expected {_expectation(spec)}, got {_shown(key, raw)}", source=source, key=key
+    )
     if not isinstance(raw, str):
         raise wrong
     # A password or user name is taken as written: spaces may be part of it.
@@ -812,7 +848,9 @@ def _coerce_text(key: str, spec: _Key, raw: Any, source: str) -> str:
         try:
             _ = parts.port
         except ValueError:
-            raise ConfigError(f"bad port in URL {raw!r}", source=source, key=key) from None
+            raise ConfigError(
+                f"bad port in URL {_shown(key, raw)}", source=source, key=key
+            ) from None
     return value
 
 

@@ -57,7 +57,7 @@ _SECRET_PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (
         re.compile(
             r"(?i)(\b[\w\-]*(?:password|passwd|pwd|secret|token|api[_\-]?key)[\"']?"
-            r"\s*[:=]\s*[\"']?)(?!\*\*\*)[^\"'\s,;}&]+"
+            r"\s*[:=]\s*[\"']?)(?!\*\*\*|expected |unknown |is deprecated)[^\"'\s,;}&]+"
         ),
         r"\1" + MASK,
     ),

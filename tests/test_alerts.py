@@ -206,11 +206,13 @@ def test_bad_webhooks_never_slow_emit_and_close_is_bounded(
     started = time.perf_counter()
     for alert_type in ALERT_TYPES:
         alerter.emit(alert_type, "kakaotalk", "something happened")
-    assert time.perf_counter() - started < 0.05
+    # A hanging webhook answers after 5 s at the earliest: emitting never waits for it
+    # (margins that hold on a loaded machine).
+    assert time.perf_counter() - started < 2.5
 
     started = time.perf_counter()
     alerter.close(timeout=0.5)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 2.5
     if kind == "hanging":
         assert alerter.worker_alive  # stuck in the first POST; the rest was given up
         assert alerter.dropped >= len(ALERT_TYPES) - 1

@@ -341,33 +341,17 @@ def test_help_names_values_plainly_and_flags_without_a_type() -> None:
 
 
 def test_shell_completion_is_offered_and_completes_commands_and_options() -> None:
-    import os
-
-    shown = subprocess.run(
-        [sys.executable, "-m", "msgsend", "--show-completion", "bash"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "SHELL": "/bin/bash"},
+    shown = runner.invoke(
+        app, ["--show-completion", "bash"], prog_name="msgsend", env={"SHELL": "/bin/bash"}
     )
-    assert shown.returncode == 0 and "_msgsend_completion" in shown.stdout, shown.stderr
+    assert shown.exit_code == 0 and "_msgsend_completion" in shown.stdout
     for words, cword, expected in (
         ("msgsend bu", "1", "bulk"),
         ("msgsend bulk --dry", "2", "--dry-run"),
     ):
-        completed = subprocess.run(
-            [sys.executable, "-m", "msgsend"],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={
-                **os.environ,
-                "_MSGSEND_COMPLETE": "complete_bash",
-                "COMP_WORDS": words,
-                "COMP_CWORD": cword,
-            },
-        )
-        assert expected in completed.stdout.split(), completed.stderr
+        env = {"_MSGSEND_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword}
+        completed = runner.invoke(app, [], prog_name="msgsend", env=env)
+        assert expected in completed.stdout.split()
 
 
 # ---------------------------------------------------------------------------- cron-grade
@@ -447,3 +431,22 @@ def test_a_deprecated_key_is_a_warning_not_an_error(tmp_path: Path) -> None:
     assert checked.exit_code == 0, checked.output
     assert "circuit-breaker.failure-threshold is deprecated" in checked.stderr
     assert "failure-rate-threshold" in checked.stderr
+
+
+def test_bulk_json_counts_retries_and_fallbacks_one_way(
+    sandbox: Any, sandbox_config: Path, tmp_path: Path
+) -> None:
+    csv = tmp_path / "in.csv"
+    csv.write_text(
+        "phone,message\n" + "".join(f"010-1234-{i:04d},hi\n" for i in range(1, 7)),
+        encoding="utf-8",
+    )
+    sandbox.set_down("kakaotalk")
+    result = invoke("bulk", str(csv), "--json", "--config", str(sandbox_config))
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    providers = document["report"]["providers"]
+    assert "channels" not in document  # per provider is the one breakdown
+    assert document["fallbacks"] == 6 == sum(p["fallbacks_from"] for p in providers.values())
+    assert document["retries"] == sum(p["retries"] for p in providers.values())
+    assert document["fallbacks"] == document["report"]["fallbacks"]

@@ -55,7 +55,6 @@ from .models import (
     sms_bytes,
 )
 from .outage import QuietHours, RefusalStreak, SendGate
-from .report import LatencyHistogram
 from .results import (
     DUPLICATE,
     FAILED,
@@ -76,7 +75,6 @@ from .results import (
 __all__ = [
     "BulkOptions",
     "BulkReport",
-    "ChannelStats",
     "CsvInfo",
     "SupportsSend",
     "inspect_csv",
@@ -150,42 +148,6 @@ class BulkOptions:
 
 
 @dataclass(slots=True)
-class ChannelStats:
-    """Per-channel totals for the summary table (``channel`` is the one that delivered)."""
-
-    sent: int = 0
-    failed: int = 0
-    fallbacks: int = 0
-    retries: int = 0
-    uncertain: int = 0
-    limiter_wait_s: float = 0.0
-    _latencies: LatencyHistogram = field(default_factory=LatencyHistogram, repr=False)
-
-    @property
-    def p50_ms(self) -> float | None:
-        """Median latency of this channel's rows (about 2% precision)."""
-        return self._latencies.quantile(0.5)
-
-    @property
-    def p95_ms(self) -> float | None:
-        """95th percentile latency of this channel's rows (about 2% precision)."""
-        return self._latencies.quantile(0.95)
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the counters as a JSON-ready dict."""
-        return {
-            "sent": self.sent,
-            "failed": self.failed,
-            "fallbacks": self.fallbacks,
-            "retries": self.retries,
-            "uncertain": self.uncertain,
-            "limiter_wait_s": round(self.limiter_wait_s, 3),
-            "p50_ms": self.p50_ms,
-            "p95_ms": self.p95_ms,
-        }
-
-
-@dataclass(slots=True)
 class BulkReport:
     """The outcome of ``send_bulk``: counts per status and channel, and the exit code."""
 
@@ -226,7 +188,6 @@ class BulkReport:
     quiet_s: float = 0.0
     invalid_rows: list[tuple[int, str]] = field(default_factory=list)
     failed_rows: list[tuple[int, str]] = field(default_factory=list)
-    channels: dict[str, ChannelStats] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -294,7 +255,6 @@ class BulkReport:
             "exit_code": self.exit_code,
             "invalid_rows": [{"row": r, "reason": why} for r, why in self.invalid_rows],
             "failed_rows": [{"row": r, "error": why} for r, why in self.failed_rows],
-            "channels": {name: stats.to_json() for name, stats in self.channels.items()},
         }
 
 
@@ -808,12 +768,13 @@ class _Run:
         report = self.report
         if kind and status in (SENT, READY):
             report.kinds[kind] = report.kinds.get(kind, 0) + 1
+        # A fallback counts whether or not SMS then delivered: the way the run report's
+        # per-provider ``fallbacks_from`` counts it, so --json says one thing.
+        report.fallbacks += int(fallback)
         if status == SENT:
             report.sent += 1
             name = channel or "unknown"
             report.sent_by_channel[name] = report.sent_by_channel.get(name, 0) + 1
-            if fallback:
-                report.fallbacks += 1
         elif status == FAILED:
             report.failed += 1
             if len(report.failed_rows) < REPORT_ROWS_CAP:
@@ -828,21 +789,11 @@ class _Run:
             report.ready += 1
         if result is None:
             return
-        stats = report.channels.setdefault(channel or "unknown", ChannelStats())
         if status == SENT:
-            stats.sent += 1
-            stats.fallbacks += int(fallback)
             report.overflows += int(result.overflow)
-        else:
-            stats.failed += 1
-        stats.retries += result.retries
-        stats.limiter_wait_s += result.limiter_wait_s
         report.retries += result.retries
         if result.uncertain:
-            stats.uncertain += 1
             report.uncertain += 1
-        if latency_ms is not None:
-            stats._latencies.add(latency_ms)
 
     def progress(self) -> None:
         if self.on_progress is None:

@@ -475,13 +475,16 @@ def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
     return sandbox, config
 
 
+#: seconds a command waits at exit for queued alert deliveries (a hanging webhook)
+ALERT_FLUSH_TIMEOUT = 5.0
+
 #: ``--sandbox`` makes KakaoTalk fail for these number endings, so that fallback shows.
 SANDBOX_KAKAOTALK_FAILS = ("0000",)
 
 
 def _finish(run: Run, success: bool) -> None:
     if run.alerter is not None:
-        run.alerter.close(timeout=5.0)
+        run.alerter.close(timeout=ALERT_FLUSH_TIMEOUT)
     if run.metrics is not None:
         run.metrics.finish_run(success)
         if run.common.metrics_file is not None:

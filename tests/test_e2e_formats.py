@@ -298,7 +298,7 @@ def test_sandbox_command_serves_the_assignment_format(tmp_path: Path, monkeypatc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.communicate(timeout=10)  # reads and closes the stderr pipe
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout=10)
+            proc.communicate(timeout=10)

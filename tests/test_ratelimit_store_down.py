@@ -82,11 +82,14 @@ def test_a_stopped_holder_is_named_with_how_to_resume_it(
 
 def test_a_lock_freed_in_time_is_waited_for(tmp_path: Path) -> None:
     path = tmp_path / "rl.sqlite"
-    with RateLimiter({"p": Limit(5, 1.0)}, path=path) as limiter, subprocess.Popen(
-        [sys.executable, "-c", HOLDER.replace("60", "0.2"), str(path)],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as process:
+    with (
+        RateLimiter({"p": Limit(5, 1.0)}, path=path) as limiter,
+        subprocess.Popen(
+            [sys.executable, "-c", HOLDER.replace("60", "0.2"), str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as process,
+    ):
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "holding"
         limiter.acquire("p").settle()  # waits the 0.2 s out, well within the bound

@@ -364,3 +364,60 @@ def test_formula_cells_are_sent_unaltered_and_written_escaped(
         "@SUM(1+1)",
     ]
     assert (tmp_path / "input.results.csv").stat().st_mode & 0o777 == 0o600
+
+
+# --------------------------------------------------------------------------- a hostile provider
+
+HOSTILE_BODY = (
+    b'{"error": "bad\x1b[2J\x1b]0;owned\x07 request\r\n2026-11-30 INFO forged line \xe2\x80\xae'
+    b'txt.exe", "echo": "Authorization: Basic YXV0b2V2ZXI6NTY3OA=="}'
+)
+
+
+@pytest.fixture
+def hostile_provider() -> Iterator[str]:
+    """A provider on 127.0.0.1 answering 400 with control characters and an echoed credential."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(HOSTILE_BODY)))
+            self.end_headers()
+            self.wfile.write(HOSTILE_BODY)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_provider_text_reaches_terminal_and_log_escaped(
+    hostile_provider: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MSGSEND_SMS_BASE_URL", hostile_provider)
+    monkeypatch.setenv("MSGSEND_LIMITER_STORE", "memory")
+    log_file = tmp_path / "run.log"
+    result = CliRunner().invoke(
+        app,
+        ["send", "010-1234-5678", "hi", "--via", "sms", "-v", "--log-file", str(log_file)],
+    )
+    assert result.exit_code == EXIT_FAILED, result.output
+    for text in (result.output, log_file.read_text(encoding="utf-8")):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+        assert "\r" not in text
+        assert "YXV0b2V2ZXI6NTY3OA" not in text  # the echoed credential
+        assert "\\x1b[2J" in text
+    assert "forged line" in result.stderr
+    assert not any(line.startswith("2026-11-30 INFO forged") for line in result.stderr.splitlines())

@@ -51,7 +51,7 @@ from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
-from .redact import printable
+from .redact import printable, redact_text
 
 __all__ = [
     "AllProvidersFailedError",
@@ -511,8 +511,9 @@ def error_for_status(
     its wait comes from ``headers`` (see ``throttle_wait``) or, without them, from
     ``retry_after`` (a Retry-After value).
     """
-    # A provider's text is shown escaped: it must not move the cursor or forge a log line.
-    snippet = printable(" ".join(body.strip().splitlines()))[:200]
+    # A provider's text is shown escaped (it must not move the cursor or forge a log line)
+    # and without credentials it may echo back.
+    snippet = redact_text(printable(" ".join(body.strip().splitlines()))[:200])
     detail = f": {snippet}" if snippet else ""
     if status_code in throttle_statuses:
         if headers is None:

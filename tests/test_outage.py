@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from tests.fakes import FakeClock, FakeProvider, FakeSleep, auth_error, server_error
 
+from msgsend.alerts import alert_for
 from msgsend.bulk import BulkOptions, RunClocks, send_bulk
 from msgsend.circuit import CircuitBreaker
 from msgsend.client import Sender
@@ -470,6 +471,9 @@ def test_a_long_outage_stops_the_run_with_75_and_resume_sends_the_rest(tmp_path:
     document = report.to_json()
     assert document["stopped"] == report.stopped and document["left"] == 4
     assert events[-1] == RunStopped(report.stopped, 75, 4)
+    alert = alert_for(events[-1])
+    assert alert is not None and alert[0] == "run-stopped" and alert[1] is None
+    assert alert[2].startswith("bulk stopped (exit 75), 4 rows left: no provider could deliver")
 
     down = False
     again = send_bulk(

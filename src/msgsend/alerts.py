@@ -25,6 +25,7 @@ from .events import (
     FellBack,
     LimiterStoreChanged,
     Listener,
+    RunStopped,
 )
 from .logs import mask_text
 from .redact import redact_endpoint
@@ -42,12 +43,14 @@ ALERT_TYPES: Final = (
     "fallback",
     "limiter-store-down",
     "limiter-store-recovered",
+    "run-stopped",
 )
 
 _LEVELS: Final = {
     "auth-failed": logging.ERROR,
     "provider-down": logging.ERROR,
     "limiter-store-down": logging.ERROR,
+    "run-stopped": logging.ERROR,
 }
 _EMOJI: Final = {
     "auth-failed": ":lock:",
@@ -57,6 +60,7 @@ _EMOJI: Final = {
     "fallback": ":twisted_rightwards_arrows:",
     "limiter-store-down": ":no_entry:",
     "limiter-store-recovered": ":white_check_mark:",
+    "run-stopped": ":octagonal_sign:",
 }
 _STOP: Final = object()
 #: apprise's NotifyType values per alert type
@@ -104,6 +108,10 @@ def alert_for(event: Event) -> tuple[str, str | None, str] | None:
             return "limiter-store-down", None, f"{reason}; sends wait for it"
         case LimiterStoreChanged(down=False, store=store):
             return "limiter-store-recovered", None, f"the rate limiter's {store} store answers"
+        case RunStopped(reason=reason, exit_code=code, left=left):
+            # A bulk run gave up before its end (outage, refused credentials, systematic
+            # refusal): someone has to resume it.
+            return "run-stopped", None, f"bulk stopped (exit {code}), {left} rows left: {reason}"
     return None
 
 

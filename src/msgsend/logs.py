@@ -392,7 +392,8 @@ def log_event(event: Event) -> None:
         case RunResumed():
             _bulk_log.info("bulk: sending again after %s", event.reason, extra={"event": "resumed"})
         case RunStopped():
-            _bulk_log.error(
+            # INFO: the run-stopped alert is the operator-visible signal (and the CLI's error).
+            _bulk_log.info(
                 "bulk: stopped (exit %d, %d rows left for --resume): %s",
                 event.exit_code,
                 event.left,

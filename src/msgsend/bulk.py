@@ -183,7 +183,7 @@ class BulkReport:
     #: credentials), and that stop's exit code; rows not settled are left for ``--resume``
     stopped: str | None = None
     stop_code: int = EXIT_OK
-    #: seconds spent waiting for a channel to come back, and paused by quiet hours
+    #: seconds rows waited for a channel to come back (wall time), and paused by quiet hours
     outage_wait_s: float = 0.0
     quiet_s: float = 0.0
     invalid_rows: list[tuple[int, str]] = field(default_factory=list)
@@ -983,7 +983,7 @@ def send_bulk(
         report.stop_code = exit_code_for(run.stopped)
         if emit is not None:
             emit(RunStopped(report.stopped, report.stop_code, report.left))
-    report.outage_wait_s = run.gate.held_s
+    report.outage_wait_s = run.gate.outage_s
     report.quiet_s = run.gate.quiet_s
     log.info(
         "bulk: %d sent, %d failed, %d invalid, %d duplicate, %d skipped in %.1f s%s%s",

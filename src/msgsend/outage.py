@@ -178,9 +178,18 @@ class SendGate:
         self._pause: RunPaused | None = None
         self._shown: RunPaused | None = None
         self._expired = False
-        #: seconds spent paused by quiet hours and waiting for a channel, for the summary
+        #: seconds paused by quiet hours, and seconds of outages that ended (wall time during
+        #: which rows waited for a channel, however many rows waited)
         self.quiet_s = 0.0
-        self.held_s = 0.0
+        self._outages_s = 0.0
+        self._outage_since: float | None = None
+
+    @property
+    def outage_s(self) -> float:
+        """Return the seconds rows have waited for a channel (the current outage included)."""
+        with self._lock:
+            since = self._outage_since
+            return self._outages_s + (self._clock() - since if since is not None else 0.0)
 
     @property
     def pause(self) -> RunPaused | None:
@@ -227,20 +236,23 @@ class SendGate:
                 self._expire(reason)
                 return False
             delay = min(delay, left)
+            if self._outage_since is None:
+                self._outage_since = now
             until = datetime.fromtimestamp(self._wall() + delay).astimezone()
             self._show(RunPaused("outage", reason, until))
         if self._stopping() or self._expired:
             return False
-        started = self._clock()
         self._wait(delay)
-        with self._lock:
-            self.held_s += self._clock() - started
         return not (self._stopping() or self._expired)
 
     def delivered(self) -> None:
         """Record a delivery: the outage clock starts again and a shown outage pause ends."""
         with self._lock:
-            self._mark = max(self._mark, self._clock())
+            now = self._clock()
+            self._mark = max(self._mark, now)
+            if self._outage_since is not None:
+                self._outages_s += now - self._outage_since
+                self._outage_since = None
             if self._pause is not None and self._pause.kind == "outage":
                 self._show(None)
 

@@ -13,16 +13,24 @@ requests):
 - ``throttle``: ``throttle_status`` with ``throttle_headers``.
 
 Every request is counted in ``requests`` (with the recipient found, if any); ``close()`` stops
-every trickle at once.
+every trickle at once. ``tls=True`` serves HTTPS with the self-signed certificate of
+``tests/data`` (for 127.0.0.1; ``CERTIFICATE`` is the CA bundle that trusts it).
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-__all__ = ["MisbehavingProvider"]
+__all__ = ["CERTIFICATE", "MisbehavingProvider"]
+
+_DATA = Path(__file__).parent / "data"
+#: a self-signed certificate for 127.0.0.1 (valid until 2126), and its key
+CERTIFICATE = str(_DATA / "localhost.pem")
+_KEY = str(_DATA / "localhost-key.pem")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -102,9 +110,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, provider: MisbehavingProvider) -> None:
+    def __init__(self, provider: MisbehavingProvider, tls: bool) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.provider = provider
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(CERTIFICATE, _KEY)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass
@@ -113,7 +125,7 @@ class _Server(ThreadingHTTPServer):
 class MisbehavingProvider:
     """A provider HTTP server on 127.0.0.1 with one behaviour at a time (see the module)."""
 
-    def __init__(self, mode: str = "ok", **settings: Any) -> None:
+    def __init__(self, mode: str = "ok", *, tls: bool = False, **settings: Any) -> None:
         self.mode = mode
         self.refused: set[str] = set()
         self.interval = 1.0
@@ -127,7 +139,8 @@ class MisbehavingProvider:
         self.bytes_written = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self._server = _Server(self)
+        self._tls = tls
+        self._server = _Server(self, tls)
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), daemon=True
         )
@@ -135,7 +148,7 @@ class MisbehavingProvider:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     def __enter__(self) -> MisbehavingProvider:
         self._thread.start()

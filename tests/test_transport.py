@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from misbehaving import MisbehavingProvider
+from misbehaving import CERTIFICATE, MisbehavingProvider
 from msgsend.errors import ConnectError, ReadTimeoutError
 from msgsend.providers.transport import MAX_BODY, DeadlineAdapter, Timeouts, exchange
 
@@ -121,3 +121,33 @@ def test_finished_exchanges_do_not_pile_up_in_the_watchdog():
         watchdog.watch(exchange)
         exchange.finish()
     assert len(watchdog._heap) <= transport._COMPACT_EVERY + 1
+
+
+@pytest.mark.parametrize("mode", ["trickle-headers", "trickle-body"])
+def test_the_deadline_holds_over_tls(mode):
+    # Shutting a TLS socket's descriptor under a blocked read: the read ends, no stray error.
+    with (
+        requests.Session() as session,
+        MisbehavingProvider(mode, tls=True, interval=0.1, trickle_bytes=200) as server,
+    ):
+        session.trust_env = False
+        session.mount("https://", DeadlineAdapter())
+        started = time.monotonic()
+        with pytest.raises(ReadTimeoutError, match="no complete answer within 1 s"):
+            exchange(
+                session,
+                post(session, server.url),
+                provider="sms",
+                timeouts=Timeouts.of(1.0, 1.0),
+                settings={"verify": CERTIFICATE},
+            )
+        assert time.monotonic() - started < 6.0
+        server.mode = "ok"
+        answer = exchange(
+            session,
+            post(session, server.url),
+            provider="sms",
+            timeouts=Timeouts.of(2.0, 2.0),
+            settings={"verify": CERTIFICATE},
+        )
+        assert answer.status_code == 200

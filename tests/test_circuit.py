@@ -235,6 +235,17 @@ def test_any_http_answer_to_the_trial_closes(breaker, clock, exc):
     assert state(breaker) is CircuitState.CLOSED
 
 
+@pytest.mark.parametrize(("status", "closes"), [(500, True), (502, False), (503, False)])
+def test_a_trial_answered_500_proves_the_provider_up(breaker, clock, status, closes):
+    # 500 is how a provider refuses one number; a waiting row it refuses must not be able to
+    # keep the circuit open by being the trial again and again.
+    trip(breaker)
+    clock.advance(30.0)
+    breaker.before_request()
+    breaker.record_failure(ServerError(f"HTTP {status}", status_code=status))
+    assert state(breaker) is (CircuitState.CLOSED if closes else CircuitState.OPEN)
+
+
 def test_trial_that_says_nothing_frees_the_slot(breaker, clock):
     trip(breaker)
     clock.advance(30.0)

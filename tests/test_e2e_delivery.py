@@ -195,6 +195,8 @@ def test_refused_numbers_first_may_open_the_breakers_but_no_healthy_row_fails(
         server.mode, server.refused = "refuse", refused
     source = write_csv(tmp_path / "in.csv", [(n, "안내") for n in numbers])
     path = config(tmp_path / "c.toml", kakaotalk, sms, reset_timeout=0.5)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("[bulk]\nmax-outage = 20\n")  # a circuit kept open would end in 75
     result = invoke("bulk", str(source), "--json", "--config", path)
     assert result.exit_code == 1, result.output  # the refused numbers failed, nothing else
     results = {row["recipient"]: row for row in read_results(tmp_path / "in.results.csv")}

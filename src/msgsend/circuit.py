@@ -18,8 +18,9 @@ States::
     CLOSED ──(>= minimum_calls messages in the window and
               failures / calls >= failure_rate_threshold)──▶ OPEN
     OPEN ──(reset_timeout elapsed, next caller)──▶ HALF_OPEN: that caller is the single trial
-    HALF_OPEN ──(trial succeeds, or the provider answers at all)──▶ CLOSED (window emptied)
-    HALF_OPEN ──(trial fails with an outage)──▶ OPEN (timer restarts)
+    HALF_OPEN ──(trial succeeds, or the provider answers: 4xx, 429, 500)──▶ CLOSED (window
+              emptied)
+    HALF_OPEN ──(trial fails: no answer, timeout, 502/503/504 ...)──▶ OPEN (timer restarts)
     any ──(disable(): 401/403)──▶ DISABLED, for the rest of the process
 
 Besides its state, a provider can be *paused* (``pause``): it asked, with a Retry-After
@@ -56,6 +57,12 @@ from .events import CircuitChanged, Emit, ProviderPaused
 __all__ = ["CircuitBreaker", "CircuitState"]
 
 T = TypeVar("T")
+
+#: A trial answered 500 proves the provider up: 500 is what a provider answers when it
+#: refuses one request (a blocked number, a carrier error); a provider that is down does not
+#: answer, or answers 502/503/504 from its gateway. Without this, a waiting row that the
+#: provider refuses could be the trial of every half-open and keep the circuit open for good.
+_REFUSED_ONE = 500
 
 _Changes = list[tuple["CircuitState", "CircuitState", str]]
 
@@ -252,7 +259,7 @@ class CircuitBreaker:
                 elif isinstance(exc, HTTPStatusError) and not isinstance(exc, RateLimitedError):
                     self._count(False, message, changes)  # the provider answered: it is up
             elif self._state is CircuitState.HALF_OPEN and self._is_trial():
-                if outage:
+                if outage and getattr(exc, "status_code", None) != _REFUSED_ONE:
                     self._last_error = str(exc)
                     self._open(f"trial request failed: {exc}", changes)
                 elif isinstance(exc, HTTPStatusError):

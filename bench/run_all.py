@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import bench_formats
 import bench_limit
 import bench_memory
 import bench_outage
@@ -40,6 +41,7 @@ BENCHMARKS = (
     ("overhead", bench_overhead, 3, 1),
     ("overflow", bench_overflow, 2, 1),
     ("resume", bench_resume, 2, 1),
+    ("formats", bench_formats, 15, 5),
 )
 DOC = REPO / "docs" / "benchmarks.md"
 NARRATIVE = BENCH_DIR / "narrative.md"

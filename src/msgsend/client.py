@@ -134,6 +134,10 @@ class Sender:
         self._on_close = on_close
         # Set while a provider's circuit is open: retry waits on that provider end early.
         self._circuit_open = {name: threading.Event() for name in self.providers}
+        # A message id is made only when some provider's format sends one ({message_id}).
+        self._make_ids = any(
+            getattr(provider, "uses_message_id", True) for provider in self.providers.values()
+        )
         self.events.subscribe(self._follow_circuits)
         self.events.subscribe(self.stats.on_event)
         self.events.subscribe(log_event)
@@ -242,7 +246,8 @@ class Sender:
         use_fallback = self.fallback if fallback is None else fallback
         can_fall_back = use_fallback and Channel.SMS.value in self.providers
         channel, note = choose_channel(text, via, fallback=can_fall_back)
-        message_id = message_id or new_message_id()
+        if message_id is None and self._make_ids:
+            message_id = new_message_id()
         chain = [channel]
         if can_fall_back and channel is Channel.KAKAOTALK:
             chain.append(Channel.SMS)
@@ -435,7 +440,7 @@ class Sender:
         number: str,
         text: str,
         result: DeliveryResult,
-        message_id: str,
+        message_id: str | None,
         lease: Lease | None = None,
         *,
         refused_before: bool = False,

@@ -78,6 +78,8 @@ class Provider(ABC):
     ) -> None:
         self.format = request_format or preset("default", self.name)
         self.builder = RequestBuilder(self.format, self.name)
+        #: whether the format sends ``{message_id}`` (the sender makes ids only then)
+        self.uses_message_id = "message_id" in self.builder.uses
         self.health = health or HealthFormat()
         self.auth = auth or AuthSpec("basic", username, password)
         self.base_url = base_url.rstrip("/")

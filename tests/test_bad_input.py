@@ -164,6 +164,8 @@ SEND_CASES = [
          "standard input is not UTF-8 text: byte 0xBE at offset 0", stdin="안녕".encode("cp949")),
     Case("stdin-escape", ("send", "010-1234-5678", "-"), EXIT_DATAERR,
          "message contains U+001B (ESCAPE) at character 3", stdin=b"hi\x1b[2J"),
+    Case("stdin-too-long", ("send", "010-1234-5678", "-"), EXIT_DATAERR,
+         "standard input is longer than 1,048,576 bytes", stdin=b"x" * (1024 * 1024 + 1)),
     Case("stdin-empty", ("send", "010-1234-5678", "-"), EXIT_DATAERR, "empty message", stdin=b""),
     Case("arg-nul", ("send", "010-1234-5678", "a\x00b"), EXIT_DATAERR,
          "message contains U+0000 (NUL) at character 2"),

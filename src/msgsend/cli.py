@@ -605,6 +605,10 @@ def send(
         )
 
 
+#: ``send -`` reads at most this much: no message is longer, and memory stays bounded
+MAX_STDIN_BYTES = 1024 * 1024
+
+
 def _read_message(message: str) -> str:
     if message != "-":
         return message
@@ -613,9 +617,15 @@ def _read_message(message: str) -> str:
     # Bytes, decoded here strictly: the text layer's surrogateescape would let bytes that are
     # not UTF-8 through as lone surrogates.
     buffer = getattr(sys.stdin, "buffer", None)
-    raw = (
-        buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
-    )
+    raw: bytes
+    if buffer is not None:
+        raw = buffer.read(MAX_STDIN_BYTES + 1)
+    else:
+        raw = sys.stdin.read(MAX_STDIN_BYTES + 1).encode("utf-8", "surrogateescape")
+    if len(raw) > MAX_STDIN_BYTES:
+        raise InputError(
+            f"standard input is longer than {MAX_STDIN_BYTES:,} bytes: no message is that long"
+        )
     try:
         data = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:

@@ -365,7 +365,7 @@ _STOP_ITEM: CsvRow | None = None
 _SKIP_BATCH = 4096
 #: at most this many rows are held back while resume checks the recorded recipients in the
 #: same pass; with more (many failed rows), the check is a pass of its own first
-HOLD_LIMIT = 10_000
+HOLD_LIMIT = 4096
 
 
 class _Run:
@@ -478,7 +478,7 @@ class _Run:
         skipped = 0
         for record in records:
             if self.stopping():
-                return
+                break  # rows held back or not reached stay unrecorded: resume sends them
             row = record.row
             code = status[row] if row < len(status) else 0
             if held is not None:
@@ -507,8 +507,9 @@ class _Run:
                 held = None
         if skipped:
             self.skip(skipped)
-        for action in held or ():
-            action()
+        if not self.stopping():
+            for action in held or ():
+                action()
 
     def index_settled(self, record: CsvRecord) -> None:
         """Put the digest of a row an earlier run sent into the duplicate index."""

@@ -200,8 +200,12 @@ def format_request(r: ReceivedRequest) -> str:
     """
     clock = datetime.fromtimestamp(r.at).strftime("%H:%M:%S.%f")[:-3]
     auth = "" if r.authorized else " (unauthorized)"
+    # Why a request was refused (a 400 names the field or parameter out of format).
+    why = f" ({r.error})" if r.error and r.authorized and r.status != 200 else ""
     message = "-" if r.message is None else json.dumps(r.message, ensure_ascii=False)
-    return printable(f"{clock} {r.provider:<9} {r.status} {r.recipient or '-'} {message}{auth}")
+    return printable(
+        f"{clock} {r.provider:<9} {r.status} {r.recipient or '-'} {message}{auth}{why}"
+    )
 
 
 def _check_status(name: str, status: int) -> None:

@@ -71,7 +71,6 @@ __all__ = [
     "DEFAULT_RATE_LIMITS",
     "DEFAULT_TOKENS",
     "DEFAULT_USERNAMES",
-    "PATHS",
     "PROVIDER_NAMES",
     "ProviderOptions",
     "ReceivedRequest",
@@ -85,7 +84,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROVIDER_NAMES: tuple[str, ...] = ("kakaotalk", "sms")
-PATHS: dict[str, str] = {"kakaotalk": "/kakaotalk-messages", "sms": "/sms"}
 # SPEC §2's credentials and limits are msgsend's configuration defaults: one place, config.py.
 DEFAULT_USERNAMES: dict[str, str] = {n: DEFAULTS[f"{n}.auth.username"] for n in PROVIDER_NAMES}
 DEFAULT_PASSWORDS: dict[str, str] = {n: DEFAULTS[f"{n}.auth.password"] for n in PROVIDER_NAMES}

@@ -530,3 +530,38 @@ def test_config_init_writes_either_format_and_it_loads_back(tmp_path: Path) -> N
             assert config.provider(provider).request == preset(name, provider)
     result = CliRunner().invoke(app, ["config", "init", "--format", "xml", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--format" in result.output
+
+
+# --------------------------------------------------------------------------- ping's probe
+
+# answered status, health format, status reported, words of the detail
+PROBE_TABLE = [
+    (400, HealthFormat(), "up", "HTTP 400"),
+    (200, HealthFormat(), "up", "HTTP 200"),
+    (500, HealthFormat(), "down", "healthy: 2xx, 400 or 422"),
+    (404, HealthFormat(), "down", "check [sms] base-url"),
+    (200, HealthFormat("GET", "/health", "none", (200,)), "up", "HTTP 200"),
+    (400, HealthFormat("GET", "/health", "none", (200,)), "down", "(healthy: 200)"),
+    (404, HealthFormat("GET", "/health", "none", (200,)), "down",
+     "HTTP 404 at http://sms.test/health: check [sms.health] path or [sms] base-url"),
+    (401, HealthFormat("GET", "/health", "none", (200,)), "auth-failed", "[sms.auth]"),
+    (429, HealthFormat("GET", "/health", "none", (200,)), "throttled", "429"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("answered", "health", "status", "words"), PROBE_TABLE)
+def test_ping_probes_as_health_says(
+    answered: int, health: HealthFormat, status: str, words: str
+) -> None:
+    provider = SmsProvider("http://sms.test", "u", "p", health=health)
+    with requests_mock.Mocker() as mock:
+        probe = mock.register_uri(
+            health.method, f"http://sms.test{health.path or '/sms'}", status_code=answered
+        )
+        result = provider.ping()
+    assert (result.status.value, result.status_code) == (status, answered)
+    assert words in result.detail
+    sent = probe.last_request
+    assert sent is not None and sent.method == health.method
+    assert sent.body == (b"{}" if health.body == "json" else None)
+    assert sent.headers["Authorization"].startswith("Basic ")

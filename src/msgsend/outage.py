@@ -191,11 +191,6 @@ class SendGate:
             since = self._outage_since
             return self._outages_s + (self._clock() - since if since is not None else 0.0)
 
-    @property
-    def pause(self) -> RunPaused | None:
-        """Return why the run is not sending now, or None."""
-        return self._pause
-
     def before_send(self) -> bool:
         """Wait while quiet hours last; return False if the run is stopping."""
         while True:

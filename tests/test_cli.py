@@ -450,3 +450,23 @@ def test_bulk_json_counts_retries_and_fallbacks_one_way(
     assert document["fallbacks"] == 6 == sum(p["fallbacks_from"] for p in providers.values())
     assert document["retries"] == sum(p["retries"] for p in providers.values())
     assert document["fallbacks"] == document["report"]["fallbacks"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bulk", "x.csv", "--json", "--concurrency", "abc"],  # refused by typer's parser
+        ["send", "010-1234-5678", "hi", "--json", "--via", "fax"],  # refused by msgsend
+    ],
+)
+def test_usage_errors_with_json_print_exactly_one_document(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from msgsend import cli
+
+    monkeypatch.setattr(cli, "_printed_json", False)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == 2
+    out = capsys.readouterr().out
+    assert json.loads(out)["error"]["exit_code"] == 2  # one document: json.loads refuses two

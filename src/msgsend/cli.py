@@ -519,8 +519,14 @@ def _channel(value: str, option: str = "--via") -> str:
 
 
 def _print_json(document: Any) -> None:
+    global _printed_json
+    _printed_json = True
     sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     sys.stdout.flush()
+
+
+#: whether this process printed its one JSON document (``main`` adds one for usage errors)
+_printed_json = False
 
 
 # ---------------------------------------------------------------------------- the commands
@@ -1304,4 +1310,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         sys.stderr.write("\nmsgsend: interrupted\n")
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except SystemExit as exc:
+        # typer refused the command line before any msgsend code ran (an unknown option, a
+        # value of the wrong type): --json still gets its one document.
+        if exc.code == EXIT_USAGE and "--json" in args and not _printed_json:
+            _print_json_error("usage error: the command line is invalid (details on stderr)", 2)
+        raise
     raise SystemExit(0)

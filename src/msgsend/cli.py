@@ -419,55 +419,10 @@ def _load_config(common: Common, overrides: dict[str, Any] | None, run: Run) -> 
 
 def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
     """Start fake providers on free ports and point ``config`` at them (memory limiter)."""
-    import dataclasses
+    from .sandbox import start_for_config
 
-    from .config import LimiterConfig
-    from .sandbox import (
-        DEFAULT_PASSWORDS,
-        DEFAULT_TOKENS,
-        DEFAULT_USERNAMES,
-        ProviderOptions,
-        Sandbox,
-        SandboxOptions,
-    )
-
-    def limits(name: str) -> ProviderOptions:
-        # The fake provider enforces the limit msgsend is configured for, as a real one would,
-        # and serves its request format, health probe and kind of credentials.
-        provider = config.provider(name)
-        rate = provider.rate_limit
-        return ProviderOptions(
-            rate_limit=rate.count,
-            rate_period=rate.period,
-            request_format=provider.request,
-            health=provider.health,
-            auth_type=provider.auth_type,
-            header_name=provider.header_name or "X-API-Key",
-        )
-
-    def credentials(name: str) -> dict[str, Any]:
-        return {
-            "username": DEFAULT_USERNAMES[name],
-            "password": DEFAULT_PASSWORDS[name],
-            "token": DEFAULT_TOKENS[name] if config.provider(name).auth_type != "basic" else None,
-        }
-
-    options = SandboxOptions(
-        kakaotalk=limits("kakaotalk"),
-        sms=limits("sms"),
-        kakaotalk_fail_suffixes=SANDBOX_KAKAOTALK_FAILS,
-    )
-    sandbox = Sandbox(options).start()
+    sandbox, config = start_for_config(config, kakaotalk_fail_suffixes=SANDBOX_KAKAOTALK_FAILS)
     run.closers.append(sandbox.close)
-    config = dataclasses.replace(
-        config,
-        kakaotalk=dataclasses.replace(
-            config.kakaotalk, base_url=sandbox.kakaotalk_url, **credentials("kakaotalk")
-        ),
-        sms=dataclasses.replace(config.sms, base_url=sandbox.sms_url, **credentials("sms")),
-        # The embedded providers belong to this process alone: never spend a shared budget.
-        limiter=LimiterConfig(strategy=config.limiter.strategy, store="memory"),
-    )
     run.console.print(
         f"[dim]sandbox: KakaoTalk at {sandbox.kakaotalk_url}, SMS at {sandbox.sms_url} "
         f"(KakaoTalk answers 503 for numbers ending in {', '.join(SANDBOX_KAKAOTALK_FAILS)})[/dim]"

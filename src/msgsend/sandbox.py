@@ -62,7 +62,7 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from .config import DEFAULTS
+from .config import DEFAULTS, Config, LimiterConfig
 from .formats import PLACEHOLDERS, HealthFormat, RequestFormat, preset
 from .redact import printable
 
@@ -79,6 +79,7 @@ __all__ = [
     "SandboxPortError",
     "format_request",
     "serve_forever",
+    "start_for_config",
 ]
 
 logger = logging.getLogger(__name__)
@@ -977,3 +978,52 @@ def serve_forever(sandbox: Sandbox, stop: threading.Event | None = None) -> None
             pass
     finally:
         sandbox.close()
+
+
+def start_for_config(
+    config: Config, *, kakaotalk_fail_suffixes: Iterable[str] = ()
+) -> tuple[Sandbox, Config]:
+    """Start fake providers on free ports as ``config`` describes them; return the sandbox
+    and a copy of ``config`` pointed at it (``--sandbox``).
+
+    Each fake provider enforces the rate limit msgsend is configured for, as a real one
+    would, and serves the configured request format, health probe and kind of credentials.
+    The copy uses the ``memory`` limiter store: the embedded providers belong to this
+    process alone, so no shared budget is spent on them. The caller closes the sandbox.
+    """
+
+    def options(name: str) -> ProviderOptions:
+        provider = config.provider(name)
+        rate = provider.rate_limit
+        return ProviderOptions(
+            rate_limit=rate.count,
+            rate_period=rate.period,
+            request_format=provider.request,
+            health=provider.health,
+            auth_type=provider.auth_type,
+            header_name=provider.header_name or "X-API-Key",
+        )
+
+    def credentials(name: str) -> dict[str, Any]:
+        return {
+            "username": DEFAULT_USERNAMES[name],
+            "password": DEFAULT_PASSWORDS[name],
+            "token": DEFAULT_TOKENS[name] if config.provider(name).auth_type != "basic" else None,
+        }
+
+    sandbox = Sandbox(
+        SandboxOptions(
+            kakaotalk=options("kakaotalk"),
+            sms=options("sms"),
+            kakaotalk_fail_suffixes=tuple(kakaotalk_fail_suffixes),
+        )
+    ).start()
+    pointed = dataclasses.replace(
+        config,
+        kakaotalk=dataclasses.replace(
+            config.kakaotalk, base_url=sandbox.kakaotalk_url, **credentials("kakaotalk")
+        ),
+        sms=dataclasses.replace(config.sms, base_url=sandbox.sms_url, **credentials("sms")),
+        limiter=LimiterConfig(strategy=config.limiter.strategy, store="memory"),
+    )
+    return sandbox, pointed

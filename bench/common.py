@@ -181,11 +181,14 @@ class Workspace:
 
 
 class SandboxProcess:
-    """``bench/sandbox_server.py`` in a child process, controlled over its stdin."""
+    """``bench/sandbox_server.py`` (or ``script``, e.g. ``limit_provider.py``) in a child process,
+    controlled over its stdin."""
 
-    def __init__(self, env: dict[str, str], **options: Any) -> None:
+    def __init__(
+        self, env: dict[str, str], *, script: str = "sandbox_server.py", **options: Any
+    ) -> None:
         self._child = subprocess.Popen(
-            [PYTHON, str(BENCH_DIR / "sandbox_server.py"), json.dumps(options)],
+            [PYTHON, str(BENCH_DIR / script), json.dumps(options)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -34,7 +34,7 @@ from common import BENCH_DIR, PYTHON, REPO, Section, Workspace, machine, precomp
 #: (key, module, full repetitions, quick repetitions), in the order of the issue
 BENCHMARKS = (
     ("throughput", bench_throughput, 5, 2),
-    ("limit", bench_limit, 3, 1),
+    ("limit", bench_limit, 1, 1),
     ("startup", bench_startup, 15, 5),
     ("memory", bench_memory, 3, 1),
     ("outage", bench_outage, 5, 2),

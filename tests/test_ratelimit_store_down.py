@@ -80,7 +80,10 @@ def test_a_stopped_holder_is_named_with_how_to_resume_it(
     assert seen == [LimiterStoreChanged("sqlite", True, str(caught.value))]
 
 
-def test_a_lock_freed_in_time_is_waited_for(tmp_path: Path) -> None:
+def test_a_lock_freed_in_time_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 20.0)  # a loaded host is slow, not stuck
     path = tmp_path / "rl.sqlite"
     with (
         RateLimiter({"p": Limit(5, 1.0)}, path=path) as limiter,

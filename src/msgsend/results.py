@@ -26,7 +26,8 @@ written before appending), ``sent`` is never downgraded. Files written by earlie
 (format v1: the same columns without ``kind``, no BOM) are read too and appended to in their
 own width. The file is locked (``flock``) while a run uses it, so overlapping runs cannot send
 the same rows (``ResultsInUseError``). A target that is not a regular file (``/dev/null``, a
-pipe) is written to and never read back.
+pipe) is written to and never read back; a pipe that nobody reads fails at once
+(InputFileError) rather than waiting for a reader.
 
 The dry-run preview (``FILE.preview.csv``) has the results columns plus ``bytes`` (the message's
 size in EUC-KR, what an SMS counts) and ``message``, status ``ready``, ``invalid`` or

@@ -235,15 +235,80 @@ def test_any_http_answer_to_the_trial_closes(breaker, clock, exc):
     assert state(breaker) is CircuitState.CLOSED
 
 
-@pytest.mark.parametrize(("status", "closes"), [(500, True), (502, False), (503, False)])
-def test_a_trial_answered_500_proves_the_provider_up(breaker, clock, status, closes):
-    # 500 is how a provider refuses one number; a waiting row it refuses must not be able to
-    # keep the circuit open by being the trial again and again.
+def answered(status: int) -> ServerError:
+    return ServerError(f"HTTP {status}", provider="kakaotalk", status_code=status)
+
+
+@pytest.mark.parametrize(("status", "opens"), [(502, True), (503, True), (500, False)])
+def test_a_trial_answered_500_decides_nothing_alone(breaker, clock, status, opens):
     trip(breaker)
     clock.advance(30.0)
     breaker.before_request()
-    breaker.record_failure(ServerError(f"HTTP {status}", status_code=status))
-    assert state(breaker) is (CircuitState.CLOSED if closes else CircuitState.OPEN)
+    breaker.record_failure(answered(status))
+    expected = CircuitState.OPEN if opens else CircuitState.HALF_OPEN
+    assert state(breaker) is expected
+
+
+@pytest.mark.parametrize(
+    ("second", "expected"),
+    [
+        (None, CircuitState.CLOSED),  # a healthy number got through
+        (InvalidRequestError("400", status_code=400), CircuitState.CLOSED),
+        (answered(500), CircuitState.OPEN),  # two messages refused: broken for everybody
+        (ConnectError("refused", provider="kakaotalk"), CircuitState.OPEN),
+    ],
+)
+def test_after_a_500_trial_a_second_message_decides(breaker, clock, changes, second, expected):
+    trip(breaker)
+    clock.advance(30.0)
+    suspect, other = object(), object()
+    breaker.before_request(message=suspect)
+    breaker.record_failure(answered(500), message=suspect)
+    # The suspect's own retries go through without being the trial, and decide nothing.
+    breaker.before_request(message=suspect)
+    breaker.record_failure(answered(500), message=suspect)
+    assert state(breaker) is CircuitState.HALF_OPEN
+    breaker.before_request(message=other)
+    if second is None:
+        breaker.record_success(message=other)
+    else:
+        breaker.record_failure(second, message=other)
+    assert state(breaker) is expected
+    # No closed/open flapping while undecided: one transition after the half-open.
+    assert [change[2] for change in changes[-2:]] == [CircuitState.HALF_OPEN, expected]
+
+
+def test_a_provider_answering_500_to_everything_costs_two_messages_per_reset(clock):
+    # The outage case: closing on a 500 trial would let minimum_calls messages (and their
+    # retries) through every reset_timeout; the second trial reopens it instead.
+    breaker = CircuitBreaker("kakaotalk", reset_timeout=30.0, clock=clock)
+    sent = 0
+    for _ in range(10):  # ten reset periods of messages that all meet a 500
+        for _ in range(50):
+            message = object()
+            try:
+                breaker.before_request(message=message)
+            except CircuitOpenError:
+                continue
+            sent += 1
+            breaker.record_failure(answered(500), message=message)
+        clock.advance(30.0)
+    assert breaker.minimum_calls == 10
+    assert sent == 10 + 9 * 2  # the first window, then two trial messages per reset
+    assert state(breaker) is CircuitState.OPEN
+
+
+def test_a_refused_number_as_every_first_trial_does_not_keep_the_circuit_open(breaker, clock):
+    # A waiting row the provider refuses comes back as the first trial of each half-open.
+    trip(breaker)
+    refused = object()
+    clock.advance(30.0)
+    breaker.before_request(message=refused)
+    breaker.record_failure(answered(500), message=refused)
+    healthy = object()
+    breaker.before_request(message=healthy)
+    breaker.record_success(message=healthy)
+    assert state(breaker) is CircuitState.CLOSED
 
 
 def test_trial_that_says_nothing_frees_the_slot(breaker, clock):

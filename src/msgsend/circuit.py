@@ -18,9 +18,12 @@ States::
     CLOSED ──(>= minimum_calls messages in the window and
               failures / calls >= failure_rate_threshold)──▶ OPEN
     OPEN ──(reset_timeout elapsed, next caller)──▶ HALF_OPEN: that caller is the single trial
-    HALF_OPEN ──(trial succeeds, or the provider answers: 4xx, 429, 500)──▶ CLOSED (window
+    HALF_OPEN ──(trial succeeds, or the provider answers 4xx or 429)──▶ CLOSED (window
               emptied)
     HALF_OPEN ──(trial fails: no answer, timeout, 502/503/504 ...)──▶ OPEN (timer restarts)
+    HALF_OPEN ──(trial answered 500)──▶ HALF_OPEN, that message *suspect*: its own retries
+              go on (not as trials), and the next *other* message is a second trial that
+              decides alone (2xx/4xx/429: CLOSED; 500 or no answer: OPEN)
     any ──(disable(): 401/403)──▶ DISABLED, for the rest of the process
 
 Besides its state, a provider can be *paused* (``pause``): it asked, with a Retry-After
@@ -58,10 +61,14 @@ __all__ = ["CircuitBreaker", "CircuitState"]
 
 T = TypeVar("T")
 
-#: A trial answered 500 proves the provider up: 500 is what a provider answers when it
-#: refuses one request (a blocked number, a carrier error); a provider that is down does not
-#: answer, or answers 502/503/504 from its gateway. Without this, a waiting row that the
-#: provider refuses could be the trial of every half-open and keep the circuit open for good.
+#: A trial answered 500 is ambiguous: 500 is what a provider answers when it refuses one
+#: request (a blocked number, a carrier error), and also what a broken provider answers to
+#: everything. Reopening on it lets a waiting row that the provider refuses be the trial of
+#: every half-open and keep the circuit open for good; closing on it lets a provider that
+#: answers 500 to everything be hammered with ``minimum_calls`` messages (and their retries)
+#: every ``reset_timeout``, and flaps the provider-down/-recovered alerts. So it decides
+#: nothing: that message is *suspect* (it settles on its own, its retries are let through
+#: and not counted), and the next message, a different one, is a second trial that decides.
 _REFUSED_ONE = 500
 
 _Changes = list[tuple["CircuitState", "CircuitState", str]]
@@ -83,8 +90,9 @@ class CircuitBreaker:
     last ``window_size`` messages: an outage failure (``exc.outage``: connect errors,
     timeouts, 5xx) is a failure; any other answer of the provider (2xx, an invalid-request
     4xx) is a success, since the provider is up; throttling and errors that say nothing
-    about the provider are not recorded. In half-open any HTTP answer proves the provider is
-    up and closes the circuit. An ``AuthError`` disables the provider. Only the caller that
+    about the provider are not recorded. In half-open an HTTP answer other than 500 proves
+    the provider is up and closes the circuit; a 500 hands the decision to a second trial
+    message (see ``_REFUSED_ONE``). An ``AuthError`` disables the provider. Only the caller that
     was admitted as the half-open trial (same thread) decides the trial; reports from
     requests admitted earlier are ignored while open or half-open. A trial that never
     reports expires after ``trial_timeout`` (default ``reset_timeout``) and the next caller
@@ -135,6 +143,9 @@ class CircuitBreaker:
         self._pause_reason = ""
         self._trial_thread: int | None = None
         self._trial_started = 0.0
+        #: a half-open trial answered 500: the next trial must be another message
+        self._suspected = False
+        self._suspect: object | None = None
         self._last_error = ""
         self._open_reason = ""
         self._disabled_reason: str | None = None
@@ -215,12 +226,16 @@ class CircuitBreaker:
 
     # -- the protocol ----------------------------------------------------------------------
 
-    def before_request(self) -> None:
-        """Admit a request, or raise ProviderUnavailableError / ProviderDisabledError."""
+    def before_request(self, *, message: object | None = None) -> None:
+        """Admit a request, or raise ProviderUnavailableError / ProviderDisabledError.
+
+        ``message``: the message the request is an attempt of (as in ``record_failure``);
+        the retries of a half-open trial answered 500 are admitted without being trials.
+        """
         changes: _Changes = []
         try:
             with self._lock:
-                self._admit(changes)
+                self._admit(changes, message)
         finally:
             self._notify(changes)
 
@@ -230,7 +245,9 @@ class CircuitBreaker:
         with self._lock:
             if self._state is CircuitState.CLOSED:
                 self._count(False, message, changes)
-            elif self._state is CircuitState.HALF_OPEN and self._is_trial():
+            elif self._state is CircuitState.HALF_OPEN and (
+                self._is_trial() or self._is_suspect(message)
+            ):
                 self._close("trial request succeeded", changes)
         self._notify(changes)
 
@@ -259,9 +276,17 @@ class CircuitBreaker:
                 elif isinstance(exc, HTTPStatusError) and not isinstance(exc, RateLimitedError):
                     self._count(False, message, changes)  # the provider answered: it is up
             elif self._state is CircuitState.HALF_OPEN and self._is_trial():
-                if outage and getattr(exc, "status_code", None) != _REFUSED_ONE:
+                refused_one = getattr(exc, "status_code", None) == _REFUSED_ONE
+                if refused_one and not self._suspected:
+                    # Ambiguous (see _REFUSED_ONE): another message decides.
                     self._last_error = str(exc)
-                    self._open(f"trial request failed: {exc}", changes)
+                    self._suspected = True
+                    self._suspect = message
+                    self._trial_thread = None
+                elif outage:
+                    self._last_error = str(exc)
+                    reason = "a second trial message" if refused_one else "trial request"
+                    self._open(f"{reason} failed: {exc}", changes)
                 elif isinstance(exc, HTTPStatusError):
                     self._close(f"provider answered the trial (HTTP {exc.status_code})", changes)
                 else:
@@ -306,7 +331,7 @@ class CircuitBreaker:
 
     # -- internals (called with the lock held) ---------------------------------------------
 
-    def _admit(self, changes: _Changes) -> None:
+    def _admit(self, changes: _Changes, message: object | None = None) -> None:
         """Decide whether the calling thread may send now."""
         state = self._state
         if state is CircuitState.DISABLED:
@@ -339,7 +364,10 @@ class CircuitBreaker:
             self._state = CircuitState.HALF_OPEN
             self._grant_trial(now)
             return
-        # HALF_OPEN: one trial at a time; a trial that never reported expires.
+        # HALF_OPEN: a suspect's retries go (not as trials); one trial at a time; a trial
+        # that never reported expires.
+        if self._is_suspect(message):
+            return
         in_flight = now - self._trial_started
         if self._trial_thread is not None and in_flight < self.trial_timeout:
             raise CircuitOpenError(
@@ -392,6 +420,10 @@ class CircuitBreaker:
         """Return whether the calling thread holds the trial permit."""
         return self._trial_thread == threading.get_ident()
 
+    def _is_suspect(self, message: object | None) -> bool:
+        """Return whether ``message`` is the half-open trial that was answered 500."""
+        return message is not None and message is self._suspect
+
     def _open(self, reason: str, changes: _Changes) -> None:
         """Move to OPEN and start the reset timer."""
         changes.append((self._state, CircuitState.OPEN, reason))
@@ -410,6 +442,8 @@ class CircuitBreaker:
         self._reset_window()
 
     def _reset_window(self) -> None:
+        self._suspected = False
+        self._suspect = None
         self._window.clear()
         self._pending.clear()
         self._failures = 0

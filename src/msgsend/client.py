@@ -458,7 +458,7 @@ class Sender:
         def attempt() -> None:
             if breaker is not None:
                 try:
-                    breaker.before_request()
+                    breaker.before_request(message=result)
                 except MsgsendError as exc:
                     # Nothing was sent: counted, but not as a request with a duration.
                     self.events.emit(

@@ -373,6 +373,9 @@ ERROR_TABLE = [
     ('[sms]\nbase-url = "http://"\n', "sms.base-url", "a URL"),
     ('[sms]\nbase-url = "http://localhost:99999"\n', "sms.base-url", "bad port"),
     ('[sms]\nbase-url = "http://localhost:port"\n', "sms.base-url", "bad port"),
+    # an unbalanced IPv6 bracket (urlsplit raises ValueError): 78, the password unshown
+    ('[sms]\nbase-url = "http://u:pw@[::1"\n', "sms.base-url", "'http://u:***@[::1'"),
+    ('[limiter]\nredis-url = "redis://u:pw@[::1"\n', "limiter.redis-url", "'redis://u:***@"),
     ('[limiter]\nredis-url = "http://cache:6379"\n', "limiter.redis-url", "redis://"),
     ('[alerts]\nwebhook-url = "hooks.example.com"\n', "alerts.webhook-url", "a URL"),
     # a choice outside the list

@@ -842,7 +842,10 @@ def _coerce_text(key: str, spec: _Key, raw: Any, source: str) -> str:
     if spec.kind == "choice" and value not in spec.choices:
         raise wrong
     if spec.kind == "url":
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # an unbalanced "[" of an IPv6 host
+            raise wrong from None
         if parts.scheme not in spec.schemes or (parts.scheme != "unix" and not parts.netloc):
             raise wrong
         try:

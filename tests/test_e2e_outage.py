@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import shlex
 import shutil
@@ -349,3 +350,38 @@ def test_rows_wait_while_the_redis_store_is_away(sandbox: Any, tmp_path: Path) -
     finally:
         for server in servers:
             server.stop()
+
+
+def test_a_sandbox_run_stopped_says_to_resume_with_sandbox(tmp_path: Path) -> None:
+    """The resume command of a --sandbox run keeps --sandbox (else it sends elsewhere)."""
+    source = rows(tmp_path / "in.csv", 2)
+    now = dt.datetime.now(dt.UTC)
+    window = f"{now - dt.timedelta(hours=1):%H:%M}-{now + dt.timedelta(hours=1):%H:%M}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MSGSEND_")},
+        "MSGSEND_BULK_QUIET_HOURS": window,
+        "MSGSEND_BULK_TIMEZONE": "UTC",
+    }
+    run = subprocess.Popen(
+        [sys.executable, "-m", "msgsend", "bulk", str(source), "--sandbox"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert run.stderr is not None
+        line = ""
+        deadline = time.monotonic() + 30
+        while "waiting: quiet hours" not in line and time.monotonic() < deadline:
+            line = run.stderr.readline()
+            assert line or run.poll() is None, "the run ended early"
+    finally:
+        run.send_signal(signal.SIGINT)
+        _, rest = run.communicate(timeout=30)
+    assert run.returncode == 130, rest
+    hint = next(text for text in rest.splitlines() if "to send them:" in text)
+    command = shlex.split(hint.split("to send them: ", 1)[1])
+    assert command[:4] == ["msgsend", "bulk", str(source), "--resume"]
+    assert "--sandbox" in command

@@ -828,6 +828,7 @@ def bulk(
                 allow_empty_fields=allow_empty_fields,
                 recipient_column=recipient_column,
                 message_column=message_column,
+                sandbox=sandbox,
             )
             options = BulkOptions(
                 template=template,
@@ -885,8 +886,12 @@ def _resume_command(
     allow_empty_fields: bool = False,
     recipient_column: str | None = None,
     message_column: str | None = None,
+    sandbox: bool = False,
 ) -> str:
-    """Return the command line that resumes this run: its own options plus ``--resume``."""
+    """Return the command line that resumes this run: its own options plus ``--resume``.
+
+    ``--sandbox`` is kept: without it the resume would send to the configured providers.
+    """
     import shlex
 
     args = ["msgsend", "bulk", str(file), "--resume"]
@@ -909,6 +914,7 @@ def _resume_command(
         ("--ignore-quiet-hours", ignore_quiet_hours),
         ("--allow-empty-fields", allow_empty_fields),
         ("--overflow", overflow),
+        ("--sandbox", sandbox),
     ]
     args += [name for name, on in flags if on]
     return shlex.join(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import http.server
 import os
 import socket
@@ -9,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -243,6 +245,42 @@ def test_write_textfile_failure_raises_oserror_and_leaves_nothing(metrics, tmp_p
     with pytest.raises(OSError):
         metrics.write_textfile(target_dir)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["is-a-dir.prom"]
+
+
+def test_write_textfile_writes_a_fifo_or_device_in_place(metrics, tmp_path):
+    # Replacing a non-regular target by rename would turn /dev/null (run as root) into a
+    # regular file; it is written in place and stays what it was.
+    fifo = tmp_path / "metrics.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+
+    def read() -> None:
+        with open(fifo, "rb") as handle:
+            received.append(handle.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while True:  # the write end opens only once the reader has opened its end
+        try:
+            metrics.write_textfile(fifo)
+            break
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO and time.monotonic() < deadline
+            time.sleep(0.01)
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert value(received[0].decode(), "msgsend_fallbacks_total") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.fifo"]
+
+
+def test_write_textfile_to_a_fifo_nobody_reads_fails_at_once(metrics, tmp_path):
+    fifo = tmp_path / "metrics.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError) as caught:
+        metrics.write_textfile(fifo)
+    assert caught.value.errno == errno.ENXIO
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 
 class Recorder:

@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import socket
+import stat
 import tempfile
 import time
 from collections import deque
@@ -345,9 +346,24 @@ class Metrics:
         The temporary file is a hidden ``.NAME.*.tmp`` in the same directory, so the collector,
         which reads ``*.prom``, never sees a half-written file. Raises ``OSError`` (with
         ``strerror`` and ``filename``) if the directory is missing or not writable.
+
+        A target that exists and is not a regular file (``/dev/null``, ``/dev/stdout``, a
+        FIFO) is written in place: replacing it would turn a device node into a regular file
+        (run as root, ``--metrics-file /dev/null`` would replace the host's ``/dev/null``).
         """
         path = Path(path)
         data = self.to_text().encode("utf-8")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of hanging.
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "wb") as handle:
+                os.set_blocking(fd, True)
+                handle.write(data)
+            return
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -238,3 +239,18 @@ def test_an_existing_log_file_is_appended_to_and_keeps_its_mode(tmp_path, stream
     assert log_file.stat().st_mode & 0o777 == 0o640
     text = log_file.read_text(encoding="utf-8")
     assert text.startswith("earlier line\n") and "later line" in text
+
+
+def test_a_log_file_that_cannot_be_written_says_so_once_without_a_traceback(stream, capsys):
+    # /dev/full opens and then refuses every write (ENOSPC), as a full disk does.
+    setup_logging(1, stream=stream, log_file=Path("/dev/full"), rich_tty=False)
+    try:
+        for number in range(3):
+            log.warning("line %d", number)
+    finally:
+        reset_logging()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert err.count("msgsend: warning: --log-file /dev/full: cannot write") == 1
+    assert "No space left on device" in err
+    assert stream.getvalue().count("line ") == 3  # the terminal still gets every line

@@ -14,6 +14,7 @@ here carries a ``MaskingFilter``: Korean mobile numbers become ``010-****-5678``
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -128,9 +129,35 @@ class MaskingFilter(logging.Filter):
 class _PrivateFileHandler(logging.FileHandler):
     """A log file appended to, created 0600 whatever the umask (it names hosts, runs, files)."""
 
+    _failed = False
+
     def _open(self) -> Any:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Say once, in one line, that the log file cannot be written (a full disk).
+
+        logging's default prints a traceback per record on stderr; the run goes on.
+        """
+        self._report(sys.exc_info()[1])
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as exc:  # the last buffered lines could not be written either
+            self._report(exc)
+
+    def _report(self, exc: BaseException | None) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        with contextlib.suppress(Exception):
+            sys.stderr.write(
+                f"msgsend: warning: --log-file {self.baseFilename}: cannot write ({reason}); "
+                "its log lines are lost from now on\n"
+            )
 
 
 def _alert_prefix(record: logging.LogRecord) -> str:

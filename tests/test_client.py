@@ -768,6 +768,18 @@ def test_run_report_percentiles_are_nearest_rank_within_two_percent(n, fraction,
     assert histogram.max == (float(n) if n else None)
 
 
+@pytest.mark.parametrize("latency", [14.2, 14.25, 3.07, 999.9])
+def test_no_latency_quantile_is_above_the_max(latency):
+    # A run's summary showed "p95 14.3, max 14.2": the bucket's middle, above the one sample.
+    from msgsend.report import LatencyHistogram
+
+    histogram = LatencyHistogram()
+    histogram.add(latency)
+    for q in (0.5, 0.95, 1.0):
+        value = histogram.quantile(q)
+        assert value is not None and value <= round(latency, 1)
+
+
 def test_latency_histogram_memory_does_not_grow_with_the_count():
     from msgsend.report import LatencyHistogram
 

@@ -56,7 +56,11 @@ class LatencyHistogram:
             if seen >= rank:
                 if index == 0:
                     return self._BASE
-                return round(self._BASE * math.exp((index - 0.5) * self._LOG_RATIO), 1)
+                middle = self._BASE * math.exp((index - 0.5) * self._LOG_RATIO)
+                # A bucket's middle may lie above the largest latency in it: never show a
+                # quantile above the max shown beside it.
+                assert self.max is not None
+                return round(min(middle, self.max), 1)
         return None  # pragma: no cover
 
 

@@ -426,6 +426,22 @@ def test_resume_ignores_a_torn_last_line(tmp_path: Path) -> None:
     assert again.calls == []
 
 
+def test_resume_does_not_resend_a_torn_line_whose_status_sent_is_whole(tmp_path: Path) -> None:
+    # A full disk cut the line after its status: the row was delivered, and stays so.
+    source = numbered(tmp_path / "in.csv", 4)
+    path = tmp_path / "in.results.csv"
+    header = ",".join(RESULTS_COLUMNS) + "\n"
+    done = f"1,{phone(1)},sent,kakaotalk,false,1,,5.0,2024-01-01T00:00:00.000+00:00,kakaotalk\n"
+    path.write_text(header + done + f"2,{phone(2)},sent,kaka")
+    sender = FakeSender()
+    report = send_bulk(source, sender, BulkOptions(resume=True))
+    assert sorted(sender.recipients) == [phone(3), phone(4)]
+    assert report.skipped == 2
+    again = FakeSender()
+    send_bulk(source, again, BulkOptions(resume=True))
+    assert again.calls == []
+
+
 def test_resume_with_only_a_torn_header(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 2)
     path = tmp_path / "in.results.csv"

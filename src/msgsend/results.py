@@ -22,12 +22,13 @@ full device) raises ``ResultsWriteError`` (exit 74) at once.
 
 An existing results file is never overwritten (``ResultsExistError``); ``--resume`` reads it
 back (``Previous``): only complete lines count (a torn last line is ignored and a newline is
-written before appending), ``sent`` is never downgraded. Files written by earlier versions
-(format v1: the same columns without ``kind``, no BOM) are read too and appended to in their
-own width. The file is locked (``flock``) while a run uses it, so overlapping runs cannot send
-the same rows (``ResultsInUseError``). A target that is not a regular file (``/dev/null``, a
-pipe) is written to and never read back; a pipe that nobody reads fails at once
-(InputFileError) rather than waiting for a reader.
+written before appending; but a torn line whose status ``sent`` was written whole, as a full
+disk leaves it, keeps its row from being sent again), ``sent`` is never downgraded. Files
+written by earlier versions (format v1: the same columns without ``kind``, no BOM) are read
+too and appended to in their own width. The file is locked (``flock``) while a run uses it,
+so overlapping runs cannot send the same rows (``ResultsInUseError``). A target that is not a
+regular file (``/dev/null``, a pipe) is written to and never read back; a pipe that nobody
+reads fails at once (InputFileError) rather than waiting for a reader.
 
 The dry-run preview (``FILE.preview.csv``) has the results columns plus ``bytes`` (the message's
 size in EUC-KR, what an SMS counts) and ``message``, status ``ready``, ``invalid`` or
@@ -398,7 +399,10 @@ def _read_previous(
     for line in lines:
         fields = _fields(line)
         if fields is None or len(fields) != width:
-            continue  # a line torn by a kill in an earlier run
+            # A line torn in an earlier run (a full disk, a crash): ignored, except that a
+            # row whose status "sent" was written whole was delivered and is not sent again.
+            _torn_sent(line, previous, last_row)
+            continue
         code = STATUS_CODES.get(fields[2])
         if code is None or not fields[0].isdigit():
             continue
@@ -409,7 +413,17 @@ def _read_previous(
                 "the results belong to another file; choose another file with --results"
             )
         previous.record(row, code, unescape_cell(fields[1]))
+    _torn_sent(tail[0], previous, last_row)
     return previous, width, (b"\n" if tail[0] else b"")
+
+
+def _torn_sent(line: bytes, previous: Previous, last_row: int) -> None:
+    """Record ``sent`` for a torn line whose row, recipient and status were written whole."""
+    parts = line.split(b",", 3)
+    if len(parts) == 4 and parts[2] == SENT.encode() and parts[0].isdigit():
+        row = int(parts[0])
+        if 1 <= row <= last_row and b'"' not in parts[1]:
+            previous.record(row, STATUS_CODES[SENT], unescape_cell(parts[1].decode("utf-8")))
 
 
 def open_results(

@@ -271,6 +271,30 @@ def test_unreachable_redis_is_an_outage_not_a_configuration_error(
     assert time.monotonic() - started < 10  # a clear error, not a hang
 
 
+def test_ping_with_the_limiter_store_down_answers_degraded_without_probing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Monitoring reads ping's 0/1/2: a store down is degraded health, never 75 or a probe."""
+    import socket
+
+    with socket.socket() as probe:  # a free port with nothing listening on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MSGSEND_LIMITER_STORE", "redis")
+    monkeypatch.setenv("MSGSEND_LIMITER_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    metrics = tmp_path / "ping.prom"
+    result = invoke("ping", "--json", "--metrics-file", str(metrics))
+    assert result.exit_code == 1, result.stderr  # degraded: health unknown, nothing sent
+    document = json.loads(result.stdout)
+    assert document["overall"] == "degraded"
+    for name in ("kakaotalk", "sms"):
+        health = document["providers"][name]
+        assert health["status"] == "throttled"
+        assert health["latency_ms"] is None  # no request went out unpaced
+        assert "rate limiter unavailable" in health["detail"]
+    assert 'msgsend_provider_up{provider="kakaotalk"}' in metrics.read_text()
+
+
 def test_console_script_runs_one_command_and_its_help() -> None:
     sent = subprocess.run(
         [sys.executable, "-m", "msgsend", "send", "010-1234-5678", "hi", "--sandbox", "--json"],

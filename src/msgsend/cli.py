@@ -36,6 +36,7 @@ from .errors import (
     EXIT_USAGE,
     ConfigError,
     InputError,
+    LimiterUnavailableError,
     MsgsendError,
     exit_code_for,
 )
@@ -49,15 +50,18 @@ _install_plain_options()
 _install_plain_help()
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from rich.console import Console
 
     from .alerts import Alerter
     from .bulk import BulkOptions
-    from .client import Sender
+    from .client import Limiter, Sender
     from .config import Config
     from .csvinput import CsvInfo
     from .metrics import Metrics
     from .outage import QuietHours
+    from .ratelimit import Lease
     from .sandbox import Sandbox
 
 __all__ = ["app", "main"]
@@ -457,13 +461,28 @@ def _finish(run: Run, success: bool) -> None:
             close()
 
 
-def _build_sender(run: Run, *, pool_size: int | None = None) -> Sender:
+def _build_sender(
+    run: Run, *, pool_size: int | None = None, limiter: Limiter | None = None
+) -> Sender:
     from .client import Sender
 
     assert run.config is not None
-    sender = Sender.from_config(run.config, events=run.events, pool_size=pool_size)
+    sender = Sender.from_config(run.config, events=run.events, pool_size=pool_size, limiter=limiter)
     run.closers.append(sender.close)
     return sender
+
+
+class _UnavailableLimiter:
+    """A limiter whose store could not be reached at start: every acquire says so again."""
+
+    def __init__(self, error: LimiterUnavailableError) -> None:
+        self.error = error
+
+    def acquire(self, providers: str | Sequence[str], timeout: float | None = None) -> Lease:
+        raise self.error
+
+    def note_throttled(self, provider: str, retry_after: float | None) -> None:
+        return None
 
 
 def _channel(value: str, option: str = "--via") -> str:
@@ -652,7 +671,11 @@ def ping(
         with _run(common, command=command, sandbox=sandbox) as run:
             from .health import check_health
 
-            sender = _build_sender(run, pool_size=2)
+            try:
+                sender = _build_sender(run, pool_size=2)
+            except LimiterUnavailableError as exc:
+                # A store down at start: ping still answers 0/1/2, its probes not sent unpaced.
+                sender = _build_sender(run, pool_size=2, limiter=_UnavailableLimiter(exc))
             report = check_health(sender, names)
             command.counts = {p.status.value: 0 for p in report.providers}
             for health in report.providers:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import LimiterTimeout
+from .errors import LimiterTimeout, LimiterUnavailableError
 from .events import ProviderProbed
 from .models import HealthStatus, ProviderHealth
 
@@ -67,8 +67,9 @@ def check_health(
     """Probe ``names`` (default: every provider) in parallel, through the rate limiter.
 
     A probe counts against the provider's budget like a message. When that budget is in use
-    (a bulk send at the limit) and no slot comes within ``slot_wait`` seconds, the provider
-    is reported ``throttled`` without a request, so a health check never hangs.
+    (a bulk send at the limit) and no slot comes within ``slot_wait`` seconds, or the limiter's
+    store is unreachable, the provider is reported ``throttled`` without a request, so a health
+    check never hangs and never sends unpaced.
 
     Example::
 
@@ -88,6 +89,12 @@ def check_health(
                 HealthStatus.THROTTLED,
                 None,
                 f"not probed: the client-side rate limit is in use (next slot in {exc.wait:.1f} s)",
+            )
+        except LimiterUnavailableError as exc:
+            # Never an unpaced request, and never an exit code outside ping's 0/1/2: the
+            # provider's health is unknown, so it is reported throttled (degraded), not down.
+            return ProviderHealth(
+                name, HealthStatus.THROTTLED, None, f"not probed: rate limiter unavailable: {exc}"
             )
         with lease:  # settled when the provider answered
             return sender.providers[name].ping()

@@ -352,6 +352,60 @@ def test_rows_wait_while_the_redis_store_is_away(sandbox: Any, tmp_path: Path) -
             server.stop()
 
 
+def redis_config(tmp_path: Path, sandbox: Any, url: str, max_outage: float) -> Path:
+    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=max_outage)
+    text = config.read_text(encoding="utf-8").replace(
+        'store = "memory"', f'store = "redis"\nredis-url = "{url}"'
+    )
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+def test_rows_wait_for_a_redis_store_that_is_down_when_the_run_starts(
+    sandbox: Any, tmp_path: Path
+) -> None:
+    """Down at start is the same outage as down mid-run: rows wait, then all go, paced."""
+    directory = tmp_path / "redis"
+    servers = [start_or_skip(directory)]
+    servers[0].stop()  # its port, with nothing listening on it yet
+    try:
+        source = rows(tmp_path / "in.csv", 4)
+        config = redis_config(tmp_path, sandbox, servers[0].url, max_outage=60)
+
+        def back() -> None:
+            time.sleep(1.0)
+            servers.append(restart_redis(servers[0], directory))
+
+        helper = threading.Thread(target=back, daemon=True)
+        helper.start()
+        try:
+            result = runner.invoke(app, ["bulk", str(source), "--config", str(config)])
+        finally:
+            helper.join(30)
+        assert result.exit_code == 0, result.output
+        recorded = by_row(tmp_path / "in.results.csv")
+        assert [recorded[i]["status"] for i in range(1, 5)] == ["sent"] * 4
+        assert "waiting: " in result.stderr and "limiter" in result.stderr
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_a_redis_store_down_from_start_to_max_outage_stops_with_75_and_nothing_sent(
+    sandbox: Any, tmp_path: Path
+) -> None:
+    directory = tmp_path / "redis"
+    server = start_or_skip(directory)
+    server.stop()
+    source = rows(tmp_path / "in.csv", 3)
+    config = redis_config(tmp_path, sandbox, server.url, max_outage=1)
+    result = runner.invoke(app, ["bulk", str(source), "--config", str(config)])
+    assert result.exit_code == 75, result.output
+    assert sandbox.count() == 0  # nothing went out unpaced
+    assert not by_row(tmp_path / "in.results.csv")  # every row left for --resume
+    assert "--resume" in result.stderr
+
+
 def test_a_sandbox_run_stopped_says_to_resume_with_sandbox(tmp_path: Path) -> None:
     """The resume command of a --sandbox run keeps --sandbox (else it sends elsewhere)."""
     source = rows(tmp_path / "in.csv", 2)

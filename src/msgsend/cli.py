@@ -472,6 +472,20 @@ def _build_sender(
     return sender
 
 
+def _build_bulk_sender(run: Run, workers: int) -> Sender:
+    """The sender of a bulk run: a limiter store down at start is waited for, as mid-run.
+
+    Its rows wait (``[bulk] max-outage``, then exit 75 with them unrecorded) instead of the run
+    ending before it began; nothing is ever sent unpaced.
+    """
+    from .client import build_limiter
+
+    assert run.config is not None
+    limiter = build_limiter(run.config, emit=run.events.emit, wait_for_store=True)
+    run.closers.append(limiter.close)
+    return _build_sender(run, pool_size=workers, limiter=limiter)
+
+
 class _UnavailableLimiter:
     """A limiter whose store could not be reached at start: every acquire says so again."""
 
@@ -835,7 +849,7 @@ def bulk(
             assert run.config is not None
             workers = run.config.bulk.concurrency
             quiet = None if ignore_quiet_hours else _quiet_hours(run.config)
-            sender = None if dry_run else _build_sender(run, pool_size=workers)
+            sender = None if dry_run else _build_bulk_sender(run, workers)
             resume_command = _resume_command(
                 file,
                 template=template,

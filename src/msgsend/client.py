@@ -609,10 +609,12 @@ class Sender:
             waiting.clear()
 
 
-def build_limiter(config: Config, *, emit: Emit | None = None) -> Any:
+def build_limiter(config: Config, *, emit: Emit | None = None, wait_for_store: bool = False) -> Any:
     """Return the ``RateLimiter`` of ``config``; raise ConfigError if its store is unusable.
 
-    An unreachable store (Redis down) raises LimiterUnavailableError: try again later.
+    An unreachable store (Redis down) raises LimiterUnavailableError: try again later. With
+    ``wait_for_store`` it is returned anyway and every acquire raises that error until the
+    store answers (a bulk run's rows wait for it, within ``[bulk] max-outage``).
     """
     from .errors import ConfigError
     from .ratelimit import Limit, LimiterError, RateLimiter
@@ -641,6 +643,7 @@ def build_limiter(config: Config, *, emit: Emit | None = None) -> Any:
             redis_url=config.limiter.redis_url,
             hold=hold,
             emit=emit,
+            wait_for_store=wait_for_store,
         )
     except LimiterError as exc:
         raise ConfigError(str(exc), source=str(config.path) if config.path else None) from exc

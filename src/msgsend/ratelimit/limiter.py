@@ -77,6 +77,7 @@ class RateLimiter:
         sleep: Callable[[float], None] | None = None,
         guard: float | None = None,
         hold: float | Mapping[str, float] | None = None,
+        wait_for_store: bool = False,
     ) -> None:
         self._closed = True
         refused = check_limiter_settings(strategy, store)
@@ -121,7 +122,9 @@ class RateLimiter:
                 self.path = Path(path).expanduser() if path is not None else default_state_path()
                 backend = SQLiteStore(self.path, strategy, guard, now_ms)
             else:
-                backend = RedisStore(redis_url, strategy, guard, now_ms)
+                backend = RedisStore(redis_url, strategy, guard, now_ms, wait=wait_for_store)
+                if backend.unavailable is not None:  # waited for, as when lost mid-run
+                    self._store_down(backend.unavailable)
         except LimiterUnavailableError as exc:  # down at start: an outage, alerted as one
             self._store_down(exc)
             raise

@@ -155,6 +155,8 @@ class RedisStore:
         strategy: str,
         guard: float | None,
         now_ms: Callable[[], int] | None,
+        *,
+        wait: bool = False,
     ) -> None:
         if not url:
             raise LimiterError('[limiter] redis-url: required when store = "redis"')
@@ -166,6 +168,8 @@ class RedisStore:
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self.shown = redact_url(url)
         self.client: Any = None
+        #: set when the server could not be reached at start and ``wait`` was given
+        self.unavailable: LimiterUnavailableError | None = None
         try:
             client = redis.Redis.from_url(
                 url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
@@ -181,12 +185,17 @@ class RedisStore:
                 f"[limiter] redis-url {self.shown}: refused the credentials ({exc})"
             ) from exc
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self.close()
             # Down, not misconfigured: an outage, tried again later (exit 75 for one send).
-            raise LimiterUnavailableError(
+            down = LimiterUnavailableError(
                 f"[limiter] redis-url {self.shown}: cannot connect ({_redis_reason(exc)}); "
                 "nothing is sent until it answers"
-            ) from exc
+            )
+            if not wait:
+                self.close()
+                raise down from exc
+            # A bulk run waits for it as for a store lost mid-run: every take fails (and the
+            # row waits) until the server answers; the client reconnects by itself.
+            self.unavailable = down
         except redis.RedisError as exc:
             self.close()
             raise LimiterError(f"[limiter] redis-url {self.shown}: {exc}") from exc

@@ -610,3 +610,46 @@ def test_a_success_json_refusal_is_a_refusal_with_its_own_signature() -> None:
     assert streak.observe(result.refusal) is None
     stop = streak.observe(result.refusal)
     assert stop is not None and "kakaotalk with HTTP 200 (refused)" in str(stop)
+
+
+def test_ctrl_c_delivered_to_another_thread_is_heard_while_workers_are_paused(
+    tmp_path: Path,
+) -> None:
+    """The kernel may hand SIGINT to any thread; the main thread must still run its handler.
+
+    The run's main thread waits for workers paused by quiet hours: a wait without a timeout
+    would leave the handler pending (and Ctrl-C unheard) until the window ends.
+    """
+    import datetime as dt
+    import signal
+    import time
+
+    source = write_rows(tmp_path / "in.csv", 2)
+    now = dt.datetime.now(dt.UTC)
+    window = f"{now - dt.timedelta(hours=1):%H:%M}-{now + dt.timedelta(hours=1):%H:%M}"
+    stop = threading.Event()
+    watchdog_fired = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+
+    def interrupt_from_another_thread() -> None:
+        time.sleep(0.3)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        if not stop.wait(15):  # never hang the suite: fail instead
+            watchdog_fired.set()
+            stop.set()
+
+    helper = threading.Thread(target=interrupt_from_another_thread, daemon=True)
+    helper.start()
+    try:
+        report = send_bulk(
+            source,
+            ScriptedSender(lambda recipient, call: sent(recipient)),
+            BulkOptions(concurrency=1, quiet_hours=QuietHours.parse(window, "UTC")),
+            stop=stop,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        helper.join(20)
+    assert not watchdog_fired.is_set(), "the interrupt was not heard while workers were paused"
+    assert report.interrupted
+    assert recorded(report.results_path) == {}  # nothing sent: both rows left for --resume

@@ -658,10 +658,19 @@ class _Run:
                 except queue.Full:
                     break
             return
+        # Never an untimed block on the main thread: a signal the kernel hands to another
+        # thread runs its Python handler only when the main thread next runs bytecode, so an
+        # untimed join of workers paused in quiet hours would leave Ctrl-C unheard for hours.
         for _ in self.workers:
-            self.queue.put(_STOP_ITEM)
+            while True:
+                try:
+                    self.queue.put(_STOP_ITEM, timeout=_MAIN_THREAD_TICK)
+                    break
+                except queue.Full:
+                    continue
         for thread in self.workers:
-            thread.join()
+            while thread.is_alive():
+                thread.join(_MAIN_THREAD_TICK)
 
     # -- recording --------------------------------------------------------------------------
 
@@ -818,6 +827,10 @@ def _add_earlier_tries(result: DeliveryResult, earlier: DeliveryResult) -> None:
     result.limiter_wait_s += earlier.limiter_wait_s
     for channel, count in earlier.attempts_by_channel.items():
         result.attempts_by_channel[channel] = result.attempts_by_channel.get(channel, 0) + count
+
+
+#: the longest the main thread blocks at once, so a pending signal handler runs (Ctrl-C)
+_MAIN_THREAD_TICK = 0.2
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ def redact_endpoint(url: str) -> str:
     Many Apprise URLs carry the token where the host would be (``tgram://BOTTOKEN/CHAT``):
     a "host" that is not a machine's name (no dot, not ``localhost``) is hidden too.
 
-    >>> redact_endpoint("https://hooks.slack.com/services/T00/B00/XXXX")
+    >>> redact_endpoint("https://hooks.slack.com/services/T00/B00/secret")
     'https://hooks.slack.com'
     >>> redact_endpoint("tgram://123456789:AAHdqTcvbXorGKB/12315544")
     'tgram://***'

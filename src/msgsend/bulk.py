@@ -392,6 +392,8 @@ class _Run:
     ) -> None:
         self.source = source
         self.sender = sender
+        # A message id (a uuid5 per row) is made only when some provider's format sends one.
+        self.make_ids = bool(getattr(sender, "makes_message_ids", True))
         self.sink = sink
         self.report = report
         self.previous = previous
@@ -589,8 +591,12 @@ class _Run:
                 return  # stopping (or max-outage passed): unrecorded, resume sends it
             started = time.monotonic()
             try:
-                message_id = bulk_message_id(
-                    str(self.report.results_path), item.row, item.recipient, item.message
+                message_id = (
+                    bulk_message_id(
+                        str(self.report.results_path), item.row, item.recipient, item.message
+                    )
+                    if self.make_ids
+                    else None
                 )
                 if self.overflow and not item.via_cell:
                     result = self.sender.send(

@@ -148,6 +148,11 @@ class Sender:
 
     # ------------------------------------------------------------------ construction
 
+    @property
+    def makes_message_ids(self) -> bool:
+        """Return whether some provider's format sends ``{message_id}`` (else none is made)."""
+        return self._make_ids
+
     @classmethod
     def from_config(
         cls,

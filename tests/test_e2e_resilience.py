@@ -189,12 +189,17 @@ def test_kakaotalk_outage_costs_a_handful_of_requests(sandbox: Any, tmp_path: Pa
     """503 for everything: the circuit opens, retry waits end early, all goes by SMS.
 
     The breaker counts messages (ten must have begun to fail), not attempts: the first eight
-    messages in flight go through their retries (1 s, then 2 s); the next ones open it.
+    messages in flight go through their retry (the default 1 s wait); the next ones open it,
+    and the open circuit ends the retry waits of the others in flight.
     """
-    n, concurrency, attempts = 200, 8, 3
+    n, concurrency, attempts = 120, 8, 2
     source = numbered(tmp_path / "in.csv", n)
-    # the default retry waits (1 s, then 2 s): without the breaker this run takes minutes
-    config = write_config(tmp_path / "msgsend.toml", sandbox, fast_retries=False)
+    # The default first retry wait (1 s), long beside anything else a message does here, so
+    # that a message that sat it out stands apart even on a loaded machine. Without the
+    # breaker this run takes 15 s; two attempts, not three, spare the first eight a 2 s wait.
+    config = write_config(
+        tmp_path / "msgsend.toml", sandbox, fast_retries=False, max_attempts=attempts
+    )
     sandbox.set_down("kakaotalk")
 
     started = time.monotonic()
@@ -224,7 +229,7 @@ def test_kakaotalk_outage_costs_a_handful_of_requests(sandbox: Any, tmp_path: Pa
 
 
 def test_kakaotalk_stopped_mid_run_and_the_numbers_agree(tmp_path: Path) -> None:
-    n = 240
+    n = 100
     rows = [(phone(i), f"안내 {i}") for i in range(1, n + 1)]
     rows += [("02-123-4567", "유선"), rows[0]]  # one invalid row, one duplicate
     source = write_csv(tmp_path / "in.csv", rows)
@@ -233,7 +238,7 @@ def test_kakaotalk_stopped_mid_run_and_the_numbers_agree(tmp_path: Path) -> None
     with slow_sandbox(10) as sandbox:
         config = write_config(tmp_path / "msgsend.toml", sandbox)
         stopper = Background(
-            lambda: sandbox.count("kakaotalk", status=200) >= 40,
+            lambda: sandbox.count("kakaotalk", status=200) >= 25,
             lambda: sandbox.stop("kakaotalk"),
         )
         with stopper:
@@ -252,7 +257,7 @@ def test_kakaotalk_stopped_mid_run_and_the_numbers_agree(tmp_path: Path) -> None
     sent = [x for x in results if x["status"] == "sent"]
     assert len(sent) == n  # the run went on by SMS
     by_channel = collections.Counter(x["channel"] for x in sent)
-    assert by_channel["kakaotalk"] >= 40 and by_channel["sms"] >= 1
+    assert by_channel["kakaotalk"] >= 25 and by_channel["sms"] >= 1
     assert by_channel["sms"] == sum(1 for x in sent if x["fallback"] == "true")
 
     # --json agrees with the results file
@@ -295,13 +300,15 @@ def test_kakaotalk_stopped_mid_run_and_the_numbers_agree(tmp_path: Path) -> None
 
 
 def test_provider_recovered_after_the_reset_timeout(tmp_path: Path) -> None:
-    n = 400  # 400 rows x 20 ms / 4 workers: at least 2 s, the reset timeout is 1 s
+    # 120 rows x 20 ms / 4 workers: at least 0.6 s, three reset timeouts of 0.2 s (the run
+    # goes on well after the trial; a loaded machine only makes it longer).
+    n = 120
     source = numbered(tmp_path / "in.csv", n)
     with slow_sandbox(20) as sandbox:
         # Threshold 1: the first 503 opens the circuit for sure, even if KakaoTalk is back
         # before the other requests in flight are answered.
         config = write_config(
-            tmp_path / "msgsend.toml", sandbox, failures_to_open=1, reset_timeout=1
+            tmp_path / "msgsend.toml", sandbox, failures_to_open=1, reset_timeout=0.2
         )
         sandbox.set_down("kakaotalk")
         healer = Background(
@@ -338,7 +345,7 @@ def test_401_disables_kakaotalk_for_the_whole_run(
     With one worker that is exactly one KakaoTalk request for the whole bulk; with N workers
     up to N requests can leave before the first 401 comes back.
     """
-    n = 60
+    n = 24  # three times the workers
     source = numbered(tmp_path / "in.csv", n)
     config = write_config(tmp_path / "msgsend.toml", sandbox)
     sandbox.set_status("kakaotalk", 401)

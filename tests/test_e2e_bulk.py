@@ -2,7 +2,9 @@
 
 In-process runs use typer's CliRunner; runs that are killed or interrupted are real
 ``python -m msgsend`` processes sending to a sandbox that runs in the test process, so the
-sandbox's record of what was delivered survives the process under test.
+sandbox's record of what was delivered survives the process under test. The sandbox holds the
+answers to the messages in flight (``HoldAfter``) while such a process is killed or interrupted,
+so these tests wait for a state, never for a slow provider to be part-way through.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +28,7 @@ from typer.testing import CliRunner
 
 from e2e import failing_phone, phone, read_results, wait_for, write_config, write_csv
 from msgsend.cli import app
-from msgsend.sandbox import ProviderOptions, Sandbox, SandboxOptions
+from msgsend.sandbox import ReceivedRequest
 
 runner = CliRunner()
 
@@ -60,13 +63,6 @@ def one_json_document(stdout: str) -> dict[str, Any]:
     return document
 
 
-def line_count(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
 @contextmanager
 def cli_process(tmp_path: Path, name: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python -m msgsend ARGS`` with stdout/stderr in files; always reaped."""
@@ -95,15 +91,71 @@ def output(tmp_path: Path, name: str) -> tuple[str, str]:
     )
 
 
-@pytest.fixture
-def slow_sandbox() -> Iterator[Sandbox]:
-    """Providers that take ~20 ms per delivered message, without server-side limits."""
-    options = SandboxOptions(
-        kakaotalk=ProviderOptions(latency_ms=20, rate_limit=None),
-        sms=ProviderOptions(latency_ms=20, rate_limit=None),
-    )
-    with Sandbox(options) as running:
-        yield running
+class HoldAfter:
+    """A sandbox ``on_request`` hook: the first ``answered`` deliveries are answered at once,
+    every later one is held until ``release()``.
+
+    A held request has reached the provider (the sandbox records it delivered) but its answer
+    has not reached msgsend: exactly the messages in flight when a run is killed or
+    interrupted. Waiting for the hold replaces waiting for a slow provider to be part-way.
+    """
+
+    def __init__(self, answered: int) -> None:
+        self._left = answered
+        self.held: list[str] = []
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+
+    def __call__(self, record: ReceivedRequest) -> None:
+        if record.status != 200 or self._released.is_set():
+            return
+        with self._lock:
+            if self._left > 0:
+                self._left -= 1
+                return
+            self.held.append(record.recipient or "")
+        self._released.wait(60)  # bounded: released by the test, at the latest in its finally
+
+    def holding(self) -> int:
+        with self._lock:
+            return len(self.held)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+def sent_lines(path: Path) -> int:
+    try:
+        return sum(1 for line in read_results(path) if line["status"] == "sent")
+    except (FileNotFoundError, StopIteration):
+        return 0
+
+
+#: the killed and interrupted runs: rows in flight at once, rows answered before the hold
+CONCURRENCY, ANSWERED = 4, 20
+
+
+@contextmanager
+def run_until_held(
+    sandbox: Any, tmp_path: Path, args: Sequence[str], results_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], HoldAfter]]:
+    """Start ``msgsend ARGS`` as a process; yield it once ``ANSWERED`` rows are recorded sent
+    in ``results_path`` and ``CONCURRENCY`` more are delivered but held unanswered. The hold
+    ends on the way out.
+    """
+    answered, concurrency = ANSWERED, CONCURRENCY
+    hold = HoldAfter(answered)
+    sandbox.on_request = hold
+    try:
+        with cli_process(tmp_path, "first", *args) as process:
+            assert wait_for(
+                lambda: hold.holding() == concurrency and sent_lines(results_path) == answered,
+                timeout=30,
+            ), output(tmp_path, "first")
+            assert process.poll() is None, "the run ended before it could be stopped"
+            yield process, hold
+    finally:
+        hold.release()
 
 
 def deliveries(sandbox: Any) -> collections.Counter[str]:
@@ -311,29 +363,26 @@ def test_resume_after_a_partial_run_sends_only_the_failed_rows(
 # ---------------------------------------------------------------------------- processes
 
 
-def test_kill_9_mid_run_then_resume_in_a_new_process(slow_sandbox: Sandbox, tmp_path: Path) -> None:
-    n, concurrency = 320, 4
-    invalid_rows = {50, 160, 270}
+def test_kill_9_mid_run_then_resume_in_a_new_process(sandbox: Any, tmp_path: Path) -> None:
+    n, concurrency, answered = 60, CONCURRENCY, ANSWERED
+    invalid_rows = {10, 35, 55}  # before and after the row where the run is killed
     rows = [
         ("02-555-0000" if row in invalid_rows else phone(row), f"안내 {row}")
         for row in range(1, n + 1)
     ]
     source = write_csv(tmp_path / "big.csv", rows)
     results_path = tmp_path / "big.results.csv"
-    config = write_config(tmp_path / "msgsend.toml", slow_sandbox)
+    config = write_config(tmp_path / "msgsend.toml", sandbox, timeout=60)  # held: no timeout
     args = ("bulk", str(source), "--concurrency", str(concurrency), "--config", str(config))
-
-    with cli_process(tmp_path, "first", *args) as process:
-        assert wait_for(lambda: line_count(results_path) > 60, timeout=30), output(
-            tmp_path, "first"
-        )
-        assert process.poll() is None, "the run ended before it could be killed"
+    # killed with `concurrency` messages delivered but not yet answered
+    with run_until_held(sandbox, tmp_path, args, results_path) as (process, hold):
         process.send_signal(signal.SIGKILL)
         process.wait(10)
     assert process.returncode == -signal.SIGKILL
+    in_flight = list(hold.held)
     first = read_results(results_path)
     sent_first = {int(line["row"]) for line in first if line["status"] == "sent"}
-    assert 40 < len(sent_first) < n - len(invalid_rows)
+    assert len(sent_first) == answered
 
     with cli_process(tmp_path, "second", *args, "--resume", "--json") as process:
         process.wait(60)
@@ -343,12 +392,13 @@ def test_kill_9_mid_run_then_resume_in_a_new_process(slow_sandbox: Sandbox, tmp_
     assert "\x1b[" not in stderr
     assert document["skipped"] + document["sent"] + document["invalid"] == n
 
-    counts = deliveries(slow_sandbox)
+    counts = deliveries(sandbox)
     valid = {row: rows[row - 1][0] for row in range(1, n + 1) if row not in invalid_rows}
     assert all(counts[recipient] >= 1 for recipient in valid.values())  # nothing lost
     assert all(counts[valid[row]] == 1 for row in sent_first)  # recorded sent: never again
     resent = [recipient for recipient, count in counts.items() if count > 1]
-    assert len(resent) <= concurrency  # at most the rows in flight at the kill
+    assert sorted(resent) == sorted(in_flight)  # only the rows in flight at the kill, once more
+    assert all(counts[recipient] == 2 for recipient in resent)
     assert set(counts) == set(valid.values())
 
     final = read_results(results_path)
@@ -359,21 +409,22 @@ def test_kill_9_mid_run_then_resume_in_a_new_process(slow_sandbox: Sandbox, tmp_
     }
 
 
-def test_sigint_drains_records_and_resume_completes(slow_sandbox: Sandbox, tmp_path: Path) -> None:
-    n = 300
+def test_sigint_drains_records_and_resume_completes(sandbox: Any, tmp_path: Path) -> None:
+    n, concurrency, answered = 60, CONCURRENCY, ANSWERED
     rows = [(phone(row), f"점검 안내 {row}") for row in range(1, n + 1)]
     source = write_csv(tmp_path / "big.csv", rows)
     results_path = tmp_path / "big.results.csv"
-    config = write_config(tmp_path / "msgsend.toml", slow_sandbox)
-    args = ("bulk", str(source), "--concurrency", "4", "--config", str(config))
-
-    with cli_process(tmp_path, "first", *args) as process:
-        assert wait_for(lambda: line_count(results_path) > 30, timeout=30), output(
-            tmp_path, "first"
-        )
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        started = time.monotonic()
+    config = write_config(tmp_path / "msgsend.toml", sandbox, timeout=60)  # held: no timeout
+    args = ("bulk", str(source), "--concurrency", str(concurrency), "--config", str(config))
+    with run_until_held(sandbox, tmp_path, args, results_path) as (process, hold):
         process.send_signal(signal.SIGINT)
+        # Once the run says it heard Ctrl-C, the messages in flight get their answers.
+        assert wait_for(
+            lambda: "finishing the messages in flight" in output(tmp_path, "first")[1],
+            timeout=30,
+        ), output(tmp_path, "first")
+        started = time.monotonic()
+        hold.release()
         process.wait(20)
         drained_in = time.monotonic() - started
     stdout, stderr = output(tmp_path, "first")
@@ -381,23 +432,24 @@ def test_sigint_drains_records_and_resume_completes(slow_sandbox: Sandbox, tmp_p
     assert drained_in < 10
     assert "interrupted" in stderr
     assert "bulk interrupted:" in stderr  # the summary
-    processed = re.search(r"bulk interrupted: (\d+) of 300 rows processed", stderr)
-    assert processed is not None and 0 < int(processed.group(1)) < 300, stderr
+    processed = re.search(rf"bulk interrupted: (\d+) of {n} rows processed", stderr)
+    assert processed is not None and int(processed.group(1)) == answered + concurrency, stderr
     assert "--resume" in stderr.split("bulk interrupted:")[1]  # how to go on
     assert "results: " + str(results_path) in stderr
     assert "\x1b[" not in stderr and "\x1b[" not in stdout
-    assert re.search(r"^bulk: \d+/300 rows", stderr, re.MULTILINE)
+    assert re.search(rf"^bulk: \d+/{n} rows", stderr, re.MULTILINE)
 
     recorded = read_results(results_path)
     assert len(recorded) == len({line["row"] for line in recorded})  # one line per row
     recorded_sent = {line["recipient"] for line in recorded if line["status"] == "sent"}
     assert all(line["status"] == "sent" for line in recorded)
-    counts = deliveries(slow_sandbox)
-    # every delivered row is recorded sent, and every sent record was delivered (once)
+    counts = deliveries(sandbox)
+    # every delivered row is recorded sent (the ones in flight too), and was delivered once
     assert set(counts) == recorded_sent
     assert set(counts.values()) == {1}
-    # rows never started have no line (and were not sent)
-    assert 30 < len(recorded) < n
+    assert set(hold.held) <= recorded_sent
+    # the rows in flight were drained; rows never started have no line (and were not sent)
+    assert len(recorded) == answered + concurrency
 
     resumed = invoke(
         "bulk", str(source), "--resume", "--json", "--concurrency", "8", "--config", str(config)
@@ -408,7 +460,7 @@ def test_sigint_drains_records_and_resume_completes(slow_sandbox: Sandbox, tmp_p
     assert document["sent"] == n - len(recorded)
     assert latest(read_results(results_path)) == dict.fromkeys(range(1, n + 1), "sent")
     # Ctrl-C loses nothing and duplicates nothing
-    assert deliveries(slow_sandbox) == collections.Counter(recipient for recipient, _ in rows)
+    assert deliveries(sandbox) == collections.Counter(recipient for recipient, _ in rows)
 
 
 # ---------------------------------------------------------------------------- output
@@ -438,15 +490,15 @@ def test_non_tty_output_is_plain_and_json_is_alone_on_stdout(sandbox: Any, tmp_p
     assert "{" not in as_json.stderr  # the document is not repeated on stderr
 
 
-def test_thousand_rows_with_a_few_bad_ones(sandbox: Any, tmp_path: Path) -> None:
-    n = 1000
+def test_many_rows_with_a_few_bad_ones(sandbox: Any, tmp_path: Path) -> None:
+    n = 250  # the bad rows are spread among many good ones, from the start to the very end
     bad: dict[int, tuple[Sequence[str], str]] = {
         7: (("02-123-4567", "유선"), "invalid recipient '02-123-4567'"),
-        123: ((phone(123), ""), "empty message"),
-        500: (("010-123-45", "짧은 번호"), "invalid recipient '010-123-45'"),
-        777: ((phone(777), "가" * 1001), "message too long for KakaoTalk"),
-        850: ((phone(850), "쉼표", "뒤"), "expected 2 fields, found 3"),
-        999: (("전화번호 없음", "안녕"), "invalid recipient"),
+        31: ((phone(31), ""), "empty message"),
+        125: (("010-123-45", "짧은 번호"), "invalid recipient '010-123-45'"),
+        194: ((phone(194), "가" * 1001), "message too long for KakaoTalk"),
+        212: ((phone(212), "쉼표", "뒤"), "expected 2 fields, found 3"),
+        249: (("전화번호 없음", "안녕"), "invalid recipient"),
     }
     rows = [bad[row][0] if row in bad else (phone(row), f"안내 {row}") for row in range(1, n + 1)]
     source = write_csv(tmp_path / "many.csv", rows)

@@ -211,13 +211,14 @@ def test_bad_webhooks_never_slow_emit_and_close_is_bounded(
     assert time.perf_counter() - started < 2.5
 
     started = time.perf_counter()
-    alerter.close(timeout=0.5)
-    assert time.perf_counter() - started < 2.5
     if kind == "hanging":
+        alerter.close(timeout=0.2)
+        assert time.perf_counter() - started < 2.5  # not the 5 s the POST may hang
         assert alerter.worker_alive  # stuck in the first POST; the rest was given up
         assert alerter.dropped >= len(ALERT_TYPES) - 1
         request.getfixturevalue("hanging_hook").release.set()
     else:
+        alerter.close(timeout=5)  # returns once every POST failed: a loaded machine has time
         assert alerter.failed == len(ALERT_TYPES)
         assert alerter.sent == 0
     wait_until_stopped(alerter)

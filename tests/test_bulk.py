@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e import wait_for
 from fakes import FakeSender
 from msgsend import bulk
 from msgsend.bulk import BulkOptions, BulkReport, send_bulk
@@ -151,20 +152,20 @@ def test_sender_input_error_marks_the_row_invalid(tmp_path: Path) -> None:
 
 
 def test_invalid_rows_reported_exactly_while_others_go_on(tmp_path: Path) -> None:
-    bad = {17: ("0101234", "short number"), 256: (phone(256), ""), 511: ("", "no number")}
-    bad[777] = (phone(777), "가" * 1001)
-    bad[999] = ("02-555-1234", "landline")
-    rows = [bad.get(i, (phone(i), f"message {i}")) for i in range(1, 1001)]
+    bad = {17: ("0101234", "short number"), 128: (phone(128), ""), 171: ("", "no number")}
+    bad[256] = (phone(256), "가" * 1001)
+    bad[299] = ("02-555-1234", "landline")
+    rows = [bad.get(i, (phone(i), f"message {i}")) for i in range(1, 301)]
     source = make_csv(tmp_path / "in.csv", rows)
     sender = FakeSender()
     report = send_bulk(source, sender, BulkOptions(concurrency=8))
     assert [row for row, _ in report.invalid_rows] == sorted(bad)
     reasons = dict(report.invalid_rows)
-    assert reasons[256] == "empty message"
-    assert "'(empty)'" in reasons[511]
-    assert "too long for KakaoTalk" in reasons[777]
-    assert report.sent == 995 and len(sender.calls) == 995
-    assert len(read_results(report.results_path)) == 1000
+    assert reasons[128] == "empty message"
+    assert "'(empty)'" in reasons[171]
+    assert "too long for KakaoTalk" in reasons[256]
+    assert report.sent == 295 and len(sender.calls) == 295
+    assert len(read_results(report.results_path)) == 300
 
 
 def test_duplicates(tmp_path: Path) -> None:
@@ -249,13 +250,16 @@ def test_template_error_before_any_send_or_file(tmp_path: Path) -> None:
 
 def test_concurrency_is_real(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 64)
-    sender = FakeSender(latency=0.05)
-    started = time.monotonic()
+    together = threading.Barrier(16)
+
+    class SixteenAtOnce(FakeSender):
+        def send(self, recipient: str, text: str, **kwargs: object) -> DeliveryResult:
+            together.wait(10)  # each send goes on only once 16 are in flight at the same time
+            return super().send(recipient, text, **kwargs)  # type: ignore[arg-type]
+
+    sender = SixteenAtOnce()
     report = send_bulk(source, sender, BulkOptions(concurrency=16))
-    elapsed = time.monotonic() - started
-    assert report.sent == 64
-    assert elapsed < 0.5 * 64 * 0.05
-    assert sender.max_in_flight > 8
+    assert report.sent == 64 and len(sender.calls) == 64
 
 
 def test_workers_are_bounded_and_rows_read_lazily(tmp_path: Path) -> None:
@@ -657,9 +661,9 @@ def test_dry_run_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
         assert report.ready == n
         return peak
 
-    small, large = peak_for(1000), peak_for(4000)
-    # Holding the rows would cost ~1 kB each (3 MB more); the duplicate index ~12-36 bytes.
-    assert large - small < 3000 * 100, (small, large)
+    small, large = peak_for(500), peak_for(2000)
+    # Holding the rows would cost ~1 kB each (1.5 MB more); the duplicate index ~12-36 bytes.
+    assert large - small < 1500 * 100, (small, large)
     assert large < 1_500_000, large
 
 
@@ -667,56 +671,67 @@ def test_dry_run_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
 
 KILL_SCRIPT = textwrap.dedent(
     """
-    import os, sys, time
+    import os, sys, threading
     from msgsend.bulk import BulkOptions, send_bulk
     from msgsend.models import Channel, DeliveryResult
 
-    source, results, delivered, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    source, results, delivered, answered = sys.argv[1:4] + [int(sys.argv[4])]
     log = os.open(delivered, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    lock, never = threading.Lock(), threading.Event()
 
-    class SlowSender:
+    class HoldingSender:
         def send(self, recipient, text, *, via=Channel.KAKAOTALK, fallback=None, message_id=None):
-            time.sleep(delay)
+            global answered
             os.write(log, (text + "\\n").encode())  # delivered ...
-            time.sleep(delay)  # ... but not yet recorded: a kill now means a re-send
+            with lock:
+                answered -= 1
+                held = answered < 0
+            if held:
+                never.wait(60)  # ... but not yet recorded: the kill comes now
             return DeliveryResult(recipient, "sent", channel=str(via), attempts=1)
 
-    options = BulkOptions(concurrency=4, results_path=results, resume=True)
-    report = send_bulk(source, SlowSender(), options)
-    print(report.sent, report.skipped)
+    options = BulkOptions(concurrency=4, results_path=results)
+    send_bulk(source, HoldingSender(), options)
     """
 )
 
 
 def test_kill_9_then_resume_loses_nothing(tmp_path: Path) -> None:
-    n, concurrency = 300, 4
+    n, concurrency, answered = 60, 4, 20
     source = numbered(tmp_path / "in.csv", n)
     results = tmp_path / "results.csv"
     delivered = tmp_path / "delivered.log"
+
+    def lines(path: Path) -> int:
+        return path.read_bytes().count(b"\n") if path.exists() else 0
+
     command = [sys.executable, "-c", KILL_SCRIPT, str(source), str(results), str(delivered)]
-    process = subprocess.Popen([*command, "0.005"], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([*command, str(answered)], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if results.exists() and results.read_bytes().count(b"\n") > 60:
-                break
-            time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
+        # killed with `answered` rows recorded and `concurrency` delivered, never answered
+        assert wait_for(
+            lambda: lines(delivered) == answered + concurrency and lines(results) == answered + 1,
+            timeout=30,
+        )
     finally:
+        process.send_signal(signal.SIGKILL)
         process.wait(10)
     assert process.returncode == -signal.SIGKILL
     recorded_sent = {row for row, status in statuses(results).items() if status == "sent"}
-    assert 50 < len(recorded_sent) < n
+    assert len(recorded_sent) == answered
+    first = [int(line.removeprefix("message ")) for line in delivered.read_text().splitlines()]
+    in_flight = set(first) - recorded_sent
+    assert len(in_flight) == concurrency
 
-    finished = subprocess.run([*command, "0"], capture_output=True, text=True, timeout=60)
-    assert finished.returncode == 0, finished.stderr
+    resumed = FakeSender()  # a new run, in this process: the boundary that matters is the kill
+    report = send_bulk(source, resumed, BulkOptions(results_path=results, resume=True))
+    assert (report.skipped, report.sent, report.exit_code) == (answered, n - answered, 0)
 
-    counts = collections.Counter(
-        int(line.removeprefix("message ")) for line in delivered.read_text().splitlines()
-    )
+    counts = collections.Counter(first)
+    counts.update(int(text.removeprefix("message ")) for _, text, _, _ in resumed.calls)
     assert set(counts) == set(range(1, n + 1))  # every row delivered at least once
     assert all(counts[row] == 1 for row in recorded_sent)  # never sent again
-    assert sum(1 for c in counts.values() if c > 1) <= concurrency  # only rows in flight
+    assert {row for row, c in counts.items() if c > 1} == in_flight  # only rows in flight
     assert statuses(results) == dict.fromkeys(range(1, n + 1), "sent")
 
 

@@ -63,6 +63,19 @@ reset-timeout = 1
     return path
 
 
+@pytest.fixture
+def quick_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows that wait out an outage look again every 0.1 s instead of every 0.5-1 s.
+
+    For end-to-end runs that wait for a circuit's reset-timeout or a limiter store and test
+    what the run does, not how long a row holds (test_outage tests the holds, fake-clocked).
+    """
+    import msgsend.outage
+
+    monkeypatch.setattr(msgsend.outage, "MIN_HOLD", 0.05)
+    monkeypatch.setattr(msgsend.outage, "UNKNOWN_HOLD", 0.1)
+
+
 @pytest.fixture(autouse=True)
 def _plain_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No colour forced from outside; close the log handlers a run installed."""

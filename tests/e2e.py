@@ -27,6 +27,7 @@ def write_config(
     failures_to_open: int | None = None,
     reset_timeout: float = 30,
     timeout: float = 5.0,
+    kakaotalk_timeout: float | None = None,
     webhook: str | None = None,
     max_attempts: int = 3,
     kakaotalk_extra: str = "",
@@ -34,8 +35,9 @@ def write_config(
     """A config pointing at ``sandbox``: memory limiter, limits far above what tests send.
 
     ``failures_to_open=N``: the circuit opens after N failed messages in a row (a window of
-    N, all failed); by default the breaker has its default window. ``kakaotalk_extra`` is
-    added to the ``[kakaotalk]`` table.
+    N, all failed); by default the breaker has its default window. ``kakaotalk_timeout``
+    (default: ``timeout``) is KakaoTalk's alone. ``kakaotalk_extra`` is added to the
+    ``[kakaotalk]`` table.
     """
     breaker = (
         f"window-size = {failures_to_open}\nminimum-calls = {failures_to_open}\n"
@@ -51,7 +53,7 @@ def write_config(
         f"""
 [kakaotalk]
 base-url = "{sandbox.kakaotalk_url}"
-timeout = {timeout}
+timeout = {timeout if kakaotalk_timeout is None else kakaotalk_timeout}
 {kakaotalk_extra}
 [kakaotalk.rate-limit]
 requests-per-second = 5000

@@ -2,7 +2,9 @@
 
 Each provider is a real HTTP server on 127.0.0.1 (``misbehaving.MisbehavingProvider``):
 trickling answers, a 200 MB body, absurd throttling headers, numbers refused with 500.
-Deadlines are 1 s; the assertions leave several seconds of slack for a loaded machine.
+The waits are configured as short as the point of each test allows (a 0.5 s deadline, a
+0.1 s reset-timeout, a 0.3 s max-outage); the assertions leave seconds of slack for a loaded
+machine.
 """
 
 from __future__ import annotations
@@ -51,19 +53,21 @@ def config(
     kakaotalk: MisbehavingProvider,
     sms: MisbehavingProvider,
     *,
-    timeout: float = 5.0,
+    kakaotalk_timeout: float | None = None,
     attempts: int = 3,
     kakaotalk_extra: str = "",
     reset_timeout: float = 30,
+    failures_to_open: int | None = None,
 ) -> str:
     return str(
         write_config(
             path,
             Providers(kakaotalk, sms),
-            timeout=timeout,
+            kakaotalk_timeout=kakaotalk_timeout,
             max_attempts=attempts,
             kakaotalk_extra=kakaotalk_extra,
             reset_timeout=reset_timeout,
+            failures_to_open=failures_to_open,
         )
     )
 
@@ -81,14 +85,15 @@ def send_json(config_path: str, *extra: str) -> tuple[Any, dict[str, Any], float
 
 @pytest.mark.parametrize("mode", ["trickle-headers", "trickle-body"])
 def test_a_trickling_provider_fails_the_send_at_the_timeout(tmp_path, kakaotalk, sms, mode):
-    # The issue's case: one byte a second, timeout = 2 (requests alone: 100 s and more)
-    kakaotalk.mode, kakaotalk.interval, kakaotalk.trickle_bytes = mode, 1.0, 100
-    path = config(tmp_path / "c.toml", kakaotalk, sms, timeout=2.0, attempts=1)
+    # The issue's case scaled down: a byte every 50 ms (each read well within its own
+    # timeout), 100 s of them, a 0.5 s deadline (requests alone: the 100 s)
+    kakaotalk.mode, kakaotalk.interval, kakaotalk.trickle_bytes = mode, 0.05, 2000
+    path = config(tmp_path / "c.toml", kakaotalk, sms, kakaotalk_timeout=0.5, attempts=1)
     result, document, elapsed = send_json(path)
     assert result.exit_code == 0, result.output
     assert (document["channel"], document["fallback"]) == ("sms", True)
-    assert 1.9 <= elapsed < 10.0  # 2 s on KakaoTalk, then SMS
-    assert "no complete answer within 2 s" in result.stderr
+    assert 0.5 <= elapsed < 10.0  # 0.5 s on KakaoTalk, then SMS
+    assert "no complete answer within 0.5 s" in result.stderr
 
 
 def test_a_200_mb_answer_is_not_read(tmp_path, kakaotalk, sms):
@@ -118,23 +123,28 @@ def test_an_absurd_retry_after_is_never_slept(tmp_path, kakaotalk, sms, retry_af
 
 def test_a_long_retry_after_pauses_kakaotalk_for_the_rest_of_a_bulk_run(tmp_path, kakaotalk, sms):
     kakaotalk.mode, kakaotalk.throttle_headers = "throttle", {"Retry-After": "3600"}
-    rows = [(phone(i), f"안내 {i}") for i in range(1, 21)]
+    rows = [(phone(i), f"안내 {i}") for i in range(1, 7)]
     source = write_csv(tmp_path / "in.csv", rows)
     path = config(tmp_path / "c.toml", kakaotalk, sms)
     result = invoke("bulk", str(source), "--concurrency", "1", "--config", path)
     assert result.exit_code == 0, result.output
     assert kakaotalk.count() == 1  # asked once, then left alone for the hour
-    assert sms.count() == 20
+    assert sms.count() == 6
     assert "rate-limit" in result.stderr
 
 
 def test_throttle_statuses_turn_a_503_into_rate_limiting(tmp_path, kakaotalk, sms):
     kakaotalk.mode, kakaotalk.throttle_status = "throttle", 503
     kakaotalk.throttle_headers = {"X-RateLimit-Reset-After": "0"}
-    rows = [(phone(i), f"안내 {i}") for i in range(1, 31)]
+    rows = [(phone(i), f"안내 {i}") for i in range(1, 9)]
     source = write_csv(tmp_path / "in.csv", rows)
+    # Three failed messages would open the circuit: eight throttled ones must not.
     path = config(
-        tmp_path / "c.toml", kakaotalk, sms, kakaotalk_extra="throttle-statuses = [429, 503]"
+        tmp_path / "c.toml",
+        kakaotalk,
+        sms,
+        kakaotalk_extra="throttle-statuses = [429, 503]",
+        failures_to_open=3,
     )
     result = invoke("bulk", str(source), "--json", "--concurrency", "2", "--config", path)
     assert result.exit_code == 0, result.output
@@ -149,7 +159,8 @@ def test_throttle_statuses_turn_a_503_into_rate_limiting(tmp_path, kakaotalk, sm
 
 @pytest.mark.parametrize("where", ["first", "spread"])
 def test_numbers_refused_with_500_never_open_the_breaker(tmp_path, kakaotalk, sms, where):
-    numbers = [phone(i) for i in range(1, 101)]
+    # The default window (20 messages, 10 before it may open): 40 rows see it fill twice.
+    numbers = [phone(i) for i in range(1, 41)]
     refused = set(numbers[:8] if where == "first" else numbers[::10])
     for server in (kakaotalk, sms):
         server.mode, server.refused = "refuse", refused
@@ -171,8 +182,8 @@ def test_numbers_refused_with_500_never_open_the_breaker(tmp_path, kakaotalk, sm
 
 
 def test_a_real_outage_opens_the_breaker_within_about_ten_messages(tmp_path, kakaotalk, sms):
-    kakaotalk.mode, kakaotalk.refused = "refuse", {phone(i) for i in range(1, 201)}
-    source = write_csv(tmp_path / "in.csv", [(phone(i), "안내") for i in range(1, 201)])
+    kakaotalk.mode, kakaotalk.refused = "refuse", {phone(i) for i in range(1, 41)}
+    source = write_csv(tmp_path / "in.csv", [(phone(i), "안내") for i in range(1, 41)])
     path = config(tmp_path / "c.toml", kakaotalk, sms)
     result = invoke("bulk", str(source), "--json", "--concurrency", "1", "--config", path)
     assert result.exit_code == 0, result.output
@@ -184,17 +195,17 @@ def test_a_real_outage_opens_the_breaker_within_about_ten_messages(tmp_path, kak
 
 
 def test_refused_numbers_first_may_open_the_breakers_but_no_healthy_row_fails(
-    tmp_path, kakaotalk, sms
+    tmp_path, kakaotalk, sms, quick_holds
 ):
     # Twelve numbers both providers refuse come first: at the start that is an outage for
     # all anyone can tell. The circuits may open; the healthy rows then wait, and the trial
     # after reset-timeout (a healthy number) closes them again.
-    numbers = [phone(i) for i in range(1, 61)]
+    numbers = [phone(i) for i in range(1, 31)]
     refused = set(numbers[:12])
     for server in (kakaotalk, sms):
         server.mode, server.refused = "refuse", refused
     source = write_csv(tmp_path / "in.csv", [(n, "안내") for n in numbers])
-    path = config(tmp_path / "c.toml", kakaotalk, sms, reset_timeout=0.5)
+    path = config(tmp_path / "c.toml", kakaotalk, sms, reset_timeout=0.1)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("[bulk]\nmax-outage = 20\n")  # a circuit kept open would end in 75
     result = invoke("bulk", str(source), "--json", "--config", path)
@@ -206,10 +217,10 @@ def test_refused_numbers_first_may_open_the_breakers_but_no_healthy_row_fails(
 
 def test_a_paused_provider_with_no_other_channel_makes_rows_wait_then_75(tmp_path, kakaotalk, sms):
     sms.mode, sms.throttle_headers = "throttle", {"Retry-After": "3600"}
-    source = write_csv(tmp_path / "in.csv", [(phone(i), "안내") for i in range(1, 6)])
+    source = write_csv(tmp_path / "in.csv", [(phone(i), "안내") for i in range(1, 4)])
     path = config(tmp_path / "c.toml", kakaotalk, sms)
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write("[bulk]\nmax-outage = 1\n")
+        handle.write("[bulk]\nmax-outage = 0.3\n")
     result = invoke("bulk", str(source), "--via", "sms", "--concurrency", "1", "--config", path)
     assert result.exit_code == 75, result.output  # try again later: nothing failed
     assert sms.count() == 1  # asked once; the rows waited for the pause, not the provider

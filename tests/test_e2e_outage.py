@@ -2,7 +2,10 @@
 
 The real CLI against the real sandbox on loopback. Both providers go down; the circuits open
 after one failed message (threshold 1, one attempt each) so that the following rows find no
-channel and wait. Waits are short (reset-timeout 0.3 s, max-outage 1.5 s).
+channel and wait. Waits are short: reset-timeout 0.1 s, max-outage 0.3 s where the run is to
+stop, rows looking again every 0.1 s (``quick_holds``). What happens at a moment of the run
+(a provider coming back, Redis going away) happens on the run's own events (``Watch``), not
+after a sleep.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import re
 import shlex
 import shutil
@@ -20,16 +22,66 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from e2e import phone, read_results, write_csv
 from msgsend.cli import app
+from msgsend.events import Event, Events, MessageFinished, RunPaused
 from redis_server import RedisServer, start_or_skip
 
 runner = CliRunner()
+
+pytestmark = pytest.mark.usefixtures("quick_holds")
+
+
+class Watch:
+    """The events a run emits, seen as its listeners see them (``Events.emit`` wrapped).
+
+    ``wait_for(test, count)`` blocks (at most ``timeout``) until ``count`` events passed
+    ``test``; ``on(test, action)`` runs ``action`` in the emitting thread, before the run goes
+    on, at the first event that passes ``test`` (its exception is kept in ``errors``).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.seen: list[Event] = []
+        self.errors: list[BaseException] = []
+        self._changed = threading.Condition()
+        self._actions: list[tuple[Callable[[Event], bool], Callable[[], object]]] = []
+        emit = Events.emit
+
+        def watched(events: Events, event: Event) -> None:
+            emit(events, event)
+            with self._changed:
+                self.seen.append(event)
+                due = [pair for pair in self._actions if pair[0](event)]
+                self._actions = [pair for pair in self._actions if pair not in due]
+                self._changed.notify_all()
+            for _, action in due:
+                try:
+                    action()
+                except Exception as exc:
+                    self.errors.append(exc)
+
+        monkeypatch.setattr(Events, "emit", watched)
+
+    def on(self, test: Callable[[Event], bool], action: Callable[[], object]) -> None:
+        with self._changed:
+            self._actions.append((test, action))
+
+    def wait_for(self, test: Callable[[Event], bool], count: int = 1, timeout: float = 30) -> bool:
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: sum(1 for event in self.seen if test(event)) >= count, timeout
+            )
+
+
+def paused(kind: str) -> Callable[[Event], bool]:
+    return lambda event: isinstance(event, RunPaused) and event.kind == kind
 
 
 def config_file(path: Path, sandbox: Any, *, max_outage: float) -> Path:
@@ -49,7 +101,7 @@ store = "memory"
 window-size = 1
 minimum-calls = 1
 failure-rate-threshold = 1.0
-reset-timeout = 0.3
+reset-timeout = 0.1
 [bulk]
 max-outage = {max_outage}
 """,
@@ -67,19 +119,19 @@ def by_row(results: Path) -> dict[int, dict[str, str]]:
     return {int(line["row"]): line for line in read_results(results)}
 
 
-def test_rows_wait_for_providers_that_come_back(sandbox: Any, tmp_path: Path) -> None:
+def test_rows_wait_for_providers_that_come_back(
+    sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = rows(tmp_path / "in.csv", 6)
     config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=60)
     sandbox.set_down("kakaotalk")
     sandbox.set_down("sms")
+    watch = Watch(monkeypatch)
 
     def recover() -> None:
         # Row 1 is tried on both providers (503, 503): both circuits open and the row waits
         # for them; the providers come back while it does.
-        deadline = time.monotonic() + 20
-        while sandbox.count() < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.2)
+        watch.wait_for(paused("outage"))
         sandbox.set_down("kakaotalk", False)
         sandbox.set_down("sms", False)
 
@@ -102,7 +154,7 @@ def test_a_lasting_outage_stops_with_75_and_prints_the_resume_command(
     sandbox: Any, tmp_path: Path
 ) -> None:
     source = rows(tmp_path / "in.csv", 6)
-    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=1.5)
+    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=0.3)
     sandbox.set_down("kakaotalk")
     sandbox.set_down("sms")
     started = time.monotonic()
@@ -123,7 +175,7 @@ def test_a_lasting_outage_stops_with_75_and_prints_the_resume_command(
     assert result.exit_code == 75, result.output
     assert elapsed < 15  # bounded by max-outage, not by the file
     assert "no provider could deliver for" in result.stderr
-    assert "[bulk] max-outage is 1.5 s" in result.stderr
+    assert "[bulk] max-outage is 0.3 s" in result.stderr
     assert "bulk stopped: " in result.stderr  # the summary says it stopped
     recorded = by_row(tmp_path / "in.results.csv")
     assert all(line["attempts"] != "0" for line in recorded.values())
@@ -149,7 +201,7 @@ def test_a_lasting_outage_stops_with_75_and_prints_the_resume_command(
 
 def test_the_json_document_says_the_run_stopped(sandbox: Any, tmp_path: Path) -> None:
     source = rows(tmp_path / "in.csv", 3)
-    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=1)
+    config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=0.3)
     sandbox.set_down("kakaotalk")
     sandbox.set_down("sms")
     result = runner.invoke(
@@ -257,13 +309,14 @@ store = "memory"
 def test_overflow_spills_to_sms_while_kakaotalk_is_full(sandbox: Any, tmp_path: Path) -> None:
     source = write_csv(
         tmp_path / "in.csv",
-        [(phone(i), f"안내 {i}", "kakaotalk" if i == 1 else "") for i in range(1, 13)],
+        [(phone(i), f"안내 {i}", "kakaotalk" if i == 1 else "") for i in range(1, 7)],
         header=("phone", "message", "via"),
     )
     config = limited_config(tmp_path / "msgsend.toml", sandbox, kakaotalk=2, sms=4)
-    result = runner.invoke(
-        app, ["bulk", str(source), "--overflow", "--json", "--config", str(config)]
-    )
+    # What both limits let through at once: two rows by KakaoTalk, the rest spill over to
+    # SMS. (Two workers: row 1, which only KakaoTalk may carry, seldom waits for its slot.)
+    command = ["bulk", str(source), "--overflow", "--json", "--concurrency", "2"]
+    result = runner.invoke(app, [*command, "--config", str(config)])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     recorded = by_row(tmp_path / "in.results.csv")
@@ -309,49 +362,6 @@ def restart_redis(server: RedisServer, directory: Path) -> RedisServer:
     raise AssertionError("redis-server did not come back")
 
 
-def test_rows_wait_while_the_redis_store_is_away(sandbox: Any, tmp_path: Path) -> None:
-    """Redis goes away mid-run for a second: no request goes out unpaced, no row fails."""
-    directory = tmp_path / "redis"
-    servers = [start_or_skip(directory)]
-    try:
-        source = rows(tmp_path / "in.csv", 8)
-        config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=60)
-        text = config.read_text(encoding="utf-8").replace(
-            'store = "memory"', f'store = "redis"\nredis-url = "{servers[0].url}"'
-        )
-        # 4 a second: the run lasts past the moment Redis goes away.
-        text += "[kakaotalk.rate-limit]\nrequests-per-second = 4\n"
-        config.write_text(text, encoding="utf-8")
-        during: list[int] = []
-
-        def away() -> None:
-            deadline = time.monotonic() + 20
-            while sandbox.count() < 2 and time.monotonic() < deadline:
-                time.sleep(0.005)
-            servers[0].stop()
-            before = sandbox.count()
-            time.sleep(1.0)
-            during.append(sandbox.count() - before)
-            servers.append(restart_redis(servers[0], directory))
-
-        helper = threading.Thread(target=away, daemon=True)
-        helper.start()
-        try:
-            result = runner.invoke(
-                app, ["bulk", str(source), "--concurrency", "1", "--config", str(config)]
-            )
-        finally:
-            helper.join(30)
-        assert result.exit_code == 0, result.output
-        recorded = by_row(tmp_path / "in.results.csv")
-        assert [recorded[i]["status"] for i in range(1, 9)] == ["sent"] * 8
-        assert during and during[0] <= 1  # at most the request already under way
-        assert "waiting: " in result.stderr and "limiter" in result.stderr
-    finally:
-        for server in servers:
-            server.stop()
-
-
 def redis_config(tmp_path: Path, sandbox: Any, url: str, max_outage: float) -> Path:
     config = config_file(tmp_path / "msgsend.toml", sandbox, max_outage=max_outage)
     text = config.read_text(encoding="utf-8").replace(
@@ -361,19 +371,65 @@ def redis_config(tmp_path: Path, sandbox: Any, url: str, max_outage: float) -> P
     return config
 
 
+def test_rows_wait_while_the_redis_store_is_away(
+    sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis goes away mid-run: no request goes out while it is away, no row fails."""
+    directory = tmp_path / "redis"
+    servers = [start_or_skip(directory)]
+    watch = Watch(monkeypatch)
+    try:
+        source = rows(tmp_path / "in.csv", 4)
+        config = redis_config(tmp_path, sandbox, servers[0].url, max_outage=60)
+        sent_before: list[int] = []
+        during: list[int] = []
+
+        def go_away() -> None:
+            sent_before.append(sandbox.count())
+            servers[0].stop()
+
+        # Redis stops as row 1's message finishes, before row 2 asks the limiter for a slot.
+        watch.on(lambda event: isinstance(event, MessageFinished), go_away)
+
+        def come_back() -> None:
+            # Row 2 finds the store away and waits: three looks at it, nothing goes out.
+            if watch.wait_for(paused("outage"), count=3):
+                during.append(sandbox.count() - sent_before[0])
+            servers.append(restart_redis(servers[0], directory))
+
+        helper = threading.Thread(target=come_back, daemon=True)
+        helper.start()
+        try:
+            result = runner.invoke(
+                app, ["bulk", str(source), "--concurrency", "1", "--config", str(config)]
+            )
+        finally:
+            helper.join(30)
+        assert result.exit_code == 0, result.output
+        assert not watch.errors
+        recorded = by_row(tmp_path / "in.results.csv")
+        assert [recorded[i]["status"] for i in range(1, 5)] == ["sent"] * 4
+        assert sent_before == [1] and during == [0]
+        assert "waiting: " in result.stderr and "limiter" in result.stderr
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def test_rows_wait_for_a_redis_store_that_is_down_when_the_run_starts(
-    sandbox: Any, tmp_path: Path
+    sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Down at start is the same outage as down mid-run: rows wait, then all go, paced."""
     directory = tmp_path / "redis"
     servers = [start_or_skip(directory)]
     servers[0].stop()  # its port, with nothing listening on it yet
+    watch = Watch(monkeypatch)
     try:
         source = rows(tmp_path / "in.csv", 4)
         config = redis_config(tmp_path, sandbox, servers[0].url, max_outage=60)
 
         def back() -> None:
-            time.sleep(1.0)
+            watch.wait_for(paused("outage"))  # the rows wait for the store
             servers.append(restart_redis(servers[0], directory))
 
         helper = threading.Thread(target=back, daemon=True)
@@ -398,7 +454,7 @@ def test_a_redis_store_down_from_start_to_max_outage_stops_with_75_and_nothing_s
     server = start_or_skip(directory)
     server.stop()
     source = rows(tmp_path / "in.csv", 3)
-    config = redis_config(tmp_path, sandbox, server.url, max_outage=1)
+    config = redis_config(tmp_path, sandbox, server.url, max_outage=0.3)
     result = runner.invoke(app, ["bulk", str(source), "--config", str(config)])
     assert result.exit_code == 75, result.output
     assert sandbox.count() == 0  # nothing went out unpaced
@@ -406,36 +462,36 @@ def test_a_redis_store_down_from_start_to_max_outage_stops_with_75_and_nothing_s
     assert "--resume" in result.stderr
 
 
-def test_a_sandbox_run_stopped_says_to_resume_with_sandbox(tmp_path: Path) -> None:
+def test_a_sandbox_run_stopped_says_to_resume_with_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The resume command of a --sandbox run keeps --sandbox (else it sends elsewhere)."""
     source = rows(tmp_path / "in.csv", 2)
     now = dt.datetime.now(dt.UTC)
     window = f"{now - dt.timedelta(hours=1):%H:%M}-{now + dt.timedelta(hours=1):%H:%M}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("MSGSEND_")},
-        "MSGSEND_BULK_QUIET_HOURS": window,
-        "MSGSEND_BULK_TIMEZONE": "UTC",
-    }
-    run = subprocess.Popen(
-        [sys.executable, "-m", "msgsend", "bulk", str(source), "--sandbox"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    monkeypatch.setenv("MSGSEND_BULK_QUIET_HOURS", window)
+    monkeypatch.setenv("MSGSEND_BULK_TIMEZONE", "UTC")
+    watch = Watch(monkeypatch)
+    main = threading.get_ident()
+
+    def interrupt() -> None:
+        # Ctrl-C once the run waits for quiet hours to end (sent even if it never does: the
+        # run must not wait out the window).
+        watch.wait_for(paused("quiet-hours"))
+        signal.pthread_kill(main, signal.SIGINT)
+
+    # The run's handler takes the signal; this one only if the run had ended before it.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    helper = threading.Thread(target=interrupt, daemon=True)
+    helper.start()
     try:
-        assert run.stderr is not None
-        line = ""
-        deadline = time.monotonic() + 30
-        while "waiting: quiet hours" not in line and time.monotonic() < deadline:
-            line = run.stderr.readline()
-            assert line or run.poll() is None, "the run ended early"
+        result = runner.invoke(app, ["bulk", str(source), "--sandbox"])
     finally:
-        run.send_signal(signal.SIGINT)
-        _, rest = run.communicate(timeout=30)
-    assert run.returncode == 130, rest
-    hint = next(text for text in rest.splitlines() if "to send them:" in text)
+        helper.join(30)
+        signal.signal(signal.SIGINT, previous)
+    assert result.exit_code == 130, result.output
+    assert any(paused("quiet-hours")(event) for event in watch.seen)
+    hint = next(text for text in result.stderr.splitlines() if "to send them:" in text)
     command = shlex.split(hint.split("to send them: ", 1)[1])
     assert command[:4] == ["msgsend", "bulk", str(source), "--resume"]
     assert "--sandbox" in command

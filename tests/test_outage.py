@@ -25,6 +25,7 @@ from msgsend.events import Event, RunPaused, RunResumed, RunStopped
 from msgsend.models import Channel, DeliveryResult, Refusal
 from msgsend.outage import (
     MAX_HOLD,
+    MIN_HOLD,
     SYSTEMATIC_REFUSALS,
     QuietHours,
     RefusalStreak,
@@ -107,6 +108,8 @@ def test_hold_waits_for_the_hint_and_stops_after_max_outage_without_a_delivery()
     assert sleep.waits[-1] == 1.0
     assert gate_.hold("kakaotalk circuit open", 10_000.0)  # never longer than MAX_HOLD
     assert sleep.waits[-1] == MAX_HOLD
+    assert gate_.hold("kakaotalk circuit open", 0.01)  # nor shorter than MIN_HOLD
+    assert sleep.waits[-1] == MIN_HOLD
     while gate_.hold("still down", 30.0):
         pass
     assert clock() - 1000.0 == pytest.approx(100.0)  # to the deadline, not past it
@@ -622,17 +625,17 @@ def test_ctrl_c_delivered_to_another_thread_is_heard_while_workers_are_paused(
     """
     import datetime as dt
     import signal
-    import time
 
     source = write_rows(tmp_path / "in.csv", 2)
     now = dt.datetime.now(dt.UTC)
     window = f"{now - dt.timedelta(hours=1):%H:%M}-{now + dt.timedelta(hours=1):%H:%M}"
     stop = threading.Event()
     watchdog_fired = threading.Event()
+    paused = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
 
     def interrupt_from_another_thread() -> None:
-        time.sleep(0.3)
+        paused.wait(15)  # the workers wait for quiet hours to end
         signal.pthread_kill(threading.get_ident(), signal.SIGINT)
         if not stop.wait(15):  # never hang the suite: fail instead
             watchdog_fired.set()
@@ -646,10 +649,13 @@ def test_ctrl_c_delivered_to_another_thread_is_heard_while_workers_are_paused(
             ScriptedSender(lambda recipient, call: sent(recipient)),
             BulkOptions(concurrency=1, quiet_hours=QuietHours.parse(window, "UTC")),
             stop=stop,
+            emit=lambda event: paused.set() if isinstance(event, RunPaused) else None,
         )
     finally:
         signal.signal(signal.SIGINT, previous)
         helper.join(20)
-    assert not watchdog_fired.is_set(), "the interrupt was not heard while workers were paused"
+    assert paused.is_set() and not watchdog_fired.is_set(), (
+        "the interrupt was not heard while workers were paused"
+    )
     assert report.interrupted
     assert recorded(report.results_path) == {}  # nothing sent: both rows left for --resume

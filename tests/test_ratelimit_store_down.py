@@ -1,7 +1,9 @@
 """A limiter store that is down or locked: never an unpaced request, always a named cause.
 
 Real processes: a sqlite lock held by another msgsend process (running, then stopped with
-SIGSTOP as Ctrl-Z would), and a real redis-server stopped and started again mid-run.
+SIGSTOP as Ctrl-Z would), and a real redis-server stopped and started again mid-run. A lock
+freed in time is held by a thread here (an ``flock`` is per open file: a second open of the
+lock file waits for it as another process's would).
 """
 
 from __future__ import annotations
@@ -11,13 +13,17 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import msgsend.ratelimit.sqlite as sqlite_store
+from e2e import wait_for
 from msgsend.alerts import alert_for
 from msgsend.errors import exit_code_for
 from msgsend.events import Event, LimiterStoreChanged
@@ -33,6 +39,12 @@ with lock:
     print("holding", flush=True)
     time.sleep(60)
 """
+
+
+def state(pid: int) -> str:
+    """Return the state letter of process ``pid`` (``T``: stopped)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.fixture
@@ -57,12 +69,12 @@ def test_a_lock_held_too_long_names_the_process_and_sends_nothing(
     holder: tuple[Path, subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, process = holder
-    monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 0.3)
+    monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 0.1)
     with pytest.raises(LimiterUnavailableError) as caught:
         RateLimiter({"p": Limit(5, 1.0)}, path=path)
     message = str(caught.value)
     assert f"locked by process {process.pid} (" in message
-    assert "for more than 0.3 s; nothing is sent until it lets go" in message
+    assert "for more than 0.1 s; nothing is sent until it lets go" in message
     assert caught.value.holder is not None and str(process.pid) in caught.value.holder
     assert exit_code_for(caught.value) == 75
 
@@ -71,9 +83,10 @@ def test_a_stopped_holder_is_named_with_how_to_resume_it(
     holder: tuple[Path, subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, process = holder
-    monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 0.3)
+    monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 0.1)
     seen: list[Event] = []
     os.kill(process.pid, signal.SIGSTOP)  # Ctrl-Z while holding the lock
+    assert wait_for(lambda: state(process.pid) in ("T", "t"), 10)  # the kernel has stopped it
     with pytest.raises(LimiterUnavailableError, match="which is stopped") as caught:
         RateLimiter({"p": Limit(5, 1.0)}, path=path, emit=seen.append)
     assert f"resume it with `kill -CONT {process.pid}`" in str(caught.value)
@@ -85,18 +98,28 @@ def test_a_lock_freed_in_time_is_waited_for(
 ) -> None:
     monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 20.0)  # a loaded host is slow, not stuck
     path = tmp_path / "rl.sqlite"
-    with (
-        RateLimiter({"p": Limit(5, 1.0)}, path=path) as limiter,
-        subprocess.Popen(
-            [sys.executable, "-c", HOLDER.replace("60", "0.2"), str(path)],
-            stdout=subprocess.PIPE,
-            text=True,
-        ) as process,
-    ):
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "holding"
-        limiter.acquire("p").settle()  # waits the 0.2 s out, well within the bound
-        process.wait(timeout=10)
+    holding, polled = threading.Event(), threading.Event()
+
+    def poll(seconds: float) -> None:  # the limiter found the lock busy and waits a little
+        polled.set()
+        time.sleep(seconds)
+
+    monkeypatch.setattr(sqlite_store, "time", SimpleNamespace(monotonic=time.monotonic, sleep=poll))
+
+    def hold() -> None:  # as another msgsend would: until the limiter has found it busy
+        with sqlite_store.FileLock(f"{path}.lock"):
+            holding.set()
+            polled.wait(20)
+
+    with RateLimiter({"p": Limit(5, 1.0)}, path=path) as limiter:
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        try:
+            assert holding.wait(20)
+            limiter.acquire("p").settle()  # waits for the lock, well within the bound
+        finally:
+            holder.join(20)
+    assert polled.is_set()
 
 
 def test_store_down_is_one_event_and_recovery_another(tmp_path: Path) -> None:

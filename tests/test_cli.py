@@ -509,3 +509,22 @@ def test_usage_errors_with_json_print_exactly_one_document(
     assert exited.value.code == 2
     out = capsys.readouterr().out
     assert json.loads(out)["error"]["exit_code"] == 2  # one document: json.loads refuses two
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [([], "already exists: pass --resume"), (["--dry-run"], "not a dry-run preview")],
+)
+def test_a_results_file_in_the_way_is_refused_before_anything_starts(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    """No sandbox, no progress line, nothing sent: only the one line saying what to do."""
+    data = tmp_path / "in.csv"
+    data.write_text("phone,message\n010-1234-5678,hi\n", encoding="utf-8")
+    results = tmp_path / "earlier.csv"
+    results.write_text("row,recipient\n1,010-1234-5678\n", encoding="utf-8")
+    result = invoke("bulk", str(data), "--sandbox", "--results", str(results), *extra)
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"msgsend: error: {results} ") and message in line
+    assert results.read_text(encoding="utf-8") == "row,recipient\n1,010-1234-5678\n"

@@ -851,6 +851,13 @@ class RunClocks:
     wait: Callable[[float], None] | None = None
 
 
+def results_target(path: Path, results: Path | None, *, dry_run: bool) -> Path:
+    """Return where a run over ``path`` writes: ``results``, or the file beside the input."""
+    if results is not None:
+        return Path(results)
+    return default_preview_path(path) if dry_run else default_results_path(path)
+
+
 def send_bulk(
     path: str | os.PathLike[str],
     sender: SupportsSend | None,
@@ -906,12 +913,7 @@ def send_bulk(
         fallback=options.fallback is not False,
     )
     info = source.info
-    if options.results_path is not None:
-        target = options.results_path
-    elif dry_run:
-        target = default_preview_path(info.path)
-    else:
-        target = default_results_path(info.path)
+    target = results_target(info.path, options.results_path, dry_run=dry_run)
     report = BulkReport(
         path=info.path,
         results_path=target,

@@ -837,11 +837,15 @@ def bulk(
                 raise typer.BadParameter(
                     f"unknown encoding {encoding!r}", param_hint="--encoding"
                 ) from None
-        from .bulk import BulkOptions, inspect_csv
+        from .bulk import BulkOptions, inspect_csv, results_target
         from .models import Channel
+        from .results import check_target
 
         info = inspect_csv(file, encoding=encoding)
         command.start(rows=info.total_rows)
+        check_target(
+            results_target(info.path, results, dry_run=dry_run), resume=resume, dry_run=dry_run
+        )
         overrides = {"bulk.concurrency": concurrency} if concurrency else None
         with _run(
             common, command=command, overrides=overrides, sandbox=sandbox and not dry_run

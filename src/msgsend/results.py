@@ -472,11 +472,7 @@ def _open_existing(path: Path, resume: bool) -> io.FileIO:
     except OSError:
         special = False
     if not resume and not special:
-        raise ResultsExistError(
-            f"{path} already exists: pass --resume to continue that run (rows recorded "
-            "sent, invalid or duplicate are skipped, failed ones are tried again), "
-            "or choose another file with --results"
-        )
+        raise _exists(path)
     try:
         if special:
             return _open_special(path)
@@ -485,6 +481,29 @@ def _open_existing(path: Path, resume: bool) -> io.FileIO:
         raise InputFileError(
             f"{path}: cannot open the results file: {exc.strerror or exc}"
         ) from None
+
+
+def _exists(path: Path) -> ResultsExistError:
+    return ResultsExistError(
+        f"{path} already exists: pass --resume to continue that run (rows recorded "
+        "sent, invalid or duplicate are skipped, failed ones are tried again), "
+        "or choose another file with --results"
+    )
+
+
+def check_target(path: Path, *, resume: bool, dry_run: bool) -> None:
+    """Refuse a target that the run would refuse anyway, before anything starts.
+
+    The same checks as :func:`open_results` and :func:`open_preview` make when they open it
+    (which they still do: the file may appear in between); run first, they keep a refused run
+    from starting a sandbox or drawing a progress line.
+    """
+    if not os.path.isfile(path):  # absent, or a device or pipe: written to, never read
+        return
+    if dry_run:
+        _refuse_to_overwrite(path)
+    elif not resume:
+        raise _exists(path)
 
 
 def _refuse_to_overwrite(path: Path) -> None:

@@ -28,7 +28,7 @@ from fakes import (
 )
 from msgsend.circuit import CircuitBreaker, CircuitState
 from msgsend.client import Sender
-from msgsend.errors import InputError, MsgsendError
+from msgsend.errors import InputError, LimiterUnavailableError, MsgsendError
 from msgsend.events import CircuitChanged, Events
 from msgsend.models import DeliveryResult
 from msgsend.report import RunStats
@@ -702,6 +702,23 @@ def test_broken_limiter_fails_the_message_not_the_run():
     assert result.status == "failed"
     assert "rate limiter for kakaotalk failed" in (result.error or "")
     assert rig.kakao.calls == []
+
+
+def test_a_store_lock_held_too_long_is_a_wait_not_a_failure():
+    # The sqlite store's lock error names its holder but no provider: the message still
+    # waits for its channel (bulk keeps the row), never failed with 0 attempts.
+    class Locked(FakeLimiter):
+        def acquire(self, providers: Any, timeout: float | None = None) -> Any:
+            raise LimiterUnavailableError(
+                "[limiter] path rl.sqlite.lock: locked by process 42 for more than 2 s",
+                holder="process 42",
+            )
+
+    rig = make_rig(limiter=Locked())
+    result = rig.send()
+    assert (result.status, result.attempts, result.unavailable) == ("failed", 0, True)
+    assert result.error_kind == "limiter-unavailable"
+    assert rig.kakao.calls == [] and rig.sms.calls == []
 
 
 # ---------------------------------------------------------------------- stats

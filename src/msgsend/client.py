@@ -538,12 +538,16 @@ class Sender:
     def _acquire(self, provider_name: str | tuple[str, ...]) -> Lease:
         """Take a lease on one slot of ``provider_name``'s budget (or the first of several)."""
         assert self.limiter is not None
+        names = (provider_name,) if isinstance(provider_name, str) else provider_name
         try:
             lease = self.limiter.acquire(provider_name)
-        except MsgsendError:
+        except MsgsendError as exc:
+            if exc.provider is None:
+                # A store error that names no provider (the sqlite lock held too long) is
+                # still this channel's: without it the row could not wait for the channel.
+                exc.provider = names[0]
             raise
         except Exception as exc:  # a limiter store failing mid-run fails the message, not the run
-            names = (provider_name,) if isinstance(provider_name, str) else provider_name
             raise MsgsendError(
                 f"rate limiter for {' or '.join(names)} failed: {exc}", provider=names[0]
             ) from exc

@@ -230,3 +230,63 @@ def test_a_store_error_is_unavailable_never_unpaced(tmp_path: Path) -> None:
         slots.take = broken  # type: ignore[method-assign]
         with pytest.raises(LimiterUnavailableError, match=r"store sqlite: p: disk I/O error"):
             limiter.acquire("p")
+
+
+def _sqlite_pair(clock: FakeClock, path: Path, limit: Limit) -> tuple[RateLimiter, RateLimiter]:
+    """Two limiters on one sqlite file, as two processes would have."""
+    return tuple(  # type: ignore[return-value]
+        RateLimiter({"p": limit}, path=path, clock=clock, sleep=clock.sleep, guard=0, hold=10.0)
+        for _ in range(2)
+    )
+
+
+def test_sqlite_a_settle_far_from_the_limit_is_written_by_the_next_take_and_never_admits_sooner(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    first, second = _sqlite_pair(clock, tmp_path / "rl.sqlite", Limit(4, 1.0))
+    with first, second:
+        clock.at(0)
+        answered, in_flight = first.acquire("p"), first.acquire("p")  # half full
+        clock.at(100)
+        answered.settle()  # another lease is in flight: written with the next take
+        clock.at(500)
+        taken = [second.acquire("p"), second.acquire("p")]  # the window is full now
+        # Still held in the file: the other process counts it as if it could settle now
+        # (1.001 s), never as free sooner than the settle at 100 ms makes it (0.601 s).
+        assert wait_now(second) == 1.001
+        with pytest.raises(LimiterTimeout):
+            first.acquire("p", timeout=0)  # this take writes the settle, admits nothing
+        assert wait_now(second) == 0.601  # counted from the answer, as if written at once
+        for lease in [in_flight, *taken]:
+            lease.settle()
+
+
+def test_sqlite_a_settle_near_the_limit_is_written_at_once(tmp_path: Path) -> None:
+    clock = FakeClock()
+    first, second = _sqlite_pair(clock, tmp_path / "rl.sqlite", Limit(4, 1.0))
+    with first, second:
+        clock.at(0)
+        leases = [first.acquire("p") for _ in range(3)]  # more than half full
+        clock.at(100)
+        leases[0].settle()  # others still in flight, but the window is nearly full
+        clock.at(200)
+        leases.append(second.acquire("p"))
+        assert wait_now(second) == 0.901  # counted from the answer at 100 ms, not held
+        for lease in leases[1:]:
+            lease.settle()
+
+
+def test_sqlite_close_writes_the_settles_not_yet_written(tmp_path: Path) -> None:
+    clock = FakeClock()
+    first, second = _sqlite_pair(clock, tmp_path / "rl.sqlite", Limit(4, 1.0))
+    with second:
+        with first:
+            clock.at(0)
+            answered = first.acquire("p")
+            first.acquire("p")  # in flight when the process ends: held until its deadline
+            clock.at(100)
+            answered.settle()  # waits for a take that never comes
+        clock.at(200)
+        [second.acquire("p") for _ in range(2)]
+        assert wait_now(second) == 0.901  # written at close: counted from the answer

@@ -27,6 +27,8 @@ __all__ = ["LOCK_WAIT", "SQLiteStore", "default_state_path"]
 LOCK_WAIT = 2.0
 #: the first and the longest pause between two tries of a busy lock
 _POLL_FIRST, _POLL_MAX = 0.0002, 0.005
+#: milliseconds a settle may wait to be written with the next take (windows far from full)
+SETTLE_DEFER_MS = 50
 
 
 def default_state_path() -> Path:
@@ -56,6 +58,7 @@ class SQLiteStore:
         self.now_ms = now_ms or wall_ms
         self.conn: sqlite3.Connection | None = None
         self.lock: FileLock | None = None
+        self.slots: list[_SQLiteSlots] = []
         lock_wait = LOCK_WAIT if lock_wait is None else lock_wait
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -113,9 +116,17 @@ class SQLiteStore:
             self.close()
             raise self._unusable(exc) from exc
         policy = Policy(self.strategy, limit, self.guard)
-        return _SQLiteSlots(name, policy, conn, lock, table, self.now_ms)
+        slots = _SQLiteSlots(name, policy, conn, lock, table, self.now_ms)
+        self.slots.append(slots)
+        return slots
 
     def close(self) -> None:
+        # Settles still waiting for a take are written now; if the store fails, their slots
+        # stay held until their deadlines (as a process that dies leaves them).
+        for slots in self.slots:
+            with contextlib.suppress(sqlite3.Error, OSError, LimiterUnavailableError):
+                slots.flush()
+        self.slots = []
         if self.conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
@@ -126,7 +137,14 @@ class SQLiteStore:
 
 
 class _SQLiteSlots:
-    """One provider's table: the same rules as the memory store, under the file lock."""
+    """One provider's table: the same rules as the memory store, under the file lock.
+
+    A window strategy's take is one transaction of three statements (drop what expired; read
+    the span of ids and the newest expiry; insert the held slot). Settles are stamped when they
+    happen and, while the window is far from full, written in the next take's transaction
+    (:meth:`settle`): until then the slot is still held in the file, which counts it at least
+    as long, so no other process can be admitted sooner than if the settle had been written.
+    """
 
     def __init__(
         self,
@@ -143,45 +161,73 @@ class _SQLiteSlots:
         self.lock = lock
         self.table = table
         self.now_ms = now_ms
+        self.windows = policy.strategy != "token-bucket"
+        # Settles not yet written: (token, when it stops counting), in the order they happened.
+        self._pending: list[tuple[int, int]] = []
+        self._pending_since = 0
+        self._pending_lock = threading.Lock()
+        # Leases taken here and not yet settled or cancelled, and whether the last take here
+        # found the window at most half full: only then may a settle wait for the next take.
+        self._in_flight = 0
+        self._roomy = False
+        table_q = f'"{table}"'
+        self._sql_expire = f"DELETE FROM {table_q} WHERE until <= ?"
+        # Three subqueries: SQLite answers a lone min() or max() from an index, not several.
+        self._sql_span = (
+            f"SELECT (SELECT min(id) FROM {table_q}), (SELECT max(id) FROM {table_q}),"
+            f" (SELECT max(until) FROM {table_q})"
+        )
+        self._sql_insert = f"INSERT INTO {table_q} (until, held) VALUES (?, 1)"
+        # Re-stamped: counted from the settle. Gone already (expired): counted again.
+        self._sql_settle = f"INSERT OR REPLACE INTO {table_q} (id, until, held) VALUES (?, ?, 0)"
+        self._sql_delete = f"DELETE FROM {table_q} WHERE id = ?"
 
     def take(self, hold_ms: int) -> tuple[int | None, int]:
-        policy, conn, table = self.policy, self.conn, self.table
+        policy, conn = self.policy, self.conn
         with self.lock:
             now = self.now_ms()
+            pending = self._take_pending()
             try:
-                self._forget_the_future(now, hold_ms)
-                if policy.strategy == "token-bucket":
-                    tat = self._expire_held_tokens(now)
-                    (held,) = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+                if self.windows:
+                    if pending:
+                        conn.executemany(self._sql_settle, pending).close()
+                    conn.execute(self._sql_expire, (now,)).close()
+                    low, high, newest = conn.execute(self._sql_span).fetchone()
+                    if newest is not None and newest > policy.future_bound(now, hold_ms):
+                        clock_went_back(self.name)
+                        conn.execute(f'DELETE FROM "{self.table}"').close()
+                        low = None
+                    wait = self._window_wait(now, low, high)
+                    until = policy.expiry(now + hold_ms)
+                else:
+                    tat = self._token_state(now, hold_ms)
+                    (held,) = conn.execute(f'SELECT count(*) FROM "{self.table}"').fetchone()
                     wait = policy.token_wait(now, tat, held)
                     until = now + hold_ms
-                else:
-                    conn.execute(f'DELETE FROM "{table}" WHERE until <= ?', (now,)).close()
-                    wait = self._window_wait(now)
-                    until = policy.expiry(now + hold_ms)
                 if wait:
                     conn.commit()
+                    self._roomy = False
                     return None, wait
-                cursor = conn.execute(
-                    f'INSERT INTO "{table}" (until, held) VALUES (?, 1)', (until,)
-                )
+                cursor = conn.execute(self._sql_insert, (until,))
                 token = cursor.lastrowid
                 cursor.close()
                 conn.commit()
             except BaseException:
                 conn.rollback()
+                self._restore_pending(pending)
                 raise
+            assert token is not None
+            # The span of ids bounds the rows in the window, this new one included.
+            self._roomy = self.windows and token - (low or token) + 1 <= policy.count // 2
+        with self._pending_lock:
+            self._in_flight += 1
         return token, 0
 
-    def _window_wait(self, now: int) -> int:
+    def _window_wait(self, now: int, low: int | None, high: int | None) -> int:
         policy, conn, table = self.policy, self.conn, self.table
         # Row ids are distinct integers: when their span is below the limit, so is the
         # count, and the count (proportional to the window) is skipped.
-        # Two subqueries: SQLite answers a lone min() or max() from the index, not both.
-        (low, high) = conn.execute(
-            f'SELECT (SELECT min(id) FROM "{table}"), (SELECT max(id) FROM "{table}")'
-        ).fetchone()
-        if low is None or high - low + 1 < policy.count:
+        if low is None or high is None or high - low + 1 < policy.count:
             return 0
         (occupied,) = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
         if occupied < policy.count:
@@ -197,30 +243,80 @@ class _SQLiteSlots:
         return policy.window_wait(now, occupied, settled, held)
 
     def settle(self, token: int) -> None:
-        policy, conn, table = self.policy, self.conn, self.table
+        if not self.windows:
+            self._settle_token(token)
+            return
+        now = self.now_ms()
+        entry = (token, self.policy.expiry(now))
+        with self._pending_lock:
+            self._in_flight -= 1
+            # Deferred only while the window is far from full, another lease of this process
+            # is in flight (so a take follows soon) and nothing has waited longer than
+            # SETTLE_DEFER_MS: other processes then see the slot held a little longer, which
+            # never admits anything sooner, and near a full window every settle is written
+            # at once, so their wait estimates stay exact.
+            if (
+                self._roomy
+                and self._in_flight > 0
+                and (not self._pending or now - self._pending_since < SETTLE_DEFER_MS)
+            ):
+                if not self._pending:
+                    self._pending_since = now
+                self._pending.append(entry)
+                return
+        self.flush([entry])
+
+    def flush(self, extra: list[tuple[int, int]] | None = None) -> None:
+        """Write the settles not yet written (and ``extra``) in one transaction."""
+        conn = self.conn
+        with self.lock:
+            pending = self._take_pending() + (extra or [])
+            if not pending:
+                return
+            try:
+                conn.executemany(self._sql_settle, pending).close()
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                self._restore_pending(pending)
+                raise
+
+    def _take_pending(self) -> list[tuple[int, int]]:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    def _restore_pending(self, pending: list[tuple[int, int]]) -> None:
+        """Keep settles a failed transaction did not write for the next one (the slot stays
+        held meanwhile, and expires at its deadline if the store never comes back)."""
+        if pending:
+            with self._pending_lock:
+                if not self._pending:
+                    self._pending_since = self.now_ms()
+                self._pending[:0] = pending
+
+    def _settle_token(self, token: int) -> None:
+        policy, conn = self.policy, self.conn
+        with self._pending_lock:
+            self._in_flight -= 1
         with self.lock:
             now = self.now_ms()
             try:
-                if policy.strategy == "token-bucket":
-                    conn.execute(f'DELETE FROM "{table}" WHERE id = ?', (token,)).close()
-                    # One that expired was counted at its deadline; counting it again is the
-                    # safe side (its request may have arrived after that deadline).
-                    self._store_tat(policy.token_settle(self._tat(), now))
-                else:
-                    # Re-stamped: counted from now. Gone already (expired): counted again.
-                    conn.execute(
-                        f'INSERT OR REPLACE INTO "{table}" (id, until, held) VALUES (?, ?, 0)',
-                        (token, policy.expiry(now)),
-                    ).close()
+                conn.execute(self._sql_delete, (token,)).close()
+                # One that expired was counted at its deadline; counting it again is the
+                # safe side (its request may have arrived after that deadline).
+                self._store_tat(policy.token_settle(self._tat(), now))
                 conn.commit()
             except BaseException:
                 conn.rollback()
                 raise
 
     def cancel(self, token: int) -> None:
+        with self._pending_lock:
+            self._in_flight -= 1
         with self.lock:
             try:
-                self.conn.execute(f'DELETE FROM "{self.table}" WHERE id = ?', (token,)).close()
+                self.conn.execute(self._sql_delete, (token,)).close()
                 self.conn.commit()
             except BaseException:
                 self.conn.rollback()
@@ -235,27 +331,27 @@ class _SQLiteSlots:
             "INSERT OR REPLACE INTO gcra (provider, tat) VALUES (?, ?)", (self.name, tat)
         ).close()
 
-    def _expire_held_tokens(self, now: int) -> int:
-        """Count each held slot whose deadline passed (its process died) at that deadline."""
+    def _token_state(self, now: int, hold_ms: int) -> int:
+        """GCRA's TAT, after forgetting a future (the clock went back) and counting each held
+        slot whose deadline passed (its process died) at that deadline."""
+        conn, table = self.conn, self.table
         tat = start = self._tat()
-        expired = self.conn.execute(
-            f'SELECT id, until FROM "{self.table}" WHERE until <= ? ORDER BY until', (now,)
+        (newest,) = conn.execute(f'SELECT max(until) FROM "{table}"').fetchone()
+        if max(newest or 0, tat // 1000) > self.policy.future_bound(now, hold_ms):
+            clock_went_back(self.name)
+            conn.execute(f'DELETE FROM "{table}"').close()
+            conn.execute("DELETE FROM gcra WHERE provider = ?", (self.name,)).close()
+            return 0
+        expired = conn.execute(
+            f'SELECT id, until FROM "{table}" WHERE until <= ? ORDER BY until', (now,)
         ).fetchall()
         for _, deadline in expired:
             tat = self.policy.token_settle(tat, deadline)
         if expired:
-            self.conn.execute(f'DELETE FROM "{self.table}" WHERE until <= ?', (now,)).close()
+            conn.execute(f'DELETE FROM "{table}" WHERE until <= ?', (now,)).close()
         if tat != start:
             self._store_tat(tat)
         return tat
-
-    def _forget_the_future(self, now: int, hold_ms: int) -> None:
-        (newest,) = self.conn.execute(f'SELECT max(until) FROM "{self.table}"').fetchone()
-        newest = max(newest or 0, self._tat() // 1000)
-        if newest > self.policy.future_bound(now, hold_ms):
-            clock_went_back(self.name)
-            self.conn.execute(f'DELETE FROM "{self.table}"').close()
-            self.conn.execute("DELETE FROM gcra WHERE provider = ?", (self.name,)).close()
 
 
 class FileLock:

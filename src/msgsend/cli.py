@@ -1164,17 +1164,17 @@ def sandbox_command(
         except OSError as exc:
             _error(f"cannot start the sandbox: {exc}")
             raise typer.Exit(EXIT_FAILED) from None
-        # Before the banner: whoever reads it may stop the sandbox at once, and SIGTERM must
-        # then stop it cleanly too.
+        # Before the banner: whoever reads it may stop the sandbox at once (SIGTERM, Ctrl-C),
+        # and that must stop it cleanly too.
         stopped = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-        sys.stderr.write(
-            f"sandbox ({wire_format} format): "
-            f"KakaoTalk at {_endpoint(sandbox.kakaotalk_url, formats['kakaotalk'])}, "
-            f"SMS at {_endpoint(sandbox.sms_url, formats['sms'])} (Ctrl-C to stop)\n"
-        )
-        sys.stderr.flush()
         try:
+            sys.stderr.write(
+                f"sandbox ({wire_format} format): "
+                f"KakaoTalk at {_endpoint(sandbox.kakaotalk_url, formats['kakaotalk'])}, "
+                f"SMS at {_endpoint(sandbox.sms_url, formats['sms'])} (Ctrl-C to stop)\n"
+            )
+            sys.stderr.flush()
             while not stopped.wait(0.5):
                 pass
         except KeyboardInterrupt:

@@ -366,10 +366,13 @@ def test_pushgateway_errors_never_echo_its_password(sandbox_config: Path) -> Non
 
 
 def test_help_names_values_plainly_and_flags_without_a_type() -> None:
+    for command in ("send", "ping", "sandbox", "config init", "config show", "config check"):
+        other = invoke(*command.split(), "--help").output
+        assert not re.search(r"<(bool|int|str|path|float|list)", other), command
     shown = invoke("bulk", "--help")
     assert shown.exit_code == 0
     text = shown.output
-    for noise in ("<bool>", "<int", "<str>", "<path>", "<float"):
+    for noise in ("<bool>", "<int", "<str>", "<path>", "<float", "<list"):
         assert noise not in text
     assert re.search(r"--results\s+PATH", text)
     assert re.search(r"--concurrency\s+INTEGER", text)
@@ -435,6 +438,7 @@ def test_log_file_records_a_run_that_failed_early(tmp_path: Path) -> None:
         (("send", "02-123-4567", "hi", "--json"), 65),
         (("bulk", "/nonexistent/file.csv", "--json"), 66),
         (("send", "010-1234-5678", "hi", "--via", "fax", "--json"), 2),
+        (("config", "show", "--json", "--config", "/nonexistent/msgsend.toml"), 78),
     ],
 )
 def test_json_errors_are_one_json_document_on_stdout(args: tuple[str, ...], code: int) -> None:

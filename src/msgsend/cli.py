@@ -1090,6 +1090,7 @@ def sandbox_command(
             "--kakaotalk-fail-suffix",
             help="KakaoTalk answers 503 for numbers ending so (repeatable).",
             show_default=False,
+            metavar="DIGITS",
         ),
     ] = None,
     seed: Annotated[
@@ -1249,7 +1250,7 @@ def config_show(
     json_output: JsonOpt = False,
 ) -> None:
     """Print the effective configuration, secrets redacted, and where each value came from."""
-    with _errors_to_exit_codes():
+    with _errors_to_exit_codes(json_output):
         from .config import effective_items, load_config, render_effective_config
 
         loaded = load_config(config)

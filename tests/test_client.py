@@ -724,6 +724,30 @@ def test_a_store_lock_held_too_long_is_a_wait_not_a_failure():
 # ---------------------------------------------------------------------- stats
 
 
+def test_fallbacks_are_counted_once_per_settled_message():
+    # A message that fell back and then had to wait (both channels paused) is not an outcome
+    # yet: the report and the metric count a fallback when a message settles by one, as
+    # bulk's results and --json do, never once per try.
+    from msgsend.metrics import Metrics
+
+    rig = make_rig(breakers=True)
+    stats, metrics = RunStats(), Metrics()
+    rig.sender.events.subscribe(stats.on_event)
+    rig.sender.events.subscribe(metrics.on_event)
+    for breaker in rig.sender.breakers.values():
+        breaker.pause(60.0, "asked to wait")
+    waiting = rig.send()
+    assert waiting.unavailable and waiting.fallback  # it left KakaoTalk, then waited
+    rig.clock.advance(61.0)
+    rig.kakao.enqueue(*repeat(server_error, 3))
+    settled = rig.send()
+    assert (settled.status, settled.channel, settled.fallback) == ("sent", "sms", True)
+    report = stats.to_json()
+    assert report["fallbacks"] == 1
+    assert report["providers"]["kakaotalk"]["fallbacks_from"] == 1
+    assert metrics.sample("msgsend_fallbacks_total") == 1
+
+
 def test_read_timeouts_are_counted_as_uncertain(rig):
     rig.kakao.enqueue(read_timeout(), connection_lost(), ok())
     result = rig.send()

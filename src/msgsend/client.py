@@ -340,6 +340,7 @@ class Sender:
                 limiter_wait_s=result.limiter_wait_s,
                 uncertain=result.uncertain,
                 kind=message_kind(text, result.channel).value if result.channel else None,
+                fell_back_from=channel.value if result.fallback else None,
             )
         )
         return result

@@ -155,6 +155,8 @@ class MessageFinished(Event):
     uncertain: int = 0
     #: ``kakaotalk``, ``sms`` or ``lms`` for the channel that delivered (or last tried)
     kind: str | None = None
+    #: with ``fallback``: the channel the message left (fell back or overflowed from)
+    fell_back_from: str | None = None
 
     @property
     def ok(self) -> bool:

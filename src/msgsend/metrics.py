@@ -26,7 +26,6 @@ from .events import (
     AttemptFinished,
     CircuitChanged,
     Event,
-    FellBack,
     LimiterWaited,
     MessageFinished,
     Overflowed,
@@ -155,7 +154,7 @@ class Metrics:
         )
         self.fallbacks_total: Counter = Counter(
             "msgsend_fallbacks_total",
-            "Messages that fell back from KakaoTalk to SMS.",
+            "Messages that left KakaoTalk for SMS (fallback or overflow), once per message.",
             registry=reg,
         )
         self.overflows_total: Counter = Counter(
@@ -226,8 +225,6 @@ class Metrics:
                 self.observe_request(provider, result, seconds)
             case RetryScheduled(provider=provider):
                 self.observe_retry(provider)
-            case FellBack():
-                self.observe_fallback()
             case Overflowed():
                 self.overflows_total.inc()
             case LimiterWaited(provider=provider, seconds=seconds):
@@ -237,6 +234,8 @@ class Metrics:
                 self.observe_circuit_open(provider)
             case MessageFinished(channel=channel, status=status, kind=kind):
                 self.observe_message(channel, status, kind)
+                if event.fallback:  # once per message, as --json's ``fallbacks`` counts it
+                    self.observe_fallback()
             case ProviderProbed(provider=provider, status=status, seconds=seconds):
                 self.observe_probe(provider, up=status in ("up", "throttled"), seconds=seconds)
             case RowSettled(status="invalid" | "duplicate" as status):

@@ -15,7 +15,6 @@ from .events import (
     AttemptFinished,
     CircuitChanged,
     Event,
-    FellBack,
     LimiterWaited,
     MessageFinished,
     RetryScheduled,
@@ -151,9 +150,13 @@ class RunStats:
                         stats.delivered += 1
                     else:
                         stats.failed += 1
-                case FellBack(from_provider=provider):
-                    self.fallbacks += 1
-                    self._get(provider).fallbacks_from += 1
+                    # Once per message, when it settles (as bulk's results and --json count
+                    # it): not per FellBack, which a row that waits for a channel emits on
+                    # each try; an overflowed message counts too.
+                    if event.fallback:
+                        self.fallbacks += 1
+                        if event.fell_back_from is not None:
+                            self._get(event.fell_back_from).fallbacks_from += 1
                 case CircuitChanged(provider=provider, new="open"):
                     self._get(provider).circuit_opened += 1
 

@@ -93,6 +93,28 @@ def test_resume_skips_neither_count_in_the_rate_nor_take_slots() -> None:
     assert progress.rate(clock.now) == pytest.approx(0.5)
 
 
+def test_eta_while_paused_is_the_pause_then_the_schedule_never_zero() -> None:
+    from datetime import UTC, datetime
+
+    clock = Clock()
+    wall = 1_800_000_000.0
+    progress = BulkProgress(
+        250, schedule=windows(100, 60.0), clock=clock, stream=io.StringIO(), wall=lambda: wall
+    )
+    settle(progress, "sent", 10)
+    progress.update(10, 250)
+    until = datetime.fromtimestamp(wall + 9 * 3600, UTC)
+    progress.on_event(RunPaused("quiet-hours", "quiet hours 21:00-08:00 Asia/Seoul", until))
+    # 9 h of quiet hours, then 240 rows at 100 a minute: two more windows.
+    assert progress.eta(clock.now, progress.rate(clock.now)) == pytest.approx(9 * 3600 + 120)
+    assert "ETA 9h02m  waiting: quiet hours" in progress.status_text()
+    progress.on_event(RunPaused("outage", "sms circuit is open", until))
+    assert progress.eta(clock.now, 0.0) is None  # an outage: nobody knows when it ends
+    assert "ETA -  waiting: sms circuit is open" in progress.status_text()
+    progress.on_event(RunResumed("outage", "delivered"))
+    assert progress.eta(clock.now, 0.0) == pytest.approx(120.0)
+
+
 def test_a_narrow_terminal_keeps_done_total_and_eta() -> None:
     clock = Clock()
     progress = make(2000, windows(100, 60.0), clock)

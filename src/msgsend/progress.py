@@ -103,6 +103,7 @@ class BulkProgress:
         interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         stream: IO[str] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.console = console
         self.tty = bool(console is not None and console.is_terminal)
@@ -112,6 +113,7 @@ class BulkProgress:
         self.counts = {"sent": 0, "failed": 0, "invalid": 0, "duplicate": 0, "fallback": 0}
         self.done = 0
         self._clock = clock
+        self._wall = wall
         self._stream = stream
         self.started = clock()
         #: rows this run sent or failed, and when the first of them started
@@ -172,12 +174,20 @@ class BulkProgress:
         across the limit's window edges instead of jumping with each burst. The pace counts
         only when it is clearly slower than the limit (slow answers, retries, an outage):
         a window strategy sends in bursts, and a burst's pace says nothing about the end.
+        While quiet hours pause the run, the rest goes after the window ends; while an
+        outage pauses it, nobody knows when (None).
         """
         with self._lock:
             remaining = self.total - self.done
             sends = self.sends
         if remaining <= 0:
             return 0.0
+        paused = self.paused
+        if paused is not None:
+            if paused.kind != "quiet-hours" or paused.until is None:
+                return None
+            after = self.schedule.seconds_for(remaining) if self.schedule else 0.0
+            return max(0.0, paused.until.timestamp() - self._wall()) + after
         estimates = []
         limit_rate = self.schedule.per_second if self.schedule else math.inf
         if 0 < rate < SLOWER * limit_rate:

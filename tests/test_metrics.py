@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import http.server
 import os
@@ -287,6 +288,7 @@ class Recorder:
     def __init__(self, status: int) -> None:
         self.status = status
         self.requests: list[tuple[str, str, bytes]] = []
+        self.auth: list[str | None] = []
 
 
 def serve(status: int) -> Iterator[tuple[str, Recorder]]:
@@ -296,6 +298,7 @@ def serve(status: int) -> Iterator[tuple[str, Recorder]]:
         def _record(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             recorder.requests.append((self.command, self.path, self.rfile.read(length)))
+            recorder.auth.append(self.headers.get("Authorization"))
             self.send_response(recorder.status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -336,6 +339,16 @@ def test_push_puts_this_runs_metrics(metrics, gateway):
     assert method == "PUT"
     assert path == "/metrics/job/msgsend/instance/cron-1"
     assert value(body.decode(), "msgsend_fallbacks_total") == 1
+
+
+def test_push_sends_the_urls_credentials_as_basic_auth(metrics, gateway):
+    url, recorder = gateway
+    metrics.push(url.replace("http://", "http://ops:p%40ss@"), grouping_key={})
+    [(method, path, _)] = recorder.requests
+    assert (method, path) == ("PUT", "/metrics/job/msgsend")
+    assert recorder.auth == ["Basic " + base64.b64encode(b"ops:p@ss").decode()]
+    metrics.push(url, grouping_key={})
+    assert recorder.auth[1] is None  # no userinfo: no Authorization header
 
 
 def test_pushadd_posts_and_defaults_to_the_hostname(metrics, gateway):

@@ -398,13 +398,14 @@ class Metrics:
         send = push_to_gateway if replace else pushadd_to_gateway
         where = redact_url(gateway_url)
         try:
+            url, handler = _with_basic_auth(gateway_url)
             send(
-                gateway_url,
+                url,
                 job=job,
                 registry=self._exposed(),
                 grouping_key=key,
                 timeout=timeout,
-                handler=_closing_handler,
+                handler=handler,
             )
         except Exception as exc:  # URLError, HTTPError, OSError, ValueError: one clear error
             reason = _describe(exc)
@@ -425,6 +426,33 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+def _with_basic_auth(url: str) -> tuple[str, Callable[..., Callable[[], None]]]:
+    """Return ``url`` without its ``user:password@`` and a handler sending them as Basic auth.
+
+    urllib would take the userinfo for part of the host name ("Name or service not known"):
+    a Pushgateway behind basic auth (``http://user:pw@pushgateway:9091``) could not be used.
+    """
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, _closing_handler
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    auth = ("Authorization", "Basic " + base64.b64encode(userinfo.encode()).decode("ascii"))
+
+    def handler(
+        url: str, method: str, timeout: float | None, headers: list[tuple[str, str]], data: bytes
+    ) -> Callable[[], None]:
+        return _closing_handler(url, method, timeout, [*headers, auth], data)
+
+    return urlunsplit(parts._replace(netloc=netloc)), handler
 
 
 def _closing_handler(

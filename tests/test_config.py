@@ -501,6 +501,7 @@ UNKNOWN_ENV_TABLE = [
     ("MSGSEND_RETRY_MAXATTEMPTS", "MSGSEND_RETRY_MAX_ATTEMPTS"),
     ("MSGSEND_RAISE_ERROR", "MSGSEND_RAISE_ERRORS"),
     ("MSGSEND_CONFG", "MSGSEND_CONFIG"),
+    ("MSGSEND_kakaotalk_timeout", "MSGSEND_KAKAOTALK_TIMEOUT"),  # names are case-sensitive
     ("MSGSEND_WHATEVER", None),
     ("MSGSEND_", None),
 ]
@@ -514,9 +515,10 @@ def test_unknown_msgsend_variables_are_refused_with_a_did_you_mean(monkeypatch, 
     message = str(info.value)
     assert message.startswith(f"environment {name}: unknown variable")
     if close:
-        assert f"did you mean {close}?" in message
+        assert f"unknown variable; did you mean {close}? (each key's" in message
     else:
         assert "did you mean" not in message
+        assert "unknown variable (each key's" in message
 
 
 def test_every_key_has_a_valid_variable_and_no_two_share_one():

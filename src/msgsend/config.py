@@ -936,10 +936,14 @@ def _check_unknown_env(env: Mapping[str, str], known: Mapping[str, str]) -> None
     for name in sorted(env):
         if not name.startswith("MSGSEND_") or name in known or name in RESERVED_ENV_VARS:
             continue
-        close = difflib.get_close_matches(name, [*known, *RESERVED_ENV_VARS], n=1, cutoff=0.8)
-        hint = f"did you mean {close[0]}? " if close else ""
+        # Upper-cased first: environment names are case-sensitive, and a lower-case key
+        # path (MSGSEND_kakaotalk_timeout) is the likeliest typo of all.
+        close = difflib.get_close_matches(
+            name.upper(), [*known, *RESERVED_ENV_VARS], n=1, cutoff=0.8
+        )
+        hint = f"; did you mean {close[0]}?" if close else ""
         raise ConfigError(
-            f"unknown variable; {hint}"
+            f"unknown variable{hint} "
             "(each key's variable is MSGSEND_ + its path: see `msgsend config init`)",
             source=f"environment {name}",
         )

@@ -174,6 +174,15 @@ def _stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True, width=width)
 
 
+def _stderr_may_be_terminal() -> bool:
+    """Whether rich may draw on stderr: a terminal, or the variables that make rich say so.
+
+    Plain progress lines need no console, so a run under cron or with ``--json`` piped away
+    does not import rich (~20 ms of a bulk run's start).
+    """
+    return "TTY_COMPATIBLE" in os.environ or "FORCE_COLOR" in os.environ or sys.stderr.isatty()
+
+
 def _stdout_console() -> Console:
     from rich.console import Console
 
@@ -978,7 +987,11 @@ def _bulk(
     schedule = None
     if sender is not None and isinstance(sender.limiter, RateLimiter):
         schedule = Schedule.of(sender.limiter, options.via.value)
-    progress = BulkProgress(info.total_rows, console=run.console, schedule=schedule)
+    progress = BulkProgress(
+        info.total_rows,
+        console=run.console if _stderr_may_be_terminal() else None,
+        schedule=schedule,
+    )
     restore = _install_interrupt_handlers(stop, run)
     run.events.subscribe(progress.on_event)
     try:

@@ -476,6 +476,55 @@ def test_a_deprecated_key_is_a_warning_not_an_error(tmp_path: Path) -> None:
     assert "failure-rate-threshold" in checked.stderr
 
 
+def test_bulk_waits_for_a_sqlite_store_locked_at_start(
+    sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process (here: another descriptor) holds the store's lock when the run starts:
+    # the rows wait for it within max-outage, as for a Redis down at start, not exit 75.
+    import fcntl
+    import os
+
+    import msgsend.client
+    import msgsend.ratelimit.sqlite as sqlite_store
+
+    store = tmp_path / "rl.sqlite"
+    config = tmp_path / "msgsend.toml"
+    config.write_text(
+        f'[kakaotalk]\nbase-url = "{sandbox.kakaotalk_url}"\n'
+        f'[sms]\nbase-url = "{sandbox.sms_url}"\n'
+        f'[limiter]\nstore = "sqlite"\npath = "{store}"\n',
+        encoding="utf-8",
+    )
+    csv = tmp_path / "in.csv"
+    csv.write_text("phone,message\n010-1234-0001,hi\n010-1234-0002,hi\n", encoding="utf-8")
+    monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 0.05)
+    holder = os.open(str(store) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    original, tries = msgsend.client.build_limiter, []
+
+    def build_limiter(*args: Any, **kwargs: Any) -> Any:
+        tries.append(1)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            if len(tries) == 2:  # the run's first try again failed: let go now
+                fcntl.flock(holder, fcntl.LOCK_UN)
+
+    monkeypatch.setattr(msgsend.client, "build_limiter", build_limiter)
+    try:
+        result = invoke("bulk", str(csv), "--json", "--config", str(config))
+    finally:
+        os.close(holder)
+    assert result.exit_code == 0, result.output
+    assert len(tries) == 3  # locked at start, locked at the first try again, then open
+    document = json.loads(result.stdout)
+    assert (document["sent"], document["failed"]) == (2, 0)
+    assert document["outage_wait_s"] > 0
+    assert "ALERT limiter-store-down" in result.stderr
+    assert "ALERT limiter-store-recovered" in result.stderr
+    assert sorted(r.recipient for r in sandbox.received()) == ["010-1234-0001", "010-1234-0002"]
+
+
 def test_bulk_json_counts_retries_and_fallbacks_one_way(
     sandbox: Any, sandbox_config: Path, tmp_path: Path
 ) -> None:

@@ -489,10 +489,73 @@ def _build_bulk_sender(run: Run, workers: int) -> Sender:
     """
     from .client import build_limiter
 
-    assert run.config is not None
-    limiter = build_limiter(run.config, emit=run.events.emit, wait_for_store=True)
+    config = run.config
+    assert config is not None
+    limiter: Any
+    try:
+        limiter = build_limiter(config, emit=run.events.emit, wait_for_store=True)
+    except LimiterUnavailableError as exc:  # the sqlite store's lock held by another process
+        limiter = _StoreAwaitedLimiter(
+            lambda emit: build_limiter(config, emit=emit), exc, run.events
+        )
     run.closers.append(limiter.close)
     return _build_sender(run, pool_size=workers, limiter=limiter)
+
+
+class _StoreAwaitedLimiter:
+    """The limiter of a bulk run whose store was locked at start: opened at a later acquire.
+
+    Until the store opens, each acquire raises its LimiterUnavailableError (one thread tries
+    to open it at a time; the others get the last error at once), so the rows wait within
+    ``[bulk] max-outage`` as for a Redis that does not answer at start. Its opening is the
+    store's recovery (the store-down event came from the first attempt); the failed
+    attempts emit nothing more, the opened limiter's events go to the run as usual.
+    """
+
+    def __init__(self, build: Any, error: LimiterUnavailableError, events: Events) -> None:
+        self._build = build
+        self._error = error
+        self._events = events
+        self._real: Any = None
+        self._opening = threading.Lock()
+
+    def _limiter(self) -> Any:
+        real = self._real
+        if real is not None:
+            return real
+        if not self._opening.acquire(blocking=False):
+            raise self._error
+        try:
+            if self._real is None:
+                try:
+                    self._real = self._build(self._forward)
+                except LimiterUnavailableError as exc:
+                    self._error = exc
+                    raise
+                except MsgsendError as exc:  # unusable after all: rows wait, never fail untried
+                    self._error = LimiterUnavailableError(str(exc))
+                    raise self._error from exc
+                from .events import LimiterStoreChanged
+
+                self._events.emit(LimiterStoreChanged(self._real.store, False, "answers again"))
+            return self._real
+        finally:
+            self._opening.release()
+
+    def _forward(self, event: Any) -> None:
+        if self._real is not None:
+            self._events.emit(event)
+
+    def acquire(self, providers: str | Sequence[str], timeout: float | None = None) -> Lease:
+        return self._limiter().acquire(providers, timeout)  # type: ignore[no-any-return]
+
+    def note_throttled(self, provider: str, retry_after: float | None) -> None:
+        if self._real is not None:
+            self._real.note_throttled(provider, retry_after)
+
+    def close(self) -> None:
+        if self._real is not None:
+            self._real.close()
 
 
 class _UnavailableLimiter:

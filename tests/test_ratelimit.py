@@ -223,6 +223,8 @@ def test_redis_store_needs_a_url() -> None:
 
 
 def test_unreachable_redis_at_start_is_an_outage_not_a_config_error() -> None:
+    import redis  # noqa: F401  (imported before the clock starts: slow on a loaded machine)
+
     port = _closed_port()
     started = time.monotonic()
     with pytest.raises(LimiterUnavailableError) as caught:

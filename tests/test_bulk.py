@@ -749,3 +749,33 @@ def test_usage_errors(tmp_path: Path) -> None:
         send_bulk(source, None, BulkOptions(dry_run=True, resume=True))
     with pytest.raises(ValueError, match="sender is required"):
         send_bulk(source, None)
+
+
+def test_a_waiting_row_is_tried_again_with_the_providers_that_refused_it(tmp_path: Path) -> None:
+    # Its earlier 5xx answers travel with it, so the breakers do not count them twice.
+    from fakes import FakeClock, FakeSleep
+    from msgsend.bulk import RunClocks
+
+    source = tmp_path / "in.csv"
+    source.write_text("phone,message\n010-1000-0001,hi\n", encoding="utf-8")
+    clock = FakeClock()
+    tries: list[dict[str, object]] = []
+
+    class Sender:
+        def send(self, recipient: str, text: str, **kwargs: object) -> DeliveryResult:
+            tries.append(kwargs)
+            if len(tries) == 1:
+                return DeliveryResult(
+                    recipient, "failed", attempts=3, unavailable=True, refused_by=("kakaotalk",)
+                )
+            return DeliveryResult(recipient, "sent", channel="kakaotalk", attempts=1)
+
+    report = send_bulk(
+        source,
+        Sender(),
+        BulkOptions(concurrency=1),
+        clocks=RunClocks(monotonic=clock, wall=clock, wait=FakeSleep(clock)),
+    )
+    assert report.sent == 1 and len(tries) == 2
+    assert "refused_by" not in tries[0]
+    assert tries[1]["refused_by"] == ("kakaotalk",)

@@ -724,6 +724,24 @@ def test_a_store_lock_held_too_long_is_a_wait_not_a_failure():
 # ---------------------------------------------------------------------- stats
 
 
+def test_a_waiting_messages_earlier_5xx_is_not_counted_again_by_the_breaker():
+    # Bad numbers that opened the circuits at the start of a file wait; re-sent into the
+    # fresh window after the circuit closes, their 5xx must not weigh again (they reopened
+    # it and sent every healthy row by SMS for another reset-timeout).
+    rig = make_rig(breakers=True, window_size=4, minimum_calls=2)
+    first = rig.send(refused_by=("kakaotalk",))
+    assert first.refused_by == ("kakaotalk",)
+    rig.kakao.enqueue(*repeat(server_error), *repeat(server_error))
+    for _ in range(2):
+        result = rig.send(refused_by=("kakaotalk",))
+        assert (result.status, result.channel, result.refused_by) == ("sent", "sms", ("kakaotalk",))
+    kakaotalk = rig.sender.breakers["kakaotalk"]
+    assert kakaotalk.state is CircuitState.CLOSED and kakaotalk.failures == 0
+    rig.kakao.enqueue(*repeat(server_error))
+    assert rig.send().refused_by == ("kakaotalk",)  # a message not seen before: it counts
+    assert kakaotalk.state is CircuitState.OPEN  # 1 of 2 failed
+
+
 def test_fallbacks_are_counted_once_per_settled_message():
     # A message that fell back and then had to wait (both channels paused) is not an outcome
     # yet: the report and the metric count a fallback when a message settles by one, as

@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,6 +101,7 @@ class SupportsSend(Protocol):
         fallback: bool | None = None,
         overflow: bool = False,
         message_id: str | None = None,
+        refused_by: Collection[str] = (),
     ) -> DeliveryResult:
         """Send one message; never raise for provider failures (``overflow`` only when on)."""
         ...
@@ -598,6 +599,10 @@ class _Run:
                     if self.make_ids
                     else None
                 )
+                # A waiting row's earlier 5xx answers are not counted again by the breakers.
+                again: dict[str, Any] = (
+                    {"refused_by": earlier.refused_by} if earlier and earlier.refused_by else {}
+                )
                 if self.overflow and not item.via_cell:
                     result = self.sender.send(
                         item.recipient,
@@ -606,6 +611,7 @@ class _Run:
                         fallback=self.fallback,
                         overflow=True,
                         message_id=message_id,
+                        **again,
                     )
                 else:
                     result = self.sender.send(
@@ -614,6 +620,7 @@ class _Run:
                         via=item.channel,
                         fallback=self.fallback,
                         message_id=message_id,
+                        **again,
                     )
             except InputError as exc:
                 self.record(item, INVALID, error=str(exc))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .alerts import SupportsEmit, alert_listener
@@ -238,6 +238,7 @@ class Sender:
         fallback: bool | None = None,
         overflow: bool = False,
         message_id: str | None = None,
+        refused_by: Collection[str] = (),
     ) -> DeliveryResult:
         """Deliver ``text`` to ``recipient``; return the outcome, never raise for provider errors.
 
@@ -245,7 +246,8 @@ class Sender:
         KakaoTalk's budget has no free slot and SMS's has (``result.overflow``); it waits for
         whichever frees first. ``message_id`` fills a format's ``{message_id}``: every attempt
         and the fallback of this message carry it (default: a fresh id). Raises InputError for
-        a recipient or message that no provider could take.
+        a recipient or message that no provider could take. ``refused_by``: providers that
+        answered an earlier try of this message (before it waited) with a 5xx.
         """
         number = normalize_recipient(recipient)
         use_fallback = self.fallback if fallback is None else fallback
@@ -257,7 +259,9 @@ class Sender:
         if can_fall_back and channel is Channel.KAKAOTALK:
             chain.append(Channel.SMS)
 
-        result = DeliveryResult(recipient=number, status="failed", note=note)
+        result = DeliveryResult(
+            recipient=number, status="failed", note=note, refused_by=tuple(refused_by)
+        )
         masked = mask_recipient(number)
         started = time.perf_counter()
         errors: list[MsgsendError] = []
@@ -293,7 +297,7 @@ class Sender:
                 # and this one refuses too is about the recipient, not this provider: its
                 # window does not count it. (An earlier channel with no success lately may be
                 # down as well.)
-                refused_before = any(
+                refused_before = current.value in refused_by or any(
                     isinstance(e, ServerError) and self._answering(e.provider) for e in errors
                 )
                 try:
@@ -499,6 +503,8 @@ class Sender:
                     if lease is not None:
                         lease.settle()
             except ProviderError as exc:
+                if isinstance(exc, ServerError) and provider_name not in result.refused_by:
+                    result.refused_by = (*result.refused_by, provider_name)
                 self._failed(
                     provider_name,
                     exc,

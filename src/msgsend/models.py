@@ -330,6 +330,9 @@ class DeliveryResult:
     #: sent by SMS because KakaoTalk's budget had no free slot and SMS's had (``fallback``
     #: is set too; results say ``overflow``)
     overflow: bool = False
+    #: providers that answered this message with a 5xx: when a waiting row is tried again,
+    #: their breakers do not count it a second time (it would weigh twice in a fresh window)
+    refused_by: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

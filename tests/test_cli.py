@@ -24,6 +24,22 @@ def invoke(*args: str, input: str | None = None) -> Any:
 # ---------------------------------------------------------------------------- send
 
 
+def test_send_takes_a_message_too_long_for_kakaotalk_by_sms_as_bulk_does(
+    sandbox: Any, sandbox_config: Path
+) -> None:
+    text = "a" * 1001  # over KakaoTalk's 1,000 characters, an LMS of 1,001 bytes
+    result = invoke("send", "010-1234-5678", text, "--config", str(sandbox_config))
+    assert result.exit_code == 0, result.output
+    assert "sent by SMS as LMS" in result.stderr
+    assert [(r.provider, r.message) for r in sandbox.received()] == [("sms", text)]
+    refused = invoke(
+        "send", "010-1234-5678", text, "--no-fallback", "--config", str(sandbox_config)
+    )
+    assert refused.exit_code == 65
+    assert "message too long for KakaoTalk: 1001 characters" in refused.stderr
+    assert len(sandbox.received()) == 1
+
+
 def test_send_delivers_by_kakaotalk(sandbox: Any, sandbox_config: Path) -> None:
     result = invoke("send", "010-1234-5678", "안녕하세요", "--config", str(sandbox_config))
     assert result.exit_code == 0, result.output

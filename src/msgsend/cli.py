@@ -639,10 +639,11 @@ def send(
     with _command("send", common, json_output=json_output) as command:
         channel = _channel(via)
         text = _read_message(message)
-        from .models import normalize_recipient, validate_message
+        from .models import choose_channel, normalize_recipient
 
         normalize_recipient(recipient)
-        validate_message(text, channel)
+        # As bulk does: a message too long for KakaoTalk that SMS can carry goes by SMS.
+        choose_channel(text, channel, fallback=not no_fallback)
         command.start(rows=1)
         with _run(common, command=command, sandbox=sandbox) as run:
             sender = _build_sender(run, pool_size=2)

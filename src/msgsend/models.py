@@ -278,7 +278,7 @@ def choose_channel(text: str, channel: Channel | str, *, fallback: bool) -> tupl
     A message too long for KakaoTalk that SMS can carry goes by SMS (as SMS or LMS) when
     ``fallback`` allows it, with a note saying so; anything else invalid raises InputError::
 
-        >>> choose_channel("가" * 1200, "kakaotalk", fallback=True)[0]
+        >>> choose_channel("a" * 1200, "kakaotalk", fallback=True)[0]
         <Channel.SMS: 'sms'>
     """
     wanted = Channel(channel)

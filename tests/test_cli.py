@@ -87,6 +87,22 @@ def test_send_no_fallback_fails_with_exit_1(sandbox: Any, sandbox_config: Path) 
     assert sandbox.count("sms") == 0
 
 
+def test_send_failure_line_masks_the_numbers_a_provider_quotes() -> None:
+    import io
+
+    from rich.console import Console
+
+    from msgsend.cli import _render_send
+    from msgsend.models import DeliveryResult
+
+    out = io.StringIO()
+    error = "kakaotalk rejected the message (HTTP 400): no such user 010-1234-5678"
+    result = DeliveryResult("010-1234-5678", "failed", attempts=1, error=error)
+    _render_send(Console(file=out, width=200), result, None)
+    assert "5678" in out.getvalue() and "1234" not in out.getvalue()
+    assert "no such user 010-****-5678" in out.getvalue()
+
+
 def test_send_auth_failure_falls_back_without_retry(sandbox: Any, sandbox_config: Path) -> None:
     sandbox.set_status("kakaotalk", 401)
     result = invoke("send", "010-1234-5678", "hi", "--json", "--config", str(sandbox_config))

@@ -720,10 +720,13 @@ def _render_send(console: Console, result: Any, report: dict[str, Any] | None) -
     else:
         from rich.markup import escape
 
-        # The error may quote a provider's answer: never let it be read as rich markup.
+        from .logs import mask_text
+
+        # The error may quote a provider's answer: never let it be read as rich markup, and
+        # mask the numbers it quotes as the log line does.
         console.print(
             f"[red]failed[/red] to send to {mask_recipient(result.recipient)} after "
-            f"{result.attempts} attempt(s): {escape(str(result.error))}"
+            f"{result.attempts} attempt(s): {escape(mask_text(str(result.error)))}"
         )
     if result.note:
         console.print(f"[yellow]note:[/yellow] {result.note}")

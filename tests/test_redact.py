@@ -95,6 +95,11 @@ TEXTS = [
         "c.toml: sms.auth.password: expected a string, got a number (hidden)",
     ),
     ("c.toml: kakaotalk.auth.token: unknown key", "c.toml: kakaotalk.auth.token: unknown key"),
+    (
+        "c.toml: sms.request.headers.Authorization: header 'Authorization' may not be set here",
+        "c.toml: sms.request.headers.Authorization: header 'Authorization' may not be set here",
+    ),
+    ("request failed; Authorization: Bearer x", "request failed; Authorization: ***"),
 ]
 
 

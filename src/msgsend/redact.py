@@ -41,8 +41,9 @@ _SECRET_NAME = re.compile(
 
 _SECRET_PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     # "Authorization: Basic ...", "'Authorization': 'Basic ...'", authorization=...
+    # (not a configuration key's path: "sms.request.headers.Authorization: header ...")
     (
-        re.compile(r"(?i)(\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+"),
+        re.compile(r"(?i)((?<!\.)\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n,}]+"),
         r"\1" + MASK,
     ),
     # a bare "Basic dXNlcjpwYXNz" / "Bearer abc.def" credential anywhere else

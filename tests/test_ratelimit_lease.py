@@ -290,3 +290,29 @@ def test_sqlite_close_writes_the_settles_not_yet_written(tmp_path: Path) -> None
         clock.at(200)
         [second.acquire("p") for _ in range(2)]
         assert wait_now(second) == 0.901  # written at close: counted from the answer
+
+
+def test_sqlite_a_take_far_from_the_limit_takes_slots_for_the_next_acquires(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    first, second = _sqlite_pair(clock, tmp_path / "rl.sqlite", Limit(20, 1.0))
+    with second:
+        with first:
+            clock.at(0)
+            first._slots["p"].spare_demand = 3  # three acquires came since the last take
+            lease = first.acquire("p")  # takes four slots: one now, three for what follows
+            [second.acquire("p") for _ in range(16)]
+            assert wait_now(second) == 1.001  # 4 + 16: the three spares count already
+            clock.at(10)
+            spare = first.acquire("p")  # handed out, no new slot taken
+            assert spare.deadline == pytest.approx(clock() - 0.010 + 10.0)  # from the take
+            assert wait_now(second) == 1.001
+            clock.at(61)  # the two left were not asked for within 50 ms: they go back
+            later = first.acquire("p")
+            assert wait_now(second) == 0  # 4 - 2 + 1 + 16 = 19 of 20 (21 had they stayed)
+            for held in (lease, spare, later):
+                held.cancel()
+            first._slots["p"].spare_demand = 3
+            first.acquire("p").cancel()  # three more taken for acquires that never come...
+        assert wait_now(second) == 0  # ...and given back at close: 16 of 20

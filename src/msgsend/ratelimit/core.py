@@ -218,6 +218,10 @@ class FairLock:
                 return True
         return False
 
+    def waiting(self) -> int:
+        """Return how many threads wait for the lock now."""
+        return len(self._waiters)
+
     def release(self) -> None:
         with self._mutex:
             if self._waiters:
@@ -248,6 +252,11 @@ class Slot:
         self.throttled = 0
         # Mean seconds a lease was held (acquire to settle), for the schedule estimate.
         self.mean_hold = 0.0
+        # Slots a take took for this process's next acquires (token, when taken); deque
+        # operations are atomic, so they are handed out without the turn.
+        self.spares: deque[tuple[Any, float]] = deque()
+        #: spares handed out since the last batch was taken (how many the next may take)
+        self.spare_demand = 0
 
     def record(self, waited: float, delayed: bool) -> None:
         """Count one acquire and, when it had to wait, the wait."""

@@ -40,6 +40,10 @@ _T = TypeVar("_T")
 _PROVIDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 #: how often a waiter for several providers looks again at one whose queue is busy here
 _BUSY_RECHECK = 0.05
+#: most slots one take may take for the threads queued behind it (a store that can: sqlite)
+_BATCH = 8
+#: seconds a slot taken for a queued thread may wait for it before it is given back
+_SPARE_FRESH = 0.05
 
 
 class RateLimiter:
@@ -158,6 +162,12 @@ class RateLimiter:
         queued = slots[0] if len(slots) == 1 else None
         delayed = False
         if queued is not None:
+            if queued.spares and queued.paused_until <= start:
+                # Taken for this process by the last take: no need to queue for the turn
+                # (waking the queued threads one by one costs more than the take).
+                spare = self._spare(queued)
+                if spare is not None:
+                    return self._granted(queued, spare[0], start, False, spare[1])
             # One provider: queue behind this process's other waiters, in arrival order.
             epoch, delayed = queued.sleep_epoch, queued.sleeping
             if not queued.turn.acquire(None if deadline is None else max(0.0, deadline - start)):
@@ -174,7 +184,12 @@ class RateLimiter:
                     try:
                         wait = slot.paused_until - clock()
                         if wait <= 0:
-                            token, wait_ms = self._take(slot)
+                            if queued is not None:
+                                spare = self._spare(slot)
+                                if spare is not None:
+                                    token, taken_at = spare
+                                    return self._granted(slot, token, start, delayed, taken_at)
+                            token, wait_ms = self._take(slot, batch=queued is not None)
                             if token is not None:
                                 return self._granted(slot, token, start, delayed)
                             wait = wait_ms / 1000
@@ -200,9 +215,39 @@ class RateLimiter:
             if queued is not None:
                 queued.turn.release()
 
-    def _take(self, slot: Slot) -> tuple[Any, int]:
+    def _take(self, slot: Slot, batch: bool = False) -> tuple[Any, int]:
         hold_ms = round(self._hold[slot.name] * 1000)
-        return self._in_store(slot.name, lambda: slot.store.take(hold_ms))
+        take_many = getattr(slot.store, "take_many", None)
+        want = 1
+        if batch and take_many is not None:
+            # As many as are queued now, or as were asked for since the last batch.
+            demand = max(slot.turn.waiting(), slot.spare_demand)
+            want = 1 + min(demand, _BATCH - 1)
+        if want == 1 or take_many is None:
+            return self._in_store(slot.name, lambda: slot.store.take(hold_ms))
+        taken_at = self._clock()
+        tokens, wait_ms = self._in_store(slot.name, lambda: take_many(hold_ms, want))
+        if not tokens:
+            return None, wait_ms
+        slot.spare_demand = 0
+        slot.spares.extend((token, taken_at) for token in tokens[1:])
+        return tokens[0], 0
+
+    def _spare(self, slot: Slot) -> tuple[Any, float] | None:
+        """A slot the last take took for this process, if one is fresh; stale ones go back."""
+        while True:
+            try:
+                token, taken_at = slot.spares.popleft()
+            except IndexError:
+                return None
+            if self._clock() - taken_at <= _SPARE_FRESH:
+                slot.spare_demand += 1
+                return token, taken_at
+            slot.spare_demand = 0
+            self._give_back(slot, token)
+
+    def _give_back(self, slot: Slot, token: Any) -> None:
+        self._release(slot, token, None)
 
     def _in_store(self, provider: str, call: Callable[[], _T]) -> _T:
         """Run one store call; a failure is LimiterUnavailableError and a store-down event."""
@@ -237,15 +282,18 @@ class RateLimiter:
             self._down = False
         self._notify(LimiterStoreChanged(self.store, False, "answers again"))
 
-    def _granted(self, slot: Slot, token: Any, start: float, delayed: bool) -> Lease:
+    def _granted(
+        self, slot: Slot, token: Any, start: float, delayed: bool, taken_at: float | None = None
+    ) -> Lease:
         end = self._clock()
         waited = end - start if delayed else 0.0
         slot.record(waited, delayed)
+        # A slot taken for this thread while it queued counts from when it was taken.
         return Lease(
             slot.name,
             waited,
             end,
-            end + self._hold[slot.name],
+            (end if taken_at is None else taken_at) + self._hold[slot.name],
             lambda lease, sent: self._end(slot, token, lease, sent),
         )
 
@@ -255,19 +303,22 @@ class RateLimiter:
         The request has gone (or was never sent): failing now would lose its outcome. An entry
         the store could not settle keeps its slot until the lease's deadline, which is safe.
         """
-        if self._closed:
-            return
+        if not self._closed:
+            self._release(slot, token, lease if sent else None)
+
+    def _release(self, slot: Slot, token: Any, settled: Lease | None) -> None:
+        """Settle the slot of ``settled``, or cancel the slot (None); log a store failure."""
         try:
-            if sent:
+            if settled is not None:
                 self._in_store(slot.name, lambda: slot.store.settle(token))
-                slot.held(self._clock() - lease.acquired_at)
+                slot.held(self._clock() - settled.acquired_at)
             else:
                 self._in_store(slot.name, lambda: slot.store.cancel(token))
         except LimiterUnavailableError as exc:
             log.warning(
                 "%s: could not %s a rate-limit slot (%s); it is released at its deadline",
                 slot.name,
-                "settle" if sent else "cancel",
+                "cancel" if settled is None else "settle",
                 exc,
             )
 
@@ -334,6 +385,9 @@ class RateLimiter:
         """Release the store's connections and files; the limiter cannot be used afterwards."""
         if self._closed:
             return
+        for slot in self._slots.values():
+            while slot.spares:
+                self._give_back(slot, slot.spares.popleft()[0])
         self._closed = True
         self._backend.close()
 

@@ -187,10 +187,18 @@ class _SQLiteSlots:
         self._sql_delete = f"DELETE FROM {table_q} WHERE id = ?"
 
     def take(self, hold_ms: int) -> tuple[int | None, int]:
+        tokens, wait = self.take_many(hold_ms, 1)
+        return (tokens[0] if tokens else None), wait
+
+    def take_many(self, hold_ms: int, want: int) -> tuple[list[int] | None, int]:
+        """Take ``want`` slots in one transaction when the window stays at most half full
+        with them; one otherwise; none (and the wait) when the window is full."""
         policy, conn = self.policy, self.conn
         with self.lock:
             now = self.now_ms()
             pending = self._take_pending()
+            low: int | None = None
+            high: int | None = None
             try:
                 if self.windows:
                     if pending:
@@ -212,20 +220,42 @@ class _SQLiteSlots:
                     conn.commit()
                     self._roomy = False
                     return None, wait
-                cursor = conn.execute(self._sql_insert, (until,))
-                token = cursor.lastrowid
-                cursor.close()
+                if want > 1 and not (
+                    self.windows
+                    and (0 if low is None or high is None else high - low + 1) + want
+                    <= policy.count // 2
+                ):
+                    want = 1
+                if want == 1:
+                    cursor = conn.execute(self._sql_insert, (until,))
+                    tokens = [int(cursor.lastrowid or 0)]
+                    cursor.close()
+                else:
+                    values = ", ".join(["(?, 1)"] * want)
+                    conn.execute(
+                        f'INSERT INTO "{self.table}" (until, held) VALUES {values}', [until] * want
+                    ).close()
+                    # The file lock keeps every other writer out: the rows above the highest
+                    # id before the insert are these.
+                    tokens = [
+                        row_id
+                        for (row_id,) in conn.execute(
+                            f'SELECT id FROM "{self.table}" WHERE id > ? ORDER BY id',
+                            (high or 0,),
+                        )
+                    ]
                 conn.commit()
             except BaseException:
                 conn.rollback()
                 self._restore_pending(pending)
                 raise
-            assert token is not None
-            # The span of ids bounds the rows in the window, this new one included.
-            self._roomy = self.windows and token - (low or token) + 1 <= policy.count // 2
+            token = tokens[-1]
+            assert token and len(tokens) == want
+            # The span of ids bounds the rows in the window, these new ones included.
+            self._roomy = self.windows and token - (low or tokens[0]) + 1 <= policy.count // 2
         with self._pending_lock:
-            self._in_flight += 1
-        return token, 0
+            self._in_flight += want
+        return [int(t) for t in tokens], 0
 
     def _window_wait(self, now: int, low: int | None, high: int | None) -> int:
         policy, conn, table = self.policy, self.conn, self.table

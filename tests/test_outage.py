@@ -140,7 +140,7 @@ def test_pause_is_told_when_it_starts_when_overdue_and_when_it_ends() -> None:
     assert len(shown) == 1 and isinstance(shown[0], RunPaused) and shown[0].kind == "outage"
     # Shown in the host's local time (as the operator's terminal shows it).
     first_until = datetime.fromtimestamp(at("2026-11-30 10:00:20")).astimezone()
-    assert shown[0].describe() == f"waiting: sms circuit open until {first_until:%H:%M:%S}"
+    assert shown[0].describe() == f"waiting until {first_until:%H:%M:%S}: sms circuit open"
     gate_.hold("sms circuit open", 20.0)  # its moment passed: told again, with the new one
     assert len(shown) == 2 and isinstance(shown[1], RunPaused) and shown[1].until is not None
     assert shown[1].until.timestamp() == at("2026-11-30 10:00:40")
@@ -161,7 +161,7 @@ def test_quiet_hours_pause_sending_until_the_window_ends() -> None:
     assert seoul(clock) == datetime(2026, 12, 1, 8, 0, tzinfo=SEOUL)
     assert max(sleep.waits) <= 60  # re-checked every minute
     assert isinstance(shown[0], RunPaused) and shown[0].kind == "quiet-hours"
-    assert shown[0].describe() == "waiting: quiet hours 21:00-08:00 Asia/Seoul until 08:00:00"
+    assert shown[0].describe() == "waiting until 08:00:00: quiet hours 21:00-08:00 Asia/Seoul"
     assert shown[1:] == [RunResumed("quiet-hours", "quiet hours 21:00-08:00 Asia/Seoul")]
     assert gate_.quiet_s == pytest.approx(11 * 3600)
     # Eleven hours of quiet do not count as an outage: the run still has its 300 s.

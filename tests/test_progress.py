@@ -107,10 +107,10 @@ def test_eta_while_paused_is_the_pause_then_the_schedule_never_zero() -> None:
     progress.on_event(RunPaused("quiet-hours", "quiet hours 21:00-08:00 Asia/Seoul", until))
     # 9 h of quiet hours, then 240 rows at 100 a minute: two more windows.
     assert progress.eta(clock.now, progress.rate(clock.now)) == pytest.approx(9 * 3600 + 120)
-    assert "ETA 9h02m  waiting: quiet hours" in progress.status_text()
+    assert f"ETA 9h02m  waiting until {until:%H:%M:%S}: quiet hours" in progress.status_text()
     progress.on_event(RunPaused("outage", "sms circuit is open", until))
     assert progress.eta(clock.now, 0.0) is None  # an outage: nobody knows when it ends
-    assert "ETA -  waiting: sms circuit is open" in progress.status_text()
+    assert f"ETA -  waiting until {until:%H:%M:%S}: sms circuit is open" in progress.status_text()
     progress.on_event(RunResumed("outage", "delivered"))
     assert progress.eta(clock.now, 0.0) == pytest.approx(120.0)
 

@@ -207,10 +207,14 @@ class RunPaused(Event):
     until: datetime | None = None
 
     def describe(self) -> str:
-        """Return the progress line's words: ``waiting: REASON until 08:00:00``."""
+        """Return the progress line's words: ``waiting until 08:00:00: REASON``.
+
+        The time comes first: a reason may say "until" itself (a limiter store that is down:
+        "nothing is sent until it answers"), and a narrow line cuts the reason's end, not it.
+        """
         if self.until is None:
             return f"waiting: {self.reason}"
-        return f"waiting: {self.reason} until {self.until:%H:%M:%S}"
+        return f"waiting until {self.until:%H:%M:%S}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,59 @@ def test_quiet_hours_pause_sending_until_the_window_ends() -> None:
     assert gate_.hold("kakaotalk circuit open", 30.0) and not stops
 
 
+class TimedProvider(FakeProvider):
+    """A FakeProvider that notes the (fake) time of each request."""
+
+    def __init__(self, name: str, clock: FakeClock) -> None:
+        super().__init__(name)
+        self.clock = clock
+        self.times: list[datetime] = []
+
+    def send(self, recipient: str, text: str, *, message_id: str | None = None) -> object:
+        self.times.append(seoul(self.clock))
+        return super().send(recipient, text, message_id=message_id)
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_quiet_hours_are_checked_before_each_attempt_retries_too(
+    tmp_path: Path, stopped: bool
+) -> None:
+    """A message begun at 20:59:59 whose retry falls after 21:00 waits for 08:00 to retry."""
+    clock = FakeClock(at("2026-11-30 20:59") + 59)
+    stop = threading.Event()
+    sleep = FakeSleep(clock)
+
+    def run_wait(seconds: float) -> None:  # the quiet-hours pause; Ctrl-C arrives during it
+        sleep(seconds)
+        if stopped:
+            stop.set()
+
+    kakaotalk = TimedProvider("kakaotalk", clock).enqueue(server_error(status_code=503))
+    sms = TimedProvider("sms", clock)
+    sender = Sender(
+        {"kakaotalk": kakaotalk, "sms": sms},  # type: ignore[dict-item]
+        retry=RetryPolicy(total=3, backoff_factor=2.0),
+        sleep=FakeSleep(clock),  # the retry's 2 s: from 20:59:59 to 21:00:01
+    )
+    source = write_rows(tmp_path / "in.csv", 1)
+    report = send_bulk(
+        source,
+        sender,
+        BulkOptions(concurrency=1, quiet_hours=QuietHours.parse("21:00-08:00", "Asia/Seoul")),
+        stop=stop,
+        clocks=RunClocks(monotonic=clock, wall=clock, wait=run_wait),
+    )
+    assert kakaotalk.times[0] == datetime(2026, 11, 30, 20, 59, 59, tzinfo=SEOUL)
+    assert sms.times == []
+    if stopped:  # nothing more went out; the row is left for --resume, not failed
+        assert kakaotalk.times[1:] == [] and report.interrupted
+        assert recorded(report.results_path) == {}
+    else:
+        assert kakaotalk.times[1:] == [datetime(2026, 12, 1, 8, 0, tzinfo=SEOUL)]
+        assert recorded(report.results_path)[1]["status"] == "sent"
+        assert report.quiet_s == pytest.approx(11 * 3600 - 1)
+
+
 def test_ignoring_quiet_hours_is_no_window() -> None:
     clock = FakeClock(at("2026-11-30 23:00"))
     gate_, sleep, _ = gate(clock, quiet_hours=None)
@@ -363,6 +416,7 @@ class ScriptedSender:
         via: Channel = Channel.KAKAOTALK,
         fallback: bool | None = None,
         message_id: str | None = None,
+        before_attempt: Callable[[], bool] | None = None,
     ) -> DeliveryResult:
         with self.lock:
             self.calls.append(recipient)

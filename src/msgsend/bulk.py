@@ -603,6 +603,9 @@ class _Run:
                 again: dict[str, Any] = (
                     {"refused_by": earlier.refused_by} if earlier and earlier.refused_by else {}
                 )
+                if self.gate.quiet_hours is not None:
+                    # Quiet hours are checked before each attempt, retries and fallback too.
+                    again["before_attempt"] = self.gate.before_send
                 if self.overflow and not item.via_cell:
                     result = self.sender.send(
                         item.recipient,

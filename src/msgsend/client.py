@@ -40,6 +40,7 @@ from .errors import (
     ProviderDisabledError,
     ProviderError,
     ProviderPausedError,
+    ProviderUnavailableError,
     RateLimitedError,
     ServerError,
 )
@@ -239,6 +240,7 @@ class Sender:
         overflow: bool = False,
         message_id: str | None = None,
         refused_by: Collection[str] = (),
+        before_attempt: Callable[[], bool] | None = None,
     ) -> DeliveryResult:
         """Deliver ``text`` to ``recipient``; return the outcome, never raise for provider errors.
 
@@ -248,6 +250,9 @@ class Sender:
         and the fallback of this message carry it (default: a fresh id). Raises InputError for
         a recipient or message that no provider could take. ``refused_by``: providers that
         answered an earlier try of this message (before it waited) with a 5xx.
+        ``before_attempt`` is asked before every attempt after the first (a retry, the
+        fallback): a bulk run's quiet hours block it until they end, and when it answers False
+        (the run is stopping) the message is left as waiting, nothing more sent.
         """
         number = normalize_recipient(recipient)
         use_fallback = self.fallback if fallback is None else fallback
@@ -309,6 +314,7 @@ class Sender:
                         message_id,
                         lease if index == 0 else None,
                         refused_before=refused_before,
+                        before_attempt=before_attempt,
                     )
                 except MsgsendError as exc:
                     errors.append(exc)
@@ -454,6 +460,7 @@ class Sender:
         lease: Lease | None = None,
         *,
         refused_before: bool = False,
+        before_attempt: Callable[[], bool] | None = None,
     ) -> None:
         """Send on one provider with retries; raise the last error if it never succeeds.
 
@@ -466,6 +473,10 @@ class Sender:
         taken = [lease] if lease is not None else []
 
         def attempt() -> None:
+            if before_attempt is not None and result.attempts and not before_attempt():
+                raise ProviderUnavailableError(
+                    "the run is stopping: the message waits for --resume", provider=provider_name
+                )
             if breaker is not None:
                 try:
                     breaker.before_request(message=result)

@@ -542,6 +542,7 @@ PROBE_TABLE = [
     (404, HealthFormat(), "down", "check [sms] base-url"),
     (200, HealthFormat("GET", "/health", "none", (200,)), "up", "HTTP 200"),
     (400, HealthFormat("GET", "/health", "none", (200,)), "down", "(healthy: 200)"),
+    (200, HealthFormat("GET", "/health", "none", (204,)), "down", "HTTP 200 (healthy: 204)"),
     (404, HealthFormat("GET", "/health", "none", (200,)), "down",
      "HTTP 404 at http://sms.test/health: check [sms.health] path or [sms] base-url"),
     (401, HealthFormat("GET", "/health", "none", (200,)), "auth-failed", "[sms.auth]"),

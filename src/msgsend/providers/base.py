@@ -236,7 +236,11 @@ class Provider(ABC):
                 where = f"[{self.name}.health] path or {where}"
             detail = f"HTTP 404 at {self.health_url}: check {where}"
             return ProviderHealth(self.name, HealthStatus.DOWN, latency, detail, code)
-        detail = f"{error} (healthy: {self.health.describe_healthy()})"
+        healthy = self.health.describe_healthy()
+        # A 2xx that is not a healthy answer is no refusal of a message: say only what came.
+        detail = (
+            f"HTTP {code} (healthy: {healthy})" if code < 300 else f"{error} (healthy: {healthy})"
+        )
         return ProviderHealth(self.name, HealthStatus.DOWN, latency, detail, code)
 
     def close(self) -> None:

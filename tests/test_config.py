@@ -286,6 +286,20 @@ def test_fractional_per_second_is_refused_pointing_at_per_minute(tmp_path, rate)
     assert "requests-per-minute" in str(info.value)
 
 
+@pytest.mark.parametrize(("written", "count"), [("1e3", 1000), ("20.0", 20), ("1_000", 1000)])
+def test_a_whole_number_written_as_a_float_is_that_number(tmp_path, written, count):
+    path = write(tmp_path / "c.toml", f"[sms.rate-limit]\nrequests-per-second = {written}\n")
+    assert load_config(path).sms.rate_limit == RateLimitConfig(count=count, period=1.0)
+
+
+def test_a_whole_float_out_of_bounds_is_told_the_bounds(tmp_path, monkeypatch):
+    path = write(tmp_path / "c.toml", "[sms.rate-limit]\nrequests-per-second = 1e7\n")
+    with pytest.raises(ConfigError, match="expected a whole number from 1 to 1000000"):
+        load_config(path)
+    monkeypatch.setenv("MSGSEND_RETRY_MAX_ATTEMPTS", "4.0")
+    assert load_config().retry.max_attempts == 4
+
+
 def test_env_per_minute_replaces_file_per_second(tmp_path, monkeypatch):
     path = write(tmp_path / "c.toml", "[sms.rate-limit]\nrequests-per-second = 2\n")
     monkeypatch.setenv("MSGSEND_SMS_RATE_LIMIT_REQUESTS_PER_MINUTE", "60")
@@ -654,7 +668,11 @@ ENV_BOUNDS_TABLE = [
     ("MSGSEND_SMS_TIMEOUT", "inf", "expected a number"),
     ("MSGSEND_KAKAOTALK_THROTTLE_STATUSES", "429", "a list of whole numbers"),
     ("MSGSEND_KAKAOTALK_THROTTLE_STATUSES", "[429,", "expected JSON"),
-    ("MSGSEND_KAKAOTALK_THROTTLE_STATUSES", "[1e3]", "a list of whole numbers"),
+    (
+        "MSGSEND_KAKAOTALK_THROTTLE_STATUSES",
+        "[1e3]",
+        "each item to be a whole number from 400 to 599",
+    ),
     ("MSGSEND_ALERTS_APPRISE_URLS", "tgram://x/y", "expected JSON"),
     ("MSGSEND_BULK_QUIET_HOURS", "21-8", "HH:MM-HH:MM"),
 ]

@@ -728,21 +728,34 @@ def _from_json(key: str, raw: Any, source: str) -> Any:
 
 
 def _coerce_number(spec: _Key, raw: Any, from_env: bool) -> float | int | None:
-    """Return ``raw`` as an int/float of ``spec``'s kind, or None when it is not one."""
+    """Return ``raw`` as an int/float of ``spec``'s kind, or None when it is not one.
+
+    A whole-number key takes a float that is whole (TOML ``1e3``, ``1000.0``) as that int, so
+    that its bounds, not its type, answer ``1e7``; ``2.5`` stays refused.
+    """
     whole = spec.kind in ("int", "ints")
+    value: float | int
     if from_env and isinstance(raw, str):
+        text = raw.strip()
         try:
-            value: float | int = int(raw.strip()) if whole else float(raw.strip())
+            value = int(text)
         except ValueError:
-            return None
-    elif isinstance(raw, bool) or not isinstance(raw, int if whole else int | float):
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+    elif isinstance(raw, bool) or not isinstance(raw, int | float):
         return None
     else:
         value = raw
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if not whole:
-        if not math.isfinite(value):
+        return float(value)
+    if isinstance(value, float):
+        if not value.is_integer():
             return None
-        value = float(value)
+        value = int(value)
     return value
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from msgsend.ratelimit import STORES, Limit, LimiterTimeout, LimiterUnavailableError, RateLimiter
+from msgsend.ratelimit.sqlite import FileLock
 from test_ratelimit import (  # noqa: F401 - fixtures
     FakeClock,
     _state_home,
@@ -316,3 +317,49 @@ def test_sqlite_a_take_far_from_the_limit_takes_slots_for_the_next_acquires(
             first._slots["p"].spare_demand = 3
             first.acquire("p").cancel()  # three more taken for acquires that never come...
         assert wait_now(second) == 0  # ...and given back at close: 16 of 20
+
+
+def test_sqlite_a_deferred_settle_is_written_when_the_last_lease_in_flight_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    first, second = _sqlite_pair(clock, tmp_path / "rl.sqlite", Limit(4, 1.0))
+    with first, second:
+        clock.at(0)
+        answered, unused = first.acquire("p"), first.acquire("p")  # half full
+        clock.at(100)
+        answered.settle()  # another lease is in flight: waits for the next take
+        unused.cancel()  # the last lease in flight: no take follows, so it is written now
+        clock.at(200)
+        taken = [second.acquire("p") for _ in range(3)]  # the window is full now
+        assert wait_now(second) == 0.901  # counted from the answer at 100 ms, not held
+        for lease in taken:
+            lease.settle()
+
+
+def test_sqlite_a_settle_whose_lock_is_busy_is_written_by_the_next_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    first, second = _sqlite_pair(clock, tmp_path / "rl.sqlite", Limit(4, 1.0))
+    with first, second:
+        clock.at(0)
+        lease = first.acquire("p")
+        busy = first._backend.lock
+        real_enter = FileLock.__enter__
+
+        def enter(lock: FileLock) -> FileLock:
+            if lock is busy:
+                raise LimiterUnavailableError("[limiter] locked by another process")
+            return real_enter(lock)
+
+        monkeypatch.setattr(FileLock, "__enter__", enter)
+        clock.at(100)
+        lease.settle()  # logged: the lock stayed busy
+        monkeypatch.setattr(FileLock, "__enter__", real_enter)
+        first.acquire("p", timeout=0).cancel()  # this transaction writes the settle
+        clock.at(200)
+        taken = [second.acquire("p") for _ in range(3)]
+        assert wait_now(second) == 0.901  # counted from the answer at 100 ms, not held
+        for held in taken:
+            held.settle()

@@ -289,22 +289,24 @@ class _SQLiteSlots:
             # SETTLE_DEFER_MS: other processes then see the slot held a little longer, which
             # never admits anything sooner, and near a full window every settle is written
             # at once, so their wait estimates stay exact.
-            if (
+            defer = (
                 self._roomy
                 and self._in_flight > 0
                 and (not self._pending or now - self._pending_since < SETTLE_DEFER_MS)
-            ):
-                if not self._pending:
-                    self._pending_since = now
-                self._pending.append(entry)
-                return
-        self.flush([entry])
+            )
+            # Pending before it is written: a lock that stays busy, as a failed transaction,
+            # leaves it for the next transaction of this process.
+            if not self._pending:
+                self._pending_since = now
+            self._pending.append(entry)
+        if not defer:
+            self.flush()
 
-    def flush(self, extra: list[tuple[int, int]] | None = None) -> None:
-        """Write the settles not yet written (and ``extra``) in one transaction."""
+    def flush(self) -> None:
+        """Write the settles not yet written in one transaction."""
         conn = self.conn
         with self.lock:
-            pending = self._take_pending() + (extra or [])
+            pending = self._take_pending()
             if not pending:
                 return
             try:
@@ -346,14 +348,21 @@ class _SQLiteSlots:
                 raise
 
     def cancel(self, token: int) -> None:
+        conn = self.conn
         with self._pending_lock:
             self._in_flight -= 1
         with self.lock:
+            # Settles waiting for a take go in this transaction: when this lease was the last
+            # one in flight, or a slot taken for a queued acquire goes back, no take may follow.
+            pending = self._take_pending()
             try:
-                self.conn.execute(self._sql_delete, (token,)).close()
-                self.conn.commit()
+                if pending:
+                    conn.executemany(self._sql_settle, pending).close()
+                conn.execute(self._sql_delete, (token,)).close()
+                conn.commit()
             except BaseException:
-                self.conn.rollback()
+                conn.rollback()
+                self._restore_pending(pending)
                 raise
 
     def _tat(self) -> int:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from msgsend.ratelimit import STORES, Limit, LimiterTimeout, LimiterUnavailableError, RateLimiter
+from msgsend.ratelimit import (
+    STORES,
+    Limit,
+    LimiterError,
+    LimiterTimeout,
+    LimiterUnavailableError,
+    RateLimiter,
+)
 from msgsend.ratelimit.sqlite import FileLock
 from test_ratelimit import (  # noqa: F401 - fixtures
     FakeClock,
@@ -363,3 +371,44 @@ def test_sqlite_a_settle_whose_lock_is_busy_is_written_by_the_next_transaction(
         assert wait_now(second) == 0.901  # counted from the answer at 100 ms, not held
         for held in taken:
             held.settle()
+
+
+def test_sqlite_close_waits_for_a_thread_inside_the_store_and_its_next_call_reads_closed(
+    tmp_path: Path,
+) -> None:
+    # An interrupted bulk run closes the limiter without joining its workers: closing the
+    # connection under a statement crashed the interpreter, and a worker's next take read
+    # as a store outage (or an AttributeError from the closed lock).
+    events: list[Any] = []
+    clock = FakeClock()
+    limiter = RateLimiter(
+        {"p": Limit(10, 1.0)}, path=tmp_path / "rl.sqlite", clock=clock, emit=events.append
+    )
+    slot = limiter._slots["p"]
+    store = slot.store
+    inside, leave = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        with store.lock:
+            inside.set()
+            leave.wait(10)
+            try:
+                store.conn.execute("SELECT count(*) FROM slots_p").fetchone()
+            except BaseException as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert inside.wait(10)
+    closer = threading.Thread(target=limiter.close)
+    closer.start()
+    closer.join(0.05)
+    assert closer.is_alive()  # waits for the statement in progress
+    leave.set()
+    thread.join(10)
+    closer.join(10)
+    assert not closer.is_alive() and failures == []
+    with pytest.raises(LimiterError, match="the rate limiter is closed"):
+        limiter._take(slot)  # a worker that was waiting for its turn
+    assert events == []  # not a store outage

@@ -257,6 +257,8 @@ class RateLimiter:
             self._store_down(exc)
             raise
         except self._backend.errors as exc:
+            if self._closed:  # closed by another thread meanwhile: not an outage
+                raise LimiterError("the rate limiter is closed") from exc
             error = LimiterUnavailableError(
                 f"[limiter] store {self.store}: {provider}: {reason(exc)}; "
                 "nothing is sent until it answers",
@@ -314,7 +316,7 @@ class RateLimiter:
                 slot.held(self._clock() - settled.acquired_at)
             else:
                 self._in_store(slot.name, lambda: slot.store.cancel(token))
-        except LimiterUnavailableError as exc:
+        except (LimiterUnavailableError, LimiterError) as exc:
             log.warning(
                 "%s: could not %s a rate-limit slot (%s); it is released at its deadline",
                 slot.name,

@@ -9,11 +9,12 @@ lock file, so a process that waits for the lock longer than :data:`LOCK_WAIT` na
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +132,15 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error, OSError, LimiterUnavailableError):
                 slots.flush()
         self.slots = []
-        if self.conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.close()
-            self.conn = None
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
+        conn, lock = self.conn, self.lock
+        self.conn = self.lock = None
+        # Under the lock's thread lock: a thread of this process still inside a statement
+        # (a worker the caller did not wait for) finishes it first; closing a connection in
+        # use crashes the interpreter. Its next call finds the lock closed (an OSError).
+        with lock.closing() if lock is not None else contextlib.nullcontext():
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
 
 
 class _SQLiteSlots:
@@ -411,6 +414,7 @@ class FileLock:
         self.wait = wait
         self._thread_lock = threading.RLock()
         self._depth = 0
+        self._closed = False
         self._fd: int | None = None
         self._fcntl: Any = None
         self._fallback: Any = None
@@ -429,6 +433,8 @@ class FileLock:
         if not self._thread_lock.acquire(timeout=self.wait):
             raise self._busy("another thread of this process")
         try:
+            if self._closed:
+                raise OSError(errno.EBADF, "the store is closed")
             if self._depth == 0:
                 self._lock_file()
         except BaseException:
@@ -482,8 +488,18 @@ class FileLock:
             holder=holder,
         )
 
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[None]:
+        """Wait for the threads inside the lock, run the body, then close the lock for good."""
+        with self._thread_lock:
+            try:
+                yield
+            finally:
+                self.close()
+
     def close(self) -> None:
         with self._thread_lock:
+            self._closed = True
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

@@ -412,3 +412,38 @@ def test_sqlite_close_waits_for_a_thread_inside_the_store_and_its_next_call_read
     with pytest.raises(LimiterError, match="the rate limiter is closed"):
         limiter._take(slot)  # a worker that was waiting for its turn
     assert events == []  # not a store outage
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_process_with_a_shorter_hold_counts_the_slots_another_one_holds_longer(
+    store: str, tmp_path: Path, request: Any
+) -> None:
+    # Two configurations with different provider timeouts share the store: the held slots
+    # of the one with the longer hold lay beyond the other's bound for a clock gone back,
+    # which reset the window and admitted a second full window's worth.
+    clock = FakeClock()
+    options = store_options(store, tmp_path, request)
+    limiters = [
+        RateLimiter(
+            {"p": Limit(4, 1.0)},
+            store=store,
+            clock=clock,
+            sleep=clock.sleep,
+            guard=0,
+            hold=hold,
+            **options,
+        )
+        for hold in (22.0, 12.0)
+    ]
+    longer, shorter = limiters
+    try:
+        clock.at(0)
+        in_flight = [longer.acquire("p") for _ in range(4)]
+        clock.at(100)
+        with pytest.raises(LimiterTimeout):
+            shorter.acquire("p", timeout=0)
+        for lease in in_flight:
+            lease.settle()
+    finally:
+        for limiter in limiters:
+            limiter.close()

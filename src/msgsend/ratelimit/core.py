@@ -32,6 +32,10 @@ DEFAULT_STRATEGY = "sliding-window"
 DEFAULT_STORE = "sqlite"
 #: seconds a lease that is never settled (its process died) keeps its slot
 DEFAULT_HOLD = 60.0
+#: milliseconds: the longest hold another process sharing a store may give its leases (two
+#: provider timeouts at config's 300 s bound, plus the client's 2 s margin). A held slot up to
+#: this far ahead is another process's, not a sign that the clock went back.
+SHARED_HOLD_MS = 602_000
 
 #: (strategy, store) pairs that cannot be run correctly, and why. Every pair is implemented,
 #: so nothing is refused today; a pair added here is refused by ``check_limiter_settings``.
@@ -155,8 +159,12 @@ class Policy:
         return max(tat_us, at_ms * 1000) + self.emission_us
 
     def future_bound(self, now_ms: int, hold_ms: int) -> int:
-        """No honest entry or TAT lies beyond this; one that does means the clock went back."""
-        span = self.period_ms + self.guard_ms + hold_ms + 1000
+        """No honest entry or TAT lies beyond this; one that does means the clock went back.
+
+        Another process may hold its slots longer than ``hold_ms`` (its provider timeouts
+        differ): its held slots, ``SHARED_HOLD_MS`` ahead at most, are no reason to reset.
+        """
+        span = self.period_ms + self.guard_ms + max(hold_ms, SHARED_HOLD_MS) + 1000
         return now_ms + 2 * span if self.strategy == "token-bucket" else now_ms + span
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from msgsend.errors import LimiterError, LimiterUnavailableError
 from msgsend.redact import redact_url
 
-from .core import Limit, Policy, ProviderStore, clock_went_back
+from .core import SHARED_HOLD_MS, Limit, Policy, ProviderStore, clock_went_back
 
 __all__ = ["REDIS_KEY_PREFIX", "REDIS_TIMEOUT", "RedisStore"]
 
@@ -55,7 +55,9 @@ _WINDOW_TAKE = (
     + """
 local hold, member = tonumber(ARGV[7]), ARGV[8]
 local reset = 0
-local bound = now + period + guard + hold + 1000
+local bound = now + period + guard + math.max(hold, """
+    + str(SHARED_HOLD_MS)
+    + """) + 1000
 for _, key in ipairs(KEYS) do
   local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if newest[2] and tonumber(newest[2]) > bound then reset = 1 end

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from msgsend.cli import app
+from redis_server import free_port
 
 runner = CliRunner()
 
@@ -295,12 +296,9 @@ def test_unknown_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> N
 def test_unreachable_redis_is_an_outage_not_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import socket
     import time
 
-    with socket.socket() as probe:  # a free port with nothing listening on it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("MSGSEND_LIMITER_STORE", "redis")
     monkeypatch.setenv("MSGSEND_LIMITER_REDIS_URL", f"redis://127.0.0.1:{port}/0")
     started = time.monotonic()
@@ -315,11 +313,7 @@ def test_ping_with_the_limiter_store_down_answers_degraded_without_probing(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Monitoring reads ping's 0/1/2: a store down is degraded health, never 75 or a probe."""
-    import socket
-
-    with socket.socket() as probe:  # a free port with nothing listening on it
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("MSGSEND_LIMITER_STORE", "redis")
     monkeypatch.setenv("MSGSEND_LIMITER_REDIS_URL", f"redis://127.0.0.1:{port}/0")
     metrics = tmp_path / "ping.prom"

@@ -40,7 +40,7 @@ from msgsend.ratelimit import (
     default_guard,
     default_state_path,
 )
-from redis_server import RedisServer, start_or_skip
+from redis_server import RedisServer, free_port, start_or_skip
 
 #: server-side timestamps may sit this much closer together than the limiter meant (clock
 #: resolution and the scheduling jitter between a granted slot and the request arriving)
@@ -225,7 +225,7 @@ def test_redis_store_needs_a_url() -> None:
 def test_unreachable_redis_at_start_is_an_outage_not_a_config_error() -> None:
     import redis  # noqa: F401  (imported before the clock starts: slow on a loaded machine)
 
-    port = _closed_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(LimiterUnavailableError) as caught:
         RateLimiter({"p": RATE}, store="redis", redis_url=f"redis://:secret@127.0.0.1:{port}/0")
@@ -804,13 +804,6 @@ def test_real_time_sends_never_outpace_the_strategy(
 
 
 # --- small things ----------------------------------------------------------------------------
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_fair_lock_serves_threads_in_arrival_order() -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gc
+import itertools
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from msgsend.logs import reset_logging
 
 # Bytecode caches are written even where PYTHONDONTWRITEBYTECODE is set (as on the machines this
 # project is tested on): without them each of the four xdist workers compiles msgsend and
@@ -18,19 +23,52 @@ import pytest
 sys.dont_write_bytecode = False
 
 
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def _test_dirs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This test process's folder for the per-test folders below (pytest's basetemp)."""
+    return tmp_path_factory.getbasetemp()
+
+
+def _new_dir(parent: Path, name: str) -> Path:
+    # pytest's own numbering (TempPathFactory.mktemp) lists the whole folder to find the next
+    # number, for every test: with ~1,000 folders per test process that was a millisecond a test.
+    path = parent / f"{_UNSAFE.sub('_', name)[:30]}-{next(_numbers)}"
+    path.mkdir()
+    return path
+
+
+_UNSAFE = re.compile(r"\W")
+
+
+@pytest.fixture
+def tmp_path(request: pytest.FixtureRequest, _test_dirs: Path) -> Path:
+    """A new empty folder for this test (pytest's ``tmp_path``, numbered without a listing)."""
+    return _new_dir(_test_dirs, request.node.name)
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """Drop MSGSEND_* variables and point XDG config/state dirs at a private folder."""
+def _isolated_environment(_test_dirs: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Drop MSGSEND_* variables, point XDG config/state dirs at a private folder and run there.
+
+    No colour is forced from outside; the log handlers a run installed are closed afterwards.
+    """
     for name in list(os.environ):
-        if name.startswith("MSGSEND_"):
+        if name.startswith("MSGSEND_") or name in _COLOUR_VARIABLES:
             monkeypatch.delenv(name, raising=False)
-    home = tmp_path_factory.mktemp("home")
+    home = _new_dir(_test_dirs, "home")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
     monkeypatch.chdir(home)
     yield
+    reset_logging()
+
+
+_COLOUR_VARIABLES = frozenset(
+    ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE")
+)
 
 
 @pytest.fixture
@@ -84,17 +122,6 @@ def quick_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(msgsend.outage, "UNKNOWN_HOLD", 0.1)
 
 
-@pytest.fixture(autouse=True)
-def _plain_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No colour forced from outside; close the log handlers a run installed."""
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CLICOLOR_FORCE"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-    from msgsend.logs import reset_logging
-
-    reset_logging()
-
-
 @pytest.fixture
 def permissive_umask() -> Iterator[None]:
     """Run with umask 000, so that a file's mode is exactly what msgsend asked for."""
@@ -125,3 +152,10 @@ def _cli_built_once() -> Iterator[None]:
     typer.testing._get_command = get_command
     yield
     typer.testing._get_command = original
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move what collection built (~1,800 test items and their fixtures) out of the collector's
+    sight: they live until the end anyway, and each full collection would walk them again."""
+    gc.collect()
+    gc.freeze()

@@ -192,11 +192,11 @@ def test_kakaotalk_outage_costs_a_handful_of_requests(sandbox: Any, tmp_path: Pa
     messages in flight go through their retry (the default 1 s wait); the next ones open it,
     and the open circuit ends the retry waits of the others in flight.
     """
-    n, concurrency, attempts = 120, 8, 2
+    n, concurrency, attempts = 60, 8, 2
     source = numbered(tmp_path / "in.csv", n)
     # The default first retry wait (1 s), long beside anything else a message does here, so
     # that a message that sat it out stands apart even on a loaded machine. Without the
-    # breaker this run takes 15 s; two attempts, not three, spare the first eight a 2 s wait.
+    # breaker this run takes 8 s; two attempts, not three, spare the first eight a 2 s wait.
     config = write_config(
         tmp_path / "msgsend.toml", sandbox, fast_retries=False, max_attempts=attempts
     )
@@ -219,7 +219,7 @@ def test_kakaotalk_outage_costs_a_handful_of_requests(sandbox: Any, tmp_path: Pa
         ("sent", "sms", "true")
     }
     assert "provider-down" in result.stderr
-    assert elapsed < 10
+    assert elapsed < 6
     # only the first messages in flight sat out their retry waits: the open circuit ended
     # the waits of the others
     assert sum(float(x["latency_ms"]) > 1000 for x in results) <= concurrency
@@ -229,7 +229,7 @@ def test_kakaotalk_outage_costs_a_handful_of_requests(sandbox: Any, tmp_path: Pa
 
 
 def test_kakaotalk_stopped_mid_run_and_the_numbers_agree(tmp_path: Path) -> None:
-    n = 100
+    n = 60
     rows = [(phone(i), f"안내 {i}") for i in range(1, n + 1)]
     rows += [("02-123-4567", "유선"), rows[0]]  # one invalid row, one duplicate
     source = write_csv(tmp_path / "in.csv", rows)
@@ -238,7 +238,7 @@ def test_kakaotalk_stopped_mid_run_and_the_numbers_agree(tmp_path: Path) -> None
     with slow_sandbox(10) as sandbox:
         config = write_config(tmp_path / "msgsend.toml", sandbox)
         stopper = Background(
-            lambda: sandbox.count("kakaotalk", status=200) >= 25,
+            lambda: sandbox.count("kakaotalk", status=200) >= 20,
             lambda: sandbox.stop("kakaotalk"),
         )
         with stopper:
@@ -257,7 +257,7 @@ def test_kakaotalk_stopped_mid_run_and_the_numbers_agree(tmp_path: Path) -> None
     sent = [x for x in results if x["status"] == "sent"]
     assert len(sent) == n  # the run went on by SMS
     by_channel = collections.Counter(x["channel"] for x in sent)
-    assert by_channel["kakaotalk"] >= 25 and by_channel["sms"] >= 1
+    assert by_channel["kakaotalk"] >= 20 and by_channel["sms"] >= 1
     assert by_channel["sms"] == sum(1 for x in sent if x["fallback"] == "true")
 
     # --json agrees with the results file
@@ -300,15 +300,15 @@ def test_kakaotalk_stopped_mid_run_and_the_numbers_agree(tmp_path: Path) -> None
 
 
 def test_provider_recovered_after_the_reset_timeout(tmp_path: Path) -> None:
-    # 120 rows x 20 ms / 4 workers: at least 0.6 s, three reset timeouts of 0.2 s (the run
+    # 80 rows x 20 ms / 4 workers: at least 0.4 s, four reset timeouts of 0.1 s (the run
     # goes on well after the trial; a loaded machine only makes it longer).
-    n = 120
+    n = 80
     source = numbered(tmp_path / "in.csv", n)
     with slow_sandbox(20) as sandbox:
         # Threshold 1: the first 503 opens the circuit for sure, even if KakaoTalk is back
         # before the other requests in flight are answered.
         config = write_config(
-            tmp_path / "msgsend.toml", sandbox, failures_to_open=1, reset_timeout=0.2
+            tmp_path / "msgsend.toml", sandbox, failures_to_open=1, reset_timeout=0.1
         )
         sandbox.set_down("kakaotalk")
         healer = Background(
@@ -330,9 +330,9 @@ def test_provider_recovered_after_the_reset_timeout(tmp_path: Path) -> None:
     assert delivered_at and max(failed_at) < min(delivered_at)
     results = read_results(tmp_path / "in.results.csv")
     by_channel = collections.Counter(x["channel"] for x in results if x["status"] == "sent")
-    assert by_channel["sms"] >= 1 and by_channel["kakaotalk"] >= 50
+    assert by_channel["sms"] >= 1 and by_channel["kakaotalk"] >= 30
     assert by_channel["kakaotalk"] == len(delivered_at)
-    last = sorted(results, key=lambda x: x["finished_at"])[-20:]
+    last = sorted(results, key=lambda x: x["finished_at"])[-15:]
     assert {(x["channel"], x["fallback"]) for x in last} == {("kakaotalk", "false")}
 
 

@@ -33,7 +33,9 @@ BUDGETS = {"--version": 1.5, "--help": None, "ping": 2.0}
 def importtime(cmd_args: list[str], ws: Workspace, top: int = 12) -> tuple[float, list[str]]:
     """Total import time (ms) of ``msgsend ARGS`` and its largest top-level imports."""
     code = (
-        f"import sys; sys.argv = ['msgsend', *{cmd_args!r}]; from msgsend.cli import main; main()"
+        f"import sys; sys.argv = ['msgsend', *{cmd_args!r}]\n"
+        "from msgsend.__main__ import main\n"
+        "main()"
     )
     proc = run([PYTHON, "-X", "importtime", "-c", code], ws.env, check=False)
     rows = []

@@ -2,7 +2,8 @@
 
 Only this module imports typer and rich. Heavy modules (rich, the sandbox, the limiter's
 stores, prometheus_client) are imported inside the commands that use them, so that
-``msgsend --version`` and ``msgsend ping`` start quickly.
+``msgsend ping`` starts quickly; ``msgsend --version`` is answered before this module is
+imported (``msgsend.__main__``, the console script).
 """
 
 from __future__ import annotations
@@ -1386,10 +1387,6 @@ def _app_for(args: list[str]) -> typer.Typer:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the command line (the ``msgsend`` console script)."""
     args = sys.argv[1:] if argv is None else argv
-    if args == ["--version"]:
-        # The start-up fast path: monitoring calls this often.
-        sys.stdout.write(f"msgsend {__version__}\n")
-        raise SystemExit(0)
     try:
         _app_for(args)(args=args, prog_name="msgsend")
     except KeyboardInterrupt:

@@ -132,7 +132,7 @@ def sent_lines(path: Path) -> int:
 
 
 #: the killed and interrupted runs: rows in flight at once, rows answered before the hold
-CONCURRENCY, ANSWERED = 4, 20
+CONCURRENCY, ANSWERED = 4, 10
 
 
 @contextmanager
@@ -321,10 +321,10 @@ def test_refuses_to_overwrite_an_existing_results_file(sandbox: Any, tmp_path: P
 def test_resume_after_a_partial_run_sends_only_the_failed_rows(
     sandbox: Any, tmp_path: Path
 ) -> None:
-    rows = [(phone(i), f"메시지 {i}") for i in range(1, 31)]
-    rows.append(("02-123-4567", "유선"))  # row 31: invalid
-    rows.append(rows[0])  # row 32: duplicate of row 1
-    failing_rows = {3, 8, 13, 18, 23, 28}
+    rows = [(phone(i), f"메시지 {i}") for i in range(1, 21)]
+    rows.append(("02-123-4567", "유선"))  # row 21: invalid
+    rows.append(rows[0])  # row 22: duplicate of row 1
+    failing_rows = {3, 8, 13, 18}
     source = write_csv(tmp_path / "in.csv", rows)
     results_path = tmp_path / "in.results.csv"
     config = write_config(tmp_path / "msgsend.toml", sandbox, failures_to_open=100)
@@ -337,10 +337,10 @@ def test_resume_after_a_partial_run_sends_only_the_failed_rows(
     assert first.exit_code == 1, first.output
     statuses = latest(read_results(results_path))
     assert {row for row, status in statuses.items() if status == "failed"} == failing_rows
-    assert statuses[31] == "invalid" and statuses[32] == "duplicate"
-    assert sum(1 for status in statuses.values() if status == "sent") == 24
+    assert statuses[21] == "invalid" and statuses[22] == "duplicate"
+    assert sum(1 for status in statuses.values() if status == "sent") == 16
     first_delivered = deliveries(sandbox)
-    assert set(first_delivered) == {rows[r - 1][0] for r in range(1, 31) if r not in failing_rows}
+    assert set(first_delivered) == {rows[r - 1][0] for r in range(1, 21) if r not in failing_rows}
 
     # Second run: both providers healthy again.
     sandbox.set_kakaotalk_failures()
@@ -348,24 +348,24 @@ def test_resume_after_a_partial_run_sends_only_the_failed_rows(
     sandbox.reset()
     second = invoke("bulk", str(source), "--resume", "--json", "--config", str(config))
 
-    assert second.exit_code == 1, second.output  # row 31 is still invalid
+    assert second.exit_code == 1, second.output  # row 21 is still invalid
     document = one_json_document(second.stdout)
     assert document["sent"] == len(failing_rows)
-    assert document["skipped"] == 26
-    assert document["previously"] == {"sent": 24, "invalid": 1, "duplicate": 1}
+    assert document["skipped"] == 18
+    assert document["previously"] == {"sent": 16, "invalid": 1, "duplicate": 1}
     # only the failed rows were sent again, each once; no other recipient was contacted
     assert deliveries(sandbox) == collections.Counter(rows[r - 1][0] for r in failing_rows)
     assert {r.recipient for r in sandbox.received()} == {rows[r - 1][0] for r in failing_rows}
     final = latest(read_results(results_path))
-    assert final == {**dict.fromkeys(range(1, 31), "sent"), 31: "invalid", 32: "duplicate"}
+    assert final == {**dict.fromkeys(range(1, 21), "sent"), 21: "invalid", 22: "duplicate"}
 
 
 # ---------------------------------------------------------------------------- processes
 
 
 def test_kill_9_mid_run_then_resume_in_a_new_process(sandbox: Any, tmp_path: Path) -> None:
-    n, concurrency, answered = 60, CONCURRENCY, ANSWERED
-    invalid_rows = {10, 35, 55}  # before and after the row where the run is killed
+    n, concurrency, answered = 40, CONCURRENCY, ANSWERED
+    invalid_rows = {5, 25, 38}  # before and after the row where the run is killed
     rows = [
         ("02-555-0000" if row in invalid_rows else phone(row), f"안내 {row}")
         for row in range(1, n + 1)
@@ -410,7 +410,7 @@ def test_kill_9_mid_run_then_resume_in_a_new_process(sandbox: Any, tmp_path: Pat
 
 
 def test_sigint_drains_records_and_resume_completes(sandbox: Any, tmp_path: Path) -> None:
-    n, concurrency, answered = 60, CONCURRENCY, ANSWERED
+    n, concurrency, answered = 40, CONCURRENCY, ANSWERED
     rows = [(phone(row), f"점검 안내 {row}") for row in range(1, n + 1)]
     source = write_csv(tmp_path / "big.csv", rows)
     results_path = tmp_path / "big.results.csv"
@@ -467,7 +467,7 @@ def test_sigint_drains_records_and_resume_completes(sandbox: Any, tmp_path: Path
 
 
 def test_non_tty_output_is_plain_and_json_is_alone_on_stdout(sandbox: Any, tmp_path: Path) -> None:
-    source = write_csv(tmp_path / "in.csv", [(phone(i), f"m{i}") for i in range(20)])
+    source = write_csv(tmp_path / "in.csv", [(phone(i), f"m{i}") for i in range(6)])
     config = write_config(tmp_path / "msgsend.toml", sandbox)
     sandbox.set_kakaotalk_failures(suffixes=("0000",))
 
@@ -475,8 +475,8 @@ def test_non_tty_output_is_plain_and_json_is_alone_on_stdout(sandbox: Any, tmp_p
     assert plain.exit_code == 0, plain.output
     assert plain.stdout == ""  # everything for people goes to stderr
     assert "\x1b[" not in plain.stderr
-    assert re.search(r"^bulk: 20/20 rows  sent 20\b", plain.stderr, re.MULTILINE), plain.stderr
-    assert "bulk summary: 20 rows" in plain.stderr
+    assert re.search(r"^bulk: 6/6 rows  sent 6\b", plain.stderr, re.MULTILINE), plain.stderr
+    assert "bulk summary: 6 rows" in plain.stderr
 
     as_json = invoke(
         "bulk", str(source), "--json", "--results", str(tmp_path / "second.csv"),
@@ -484,21 +484,21 @@ def test_non_tty_output_is_plain_and_json_is_alone_on_stdout(sandbox: Any, tmp_p
     )  # fmt: skip
     assert as_json.exit_code == 0, as_json.output
     document = one_json_document(as_json.stdout)
-    assert document["sent"] == 20
+    assert document["sent"] == 6
     assert "\x1b[" not in as_json.stderr
-    assert re.search(r"^bulk: 20/20 rows", as_json.stderr, re.MULTILINE)
+    assert re.search(r"^bulk: 6/6 rows", as_json.stderr, re.MULTILINE)
     assert "{" not in as_json.stderr  # the document is not repeated on stderr
 
 
 def test_many_rows_with_a_few_bad_ones(sandbox: Any, tmp_path: Path) -> None:
-    n = 120  # the bad rows are spread among many good ones, from the start to the very end
+    n = 60  # the bad rows are spread among many good ones, from the start to the very end
     bad: dict[int, tuple[Sequence[str], str]] = {
-        7: (("02-123-4567", "유선"), "invalid recipient '02-123-4567'"),
-        31: ((phone(31), ""), "empty message"),
-        62: (("010-123-45", "짧은 번호"), "invalid recipient '010-123-45'"),
-        94: ((phone(94), "가" * 1001), "message too long for KakaoTalk"),
-        106: ((phone(106), "쉼표", "뒤"), "expected 2 fields, found 3"),
-        119: (("전화번호 없음", "안녕"), "invalid recipient"),
+        4: (("02-123-4567", "유선"), "invalid recipient '02-123-4567'"),
+        16: ((phone(16), ""), "empty message"),
+        31: (("010-123-45", "짧은 번호"), "invalid recipient '010-123-45'"),
+        47: ((phone(47), "가" * 1001), "message too long for KakaoTalk"),
+        53: ((phone(53), "쉼표", "뒤"), "expected 2 fields, found 3"),
+        59: (("전화번호 없음", "안녕"), "invalid recipient"),
     }
     rows = [bad[row][0] if row in bad else (phone(row), f"안내 {row}") for row in range(1, n + 1)]
     source = write_csv(tmp_path / "many.csv", rows)

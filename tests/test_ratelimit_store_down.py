@@ -47,10 +47,13 @@ def state(pid: int) -> str:
         return stat.read().rsplit(")", 1)[1].split()[0]
 
 
-@pytest.fixture
-def holder(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
-    """Another process holding the sqlite store's lock (until the test ends)."""
-    path = tmp_path / "rl.sqlite"
+@pytest.fixture(scope="module")
+def holder(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """Another process holding the sqlite store's lock (one for the module: the tests only
+    try to take the lock, and the one that stops the process lets it run again)."""
+    path = tmp_path_factory.mktemp("holder") / "rl.sqlite"
     RateLimiter({"p": Limit(5, 1.0)}, path=path).close()  # the file exists, its lock is free
     with subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True
@@ -86,9 +89,13 @@ def test_a_stopped_holder_is_named_with_how_to_resume_it(
     monkeypatch.setattr(sqlite_store, "LOCK_WAIT", 0.1)
     seen: list[Event] = []
     os.kill(process.pid, signal.SIGSTOP)  # Ctrl-Z while holding the lock
-    assert wait_for(lambda: state(process.pid) in ("T", "t"), 10)  # the kernel has stopped it
-    with pytest.raises(LimiterUnavailableError, match="which is stopped") as caught:
-        RateLimiter({"p": Limit(5, 1.0)}, path=path, emit=seen.append)
+    try:
+        assert wait_for(lambda: state(process.pid) in ("T", "t"), 10)  # the kernel stopped it
+        with pytest.raises(LimiterUnavailableError, match="which is stopped") as caught:
+            RateLimiter({"p": Limit(5, 1.0)}, path=path, emit=seen.append)
+    finally:
+        os.kill(process.pid, signal.SIGCONT)  # running again, for the other test
+        assert wait_for(lambda: state(process.pid) not in ("T", "t"), 10)
     assert f"resume it with `kill -CONT {process.pid}`" in str(caught.value)
     assert seen == [LimiterStoreChanged("sqlite", True, str(caught.value))]
 

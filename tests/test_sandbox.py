@@ -18,7 +18,6 @@ from msgsend.sandbox import (
     SandboxOptions,
     SandboxPortError,
     format_request,
-    serve_forever,
 )
 
 KAKAO_AUTH = ("autoever", "1234")
@@ -409,21 +408,6 @@ def test_invalid_options_are_refused() -> None:
         ProviderOptions(rate_limit=0)
     with pytest.raises(ValueError, match="status"):
         ProviderOptions(status=42)
-
-
-def test_serve_forever_returns_when_stopped(session: requests.Session) -> None:
-    box = Sandbox()
-    stop = threading.Event()
-    thread = threading.Thread(target=serve_forever, args=(box, stop))
-    thread.start()
-    deadline = time.monotonic() + 2
-    while not box.running("sms") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sms(box, session).status_code == 200
-    stop.set()
-    thread.join(2)
-    assert not thread.is_alive()
-    assert not box.running("sms")
 
 
 def test_what_the_sandbox_prints_has_control_characters_escaped() -> None:

@@ -78,7 +78,6 @@ __all__ = [
     "SandboxOptions",
     "SandboxPortError",
     "format_request",
-    "serve_forever",
     "start_for_config",
 ]
 
@@ -967,17 +966,6 @@ class Sandbox:
     def __repr__(self) -> str:
         ports = ", ".join(f"{n}={p}" for n, p in self.ports.items())
         return f"<Sandbox {self.host} {ports}>"
-
-
-def serve_forever(sandbox: Sandbox, stop: threading.Event | None = None) -> None:
-    """Start the sandbox and block until ``stop`` is set or Ctrl-C; always close it."""
-    event = stop or threading.Event()
-    sandbox.start()
-    try:
-        while not event.wait(0.5):
-            pass
-    finally:
-        sandbox.close()
 
 
 def start_for_config(

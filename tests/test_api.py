@@ -6,6 +6,7 @@ import functools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import msgsend
 
@@ -58,3 +59,22 @@ def test_version_is_answered_before_the_command_line_is_imported() -> None:
 def test_the_command_line_imports_nothing_heavy_before_a_command_runs() -> None:
     # `msgsend --help`, `config show` and `bulk --dry-run` never pay for requests.
     assert modules_loaded_by_imports()["cli"] == []
+
+
+def test_the_readme_code_map_names_every_module() -> None:
+    """README "Code map": one line per module of src/msgsend (a package's line names its files)."""
+    root = Path(msgsend.__file__).parent
+    readme = (root.parent.parent / "README.md").read_text(encoding="utf-8")
+    code_map = readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in code_map.splitlines() if line.startswith("| `")]
+    missing = []
+    for module in sorted(root.rglob("*.py")):
+        relative = module.relative_to(root)
+        if len(relative.parts) == 1:
+            found = any(row.startswith(f"| `{module.name}` |") for row in rows)
+        else:
+            package = f"| `{relative.parts[0]}/` |"
+            found = any(row.startswith(package) and f"`{module.name}`" in row for row in rows)
+        if not found:
+            missing.append(str(relative))
+    assert missing == []

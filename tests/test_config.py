@@ -372,7 +372,13 @@ ERROR_TABLE = [
     # wrong type
     ('[kakaotalk]\ntimeout = "fast"\n', "kakaotalk.timeout", "expected a number, got 'fast'"),
     ("[retry]\nmax-attempts = 2.5\n", "retry.max-attempts", "expected a whole number, got 2.5"),
-    ("[retry]\nmax-attempts = true\n", "retry.max-attempts", "expected a whole number"),
+    ("[retry]\nmax-attempts = true\n", "retry.max-attempts", "expected a whole number, got true"),
+    # values shown as TOML writes them, not as Python prints them
+    ("[kakaotalk.rate-limit]\nrequests-per-second = false\n",
+     "kakaotalk.rate-limit.requests-per-second", "got false;"),
+    ("[sms.request]\nfields = {to = 5, on = true}\n", "sms.request.fields",
+     "got {to = 5, on = true}"),
+    ("[sms]\nthrottle-statuses = [429, true]\n", "sms.throttle-statuses", "got [429, true]"),
     ("[sms.auth]\npassword = 5678\n", "sms.auth.password",
      "expected a string, got a number (hidden)"),
     ("[kakaotalk]\ntimeout = inf\n", "kakaotalk.timeout", "expected a number"),

@@ -668,7 +668,7 @@ def _flatten(table: Mapping[str, Any], prefix: str, source: str, out: dict[str, 
         elif spec is None:
             if _is_table_prefix(key):
                 raise ConfigError(
-                    f"expected a table ([{key}]), got {value!r}", source=source, key=key
+                    f"expected a table ([{key}]), got {_literal(value)}", source=source, key=key
                 )
             raise ConfigError(_unknown_key_message(key), source=source, key=key)
         else:
@@ -697,11 +697,22 @@ _KIND_OF_VALUE: dict[type, str] = {
 }  # fmt: skip
 
 
+def _literal(value: Any) -> str:
+    """Return ``value`` as the TOML that wrote it: ``true``, ``{to = 5}``; strings quoted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(item) for item in value) + "]"
+    return repr(value)
+
+
 def _shown(key: str, raw: Any) -> str:
     """Return ``raw`` as an error message may show it: a secret never appears in an error."""
     how = _redaction(key)
     if not how:
-        return repr(raw)
+        return _literal(raw)
     texts = list(raw.values()) if isinstance(raw, dict) else raw if isinstance(raw, list) else [raw]
     readable = {"url": str, "endpoint": str | list, "headers": dict}.get(how)
     if (
@@ -710,7 +721,7 @@ def _shown(key: str, raw: Any) -> str:
         or not all(isinstance(t, str) for t in texts)
     ):
         return f"{_KIND_OF_VALUE.get(type(raw), 'a value')} (hidden)"
-    return repr(_redacted(key, raw))
+    return _literal(_redacted(key, raw))
 
 
 def _from_json(key: str, raw: Any, source: str) -> Any:

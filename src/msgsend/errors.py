@@ -48,7 +48,6 @@ import datetime as _dt
 import math
 import time
 from collections.abc import Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import ClassVar
 
 from .redact import printable, redact_text
@@ -462,6 +461,10 @@ def _header_wait(value: str, now: float) -> float | None:
         elif number > _EPOCH_SECONDS:
             number -= now
         return max(0.0, number)
+    # Here, not at the top: email.utils is 10 ms of the start-up of the commands that send
+    # nothing (requests imports it anyway).
+    from email.utils import parsedate_to_datetime
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

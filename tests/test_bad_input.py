@@ -230,6 +230,11 @@ CSV_CASES = [
          "--resume"), EXIT_IOERR, "/dev/full: cannot write", csv=_csv("010-1234-5678,hi")),
     Case("csv-unknown-encoding", ("bulk", "{csv}", "--encoding", "klingon"), EXIT_USAGE,
          "klingon", csv=_csv("010-1234-5678,hi")),
+    Case("dry-run-and-resume", ("bulk", "{csv}", "--dry-run", "--resume"), EXIT_USAGE,
+         "--dry-run and --resume exclude each other", csv=_csv("010-1234-5678,hi")),
+    Case("template-and-message-column", ("bulk", "{csv}", "--template", "hi",
+         "--message-column", "message"), EXIT_USAGE, "exclude each other",
+         csv=_csv("010-1234-5678,hi")),
 ]  # fmt: skip
 
 # --------------------------------------------------------------------------- template attacks

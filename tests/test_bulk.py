@@ -21,7 +21,7 @@ from e2e import wait_for
 from fakes import FakeSender
 from msgsend import bulk
 from msgsend.bulk import BulkOptions, BulkReport, send_bulk
-from msgsend.errors import InputError
+from msgsend.errors import InputError, UsageError
 from msgsend.events import RowSettled
 from msgsend.models import Channel, DeliveryResult
 from msgsend.results import (
@@ -745,7 +745,7 @@ def test_usage_errors(tmp_path: Path) -> None:
     source = numbered(tmp_path / "in.csv", 1)
     with pytest.raises(ValueError, match="concurrency"):
         send_bulk(source, FakeSender(), BulkOptions(concurrency=0))
-    with pytest.raises(InputError, match="dry run cannot resume"):
+    with pytest.raises(UsageError, match="--dry-run and --resume exclude each other"):
         send_bulk(source, None, BulkOptions(dry_run=True, resume=True))
     with pytest.raises(ValueError, match="sender is required"):
         send_bulk(source, None)

@@ -41,6 +41,7 @@ from .errors import (
     CredentialsRefusedError,
     InputError,
     ResultsWriteError,
+    UsageError,
     exit_code_for,
     most_severe,
 )
@@ -909,7 +910,7 @@ def send_bulk(
     if sender is None and not dry_run:
         raise ValueError("a sender is required unless dry_run is set")
     if dry_run and options.resume:
-        raise InputError("a dry run cannot resume: run --dry-run without --resume")
+        raise UsageError("--dry-run and --resume exclude each other: a dry run sends nothing")
     started = time.monotonic()
     source = CsvSource(
         path,

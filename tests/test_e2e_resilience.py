@@ -163,11 +163,12 @@ def test_kakaotalk_outage_costs_a_handful_of_requests(sandbox: Any, tmp_path: Pa
     messages in flight go through their retry (the default 1 s wait); the next ones open it,
     and the open circuit ends the retry waits of the others in flight.
     """
-    n, concurrency, attempts = 60, 8, 2
+    n, concurrency, attempts = 32, 8, 2
     source = numbered(tmp_path / "in.csv", n)
     # The default first retry wait (1 s), long beside anything else a message does here, so
     # that a message that sat it out stands apart even on a loaded machine. Without the
-    # breaker this run takes 8 s; two attempts, not three, spare the first eight a 2 s wait.
+    # breaker KakaoTalk would see 64 requests and every row would sit out the wait; two
+    # attempts, not three, spare the first eight a 2 s wait.
     config = write_config(
         tmp_path / "msgsend.toml", sandbox, fast_retries=False, max_attempts=attempts
     )

@@ -28,6 +28,7 @@ import bench_overflow
 import bench_overhead
 import bench_resume
 import bench_startup
+import bench_startup_cpu
 import bench_throughput
 from common import BENCH_DIR, PYTHON, REPO, Section, Workspace, machine, precompile
 
@@ -36,6 +37,7 @@ BENCHMARKS = (
     ("throughput", bench_throughput, 5, 2),
     ("limit", bench_limit, 1, 1),
     ("startup", bench_startup, 15, 5),
+    ("startup-cpu", bench_startup_cpu, 9, 3),
     ("memory", bench_memory, 3, 1),
     ("outage", bench_outage, 5, 2),
     ("overhead", bench_overhead, 3, 1),

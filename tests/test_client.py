@@ -843,9 +843,9 @@ def test_latency_histogram_memory_does_not_grow_with_the_count():
     from msgsend.report import LatencyHistogram
 
     histogram = LatencyHistogram()
-    for i in range(100_000):
+    for i in range(2_000):
         histogram.add(5.0 + (i % 50))  # 5..54 ms
-    assert histogram.n == 100_000
+    assert histogram.n == 2_000
     assert len(histogram.counts) < 150  # buckets, not samples
 
 

@@ -1,4 +1,6 @@
-"""The public API of the package: ``__all__`` is sorted, complete and cheap to import."""
+"""The public API of the package: ``__all__`` is sorted, complete and cheap to import; what
+start-up imports (the package, the console script, the command line, metrics, the rate limiter,
+a command with plain options) load, checked in one interpreter."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgsend
 
@@ -26,39 +29,97 @@ def test_unknown_attribute_raises_attribute_error() -> None:
         raise AssertionError("expected AttributeError")
 
 
+#: The steps run one after another in one fresh interpreter, each with the modules it must
+#: not load. A module a step must not load is also checked before the step: loaded by an
+#: earlier step, it could not tell (the order is chosen so that it never is).
+IMPORT_STEPS = {
+    "package": ("import msgsend", ("requests", "rich", "typer", "prometheus_client",
+                                   "pyrate_limiter", "redis")),
+    # the console script's module answers `msgsend --version`
+    "entry": ("from msgsend import __main__", ("typer", "click", "msgsend.cli",
+                                                "msgsend.errors")),
+    "cli": ("from msgsend import cli", ("requests", "rich", "prometheus_client",
+                                        "pyrate_limiter", "msgsend.sandbox")),
+    "metrics": ("import msgsend.metrics", ("prometheus_client",)),
+    "ratelimit": ("import msgsend.ratelimit", ("pyrate_limiter", "redis")),
+    # a command with plain options only: msgsend._typerfast keeps typer from loading pydantic
+    "plain options": ("exit_code = bulk_dry_run()", ("pydantic",)),
+}  # fmt: skip
+
+CHILD = """
+import contextlib, io, json, os, sys, tempfile
+
+def bulk_dry_run():
+    from msgsend.cli import main
+    with tempfile.TemporaryDirectory() as folder:
+        os.chdir(folder)
+        with open("in.csv", "w", encoding="utf-8") as handle:
+            handle.write("phone,message\\n010-1234-5678,hi\\n")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                main(["bulk", "in.csv", "--dry-run", "--concurrency", "4", "--json"])
+        except SystemExit as exc:
+            return exc.code
+        finally:
+            os.chdir("/")
+
+report = {}
+exit_code = None
+for name, (statement, names) in json.loads(sys.argv[1]).items():
+    before = [m for m in names if m in sys.modules]
+    exec(statement)
+    report[name] = {"before": before, "after": [m for m in names if m in sys.modules]}
+report["plain options"]["exit_code"] = exit_code
+print(json.dumps(report))
+"""
+
+
 @functools.cache
-def modules_loaded_by_imports() -> dict[str, list[str]]:
-    """In one fresh interpreter: the heavy modules loaded by ``import msgsend``, then by the
-    console script's module (``msgsend --version``), then by ``from msgsend import cli``."""
-    code = (
-        "import json, sys\n"
-        "def loaded(names): return [m for m in names if m in sys.modules]\n"
-        "import msgsend\n"
-        "package = loaded(('requests', 'rich', 'typer', 'prometheus_client', 'pyrate_limiter', "
-        "'redis'))\n"
-        "from msgsend import __main__\n"
-        "entry = loaded(('typer', 'click', 'msgsend.cli', 'msgsend.errors'))\n"
-        "from msgsend import cli\n"
-        "command = loaded(('requests', 'rich', 'prometheus_client', 'pyrate_limiter', "
-        "'msgsend.sandbox'))\n"
-        "print(json.dumps({'package': package, 'entry': entry, 'cli': command}))"
+def modules_loaded_by_imports() -> dict[str, dict[str, Any]]:
+    """Run ``IMPORT_STEPS`` in one fresh interpreter: per step, the modules it must not load
+    that were loaded before it and after it."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(IMPORT_STEPS)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded: dict[str, list[str]] = json.loads(done.stdout)
+    loaded: dict[str, dict[str, Any]] = json.loads(done.stdout)
     return loaded
 
 
+def loaded_by(step: str) -> list[str]:
+    """The modules ``step`` must not load that are loaded after it (none before it)."""
+    result = modules_loaded_by_imports()[step]
+    assert result["before"] == [], f"loaded before {step!r}: the check cannot tell"
+    modules: list[str] = result["after"]
+    return modules
+
+
 def test_import_is_lazy() -> None:
-    assert modules_loaded_by_imports()["package"] == []
+    assert loaded_by("package") == []
 
 
 def test_version_is_answered_before_the_command_line_is_imported() -> None:
-    assert modules_loaded_by_imports()["entry"] == []
+    assert loaded_by("entry") == []
 
 
 def test_the_command_line_imports_nothing_heavy_before_a_command_runs() -> None:
     # `msgsend --help`, `config show` and `bulk --dry-run` never pay for requests.
-    assert modules_loaded_by_imports()["cli"] == []
+    assert loaded_by("cli") == []
+
+
+def test_the_metrics_module_does_not_import_prometheus_client() -> None:
+    assert loaded_by("metrics") == []
+
+
+def test_the_rate_limit_module_does_not_import_the_libraries() -> None:
+    assert loaded_by("ratelimit") == []
+
+
+def test_a_command_with_plain_options_does_not_import_pydantic() -> None:
+    assert loaded_by("plain options") == []
+    assert modules_loaded_by_imports()["plain options"]["exit_code"] == 0
 
 
 def test_the_readme_code_map_names_every_module() -> None:

@@ -8,8 +8,6 @@ import http.server
 import os
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -375,14 +373,6 @@ def test_push_to_nothing_raises(metrics):
         metrics.push(f"http://user:secret@127.0.0.1:{port}", timeout=1)
     except MetricsExportError as exc:
         assert "secret" not in str(exc)
-
-
-def test_importing_the_module_does_not_import_prometheus_client():
-    code = "import sys, msgsend.metrics; print('prometheus_client' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
-    )
-    assert out.stdout.strip() == "False"
 
 
 def test_textfile_path_may_be_str(metrics, tmp_path):

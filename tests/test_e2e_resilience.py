@@ -330,7 +330,7 @@ def test_401_disables_kakaotalk_for_the_whole_run(
     With one worker that is exactly one KakaoTalk request for the whole bulk; with N workers
     up to N requests can leave before the first 401 comes back.
     """
-    n = 24  # three times the workers
+    n = max(8, 2 * concurrency)  # rows that start after the 401 came back, for every worker
     source = numbered(tmp_path / "in.csv", n)
     config = write_config(tmp_path / "msgsend.toml", sandbox)
     sandbox.set_status("kakaotalk", 401)

@@ -952,3 +952,24 @@ def test_an_error_about_a_secret_key_never_shows_the_secret(tmp_path, text, key,
     assert error.key == key
     assert secret not in str(error)
     assert shown in str(error)
+
+
+def test_the_library_defaults_are_the_configurations() -> None:
+    """A library user without a config file gets what `msgsend` does without one."""
+    from msgsend.bulk import BulkOptions
+    from msgsend.circuit import CircuitBreaker
+    from msgsend.retry import RetryPolicy
+
+    defaults = config_module.DEFAULTS
+    retry, breaker, bulk = RetryPolicy(), CircuitBreaker("kakaotalk"), BulkOptions()
+    assert retry.total == defaults["retry.max-attempts"]
+    assert retry.backoff_factor == defaults["retry.backoff-delay"] / 1000
+    assert retry.multiplier == defaults["retry.multiplier"]
+    assert retry.backoff_max == defaults["retry.max-delay"] / 1000
+    assert retry.max_retry_after == defaults["retry.max-retry-after"]
+    assert breaker.window_size == defaults["circuit-breaker.window-size"]
+    assert breaker.minimum_calls == defaults["circuit-breaker.minimum-calls"]
+    assert breaker.failure_rate_threshold == defaults["circuit-breaker.failure-rate-threshold"]
+    assert breaker.reset_timeout == defaults["circuit-breaker.reset-timeout"]
+    assert bulk.concurrency == defaults["bulk.concurrency"]
+    assert bulk.max_outage == defaults["bulk.max-outage"]

@@ -387,7 +387,7 @@ class _Run:
         stop: threading.Event | None,
         on_progress: Callable[[int, int], None] | None,
         emit: Emit | None,
-        max_outage: float = 300.0,
+        max_outage: float,
         quiet_hours: QuietHours | None = None,
         overflow: bool = False,
         clocks: RunClocks | None = None,

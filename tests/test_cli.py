@@ -88,7 +88,9 @@ def test_send_no_fallback_fails_with_exit_1(sandbox: Any, sandbox_config: Path) 
     assert sandbox.count("sms") == 0
 
 
-def test_send_failure_line_masks_the_numbers_a_provider_quotes() -> None:
+def test_send_failure_line_masks_the_numbers_a_provider_quotes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import io
 
     from rich.console import Console
@@ -97,11 +99,13 @@ def test_send_failure_line_masks_the_numbers_a_provider_quotes() -> None:
     from msgsend.models import DeliveryResult
 
     out = io.StringIO()
-    error = "kakaotalk rejected the message (HTTP 400): no such user 010-1234-5678"
+    error = "kakaotalk rejected the message (HTTP 400): no such user 010-1234-5678 [b]"
     result = DeliveryResult("010-1234-5678", "failed", attempts=1, error=error)
-    _render_send(Console(file=out, width=200), result, None)
-    assert "5678" in out.getvalue() and "1234" not in out.getvalue()
-    assert "no such user 010-****-5678" in out.getvalue()
+    _render_send(Console(file=out, width=200), result, None)  # a terminal
+    _render_send(None, result, None)  # not a terminal: plain lines, no rich
+    for text in (out.getvalue(), capsys.readouterr().err):
+        assert "5678" in text and "1234" not in text
+        assert "no such user 010-****-5678 [b]" in text  # the answer is not read as markup
 
 
 def test_send_auth_failure_falls_back_without_retry(sandbox: Any, sandbox_config: Path) -> None:
@@ -330,14 +334,23 @@ def test_ping_with_the_limiter_store_down_answers_degraded_without_probing(
 
 
 def test_console_script_runs_one_command_and_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    send = ["send", "010-1234-5678", "hi", "--sandbox", "--json"]
     sent = subprocess.run(
-        [sys.executable, "-m", "msgsend", "send", "010-1234-5678", "hi", "--sandbox", "--json"],
+        [sys.executable, "-X", "importtime", "-m", "msgsend", *send],
         capture_output=True,
         text=True,
         check=False,
     )
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout)["status"] == "sent"
+    # stderr is not a terminal (cron): the sandbox's line is plain and rich is not imported.
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in sent.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "rich" not in imported and "requests" in imported
+    assert "sandbox: KakaoTalk at http://127.0.0.1:" in sent.stderr
     # A command's help and the group's, through main() as the console script calls it: more
     # processes would add only their start-up to what is checked.
     from msgsend import cli

@@ -445,10 +445,14 @@ def _start_sandbox(config: Config, run: Run) -> tuple[Sandbox, Config]:
 
     sandbox, config = start_for_config(config, kakaotalk_fail_suffixes=SANDBOX_KAKAOTALK_FAILS)
     run.closers.append(sandbox.close)
-    run.console.print(
-        f"[dim]sandbox: KakaoTalk at {sandbox.kakaotalk_url}, SMS at {sandbox.sms_url} "
-        f"(KakaoTalk answers 503 for numbers ending in {', '.join(SANDBOX_KAKAOTALK_FAILS)})[/dim]"
+    line = (
+        f"sandbox: KakaoTalk at {sandbox.kakaotalk_url}, SMS at {sandbox.sms_url} "
+        f"(KakaoTalk answers 503 for numbers ending in {', '.join(SANDBOX_KAKAOTALK_FAILS)})"
     )
+    if _stderr_may_be_terminal():
+        run.console.print(f"[dim]{line}[/dim]")
+    else:
+        sys.stderr.write(line + "\n")
     return sandbox, config
 
 
@@ -673,7 +677,8 @@ def send(
                     document["report"] = report
                 _print_json(document)
             else:
-                _render_send(run.console, result, report if verbose else None)
+                console = run.console if verbose or _stderr_may_be_terminal() else None
+                _render_send(console, result, report if verbose else None)
         # Nothing could be tried now (circuits open, providers paused, limiter store down):
         # nothing was sent, so "try again later" (75), not "not delivered" (1).
         raise typer.Exit(
@@ -712,34 +717,50 @@ def _read_message(message: str) -> str:
     return data.rstrip("\r\n")
 
 
-def _render_send(console: Console, result: Any, report: dict[str, Any] | None) -> None:
+def _render_send(console: Console | None, result: Any, report: dict[str, Any] | None) -> None:
+    """Print how a send ended on stderr; ``console`` None: plain lines, and no rich import.
+
+    Cron calls ``msgsend send`` once per message: plain lines there save the ~30 ms of CPU
+    that importing rich costs (docs/benchmarks.md, start-up CPU).
+    """
+    from .logs import mask_text
     from .models import mask_recipient
+
+    def say(style: str, word: str, rest: str) -> None:
+        if console is None:
+            sys.stderr.write(f"{word} {rest}\n")
+            return
+        from rich.markup import escape
+
+        # The rest may quote a provider's answer: never read as rich markup.
+        console.print(f"[{style}]{word}[/{style}] {escape(rest)}")
 
     if result.ok:
         how = f"via {result.channel}" + (" (fallback)" if result.fallback else "")
-        console.print(
-            f"[green]sent[/green] to {mask_recipient(result.recipient)} {how} "
-            f"in {result.attempts} attempt(s), {result.latency_ms:.0f} ms"
+        say(
+            "green",
+            "sent",
+            f"to {mask_recipient(result.recipient)} {how} "
+            f"in {result.attempts} attempt(s), {result.latency_ms:.0f} ms",
         )
         if result.uncertain:
-            console.print(
-                f"[yellow]note:[/yellow] {result.uncertain} attempt(s) timed out after sending: "
-                "the recipient may receive the message more than once"
+            say(
+                "yellow",
+                "note:",
+                f"{result.uncertain} attempt(s) timed out after sending: "
+                "the recipient may receive the message more than once",
             )
     else:
-        from rich.markup import escape
-
-        from .logs import mask_text
-
-        # The error may quote a provider's answer: never let it be read as rich markup, and
-        # mask the numbers it quotes as the log line does.
-        console.print(
-            f"[red]failed[/red] to send to {mask_recipient(result.recipient)} after "
-            f"{result.attempts} attempt(s): {escape(mask_text(str(result.error)))}"
+        # The error may quote the numbers a provider answered with: masked as in the log.
+        say(
+            "red",
+            "failed",
+            f"to send to {mask_recipient(result.recipient)} after "
+            f"{result.attempts} attempt(s): {mask_text(str(result.error))}",
         )
     if result.note:
-        console.print(f"[yellow]note:[/yellow] {result.note}")
-    if report is not None:
+        say("yellow", "note:", result.note)
+    if report is not None and console is not None:
         from .progress import provider_table
 
         console.print(provider_table(report))

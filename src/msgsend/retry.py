@@ -1,12 +1,12 @@
 """Retry on one provider: exponential backoff that honours Retry-After (SPEC §3).
 
 ``RetryPolicy`` says what to wait; ``call_with_retry`` runs the attempts with the
-``backoff`` library, which counts the tries and gives up on errors that are not
-``retryable``. The wait itself is taken by our wait generator through an injected
-``wait`` function rather than by backoff's ``time.sleep``: that keeps the waits exact
-(no jitter unless asked), lets tests run without sleeping, and lets the message service
-cut a wait short when the provider's circuit opens meanwhile (the next attempt would
-fail fast anyway).
+``backoff`` library (imported when a first attempt failed), which counts the tries and
+gives up on errors that are not ``retryable``. The wait itself is taken by our wait
+generator through an injected ``wait`` function rather than by backoff's ``time.sleep``:
+that keeps the waits exact (no jitter unless asked), lets tests run without sleeping, and
+lets the message service cut a wait short when the provider's circuit opens meanwhile (the
+next attempt would fail fast anyway).
 
 A Retry-After longer than ``max_retry_after`` is not slept: the error is not retried on
 that provider (``should_retry`` says no), and the message service pauses the provider
@@ -113,27 +113,44 @@ def call_with_retry(
     ``on_retry(retry_number, delay, error)`` is called before each wait. The last error
     is re-raised unchanged.
     """
+    retry_number = 0
+
+    def wait_before_retry(error: MsgsendError) -> None:
+        nonlocal retry_number
+        retry_number += 1
+        delay = policy.wait_for(retry_number, error)
+        if on_retry is not None:
+            on_retry(retry_number, delay, error)
+        if delay > 0:
+            wait(delay)
+
+    def giveup(error: MsgsendError) -> bool:
+        # The count is max_tries's; should_retry adds the kind of error and Retry-After.
+        return not policy.should_retry(error, 0)
+
+    try:
+        return attempt()
+    except MsgsendError as exc:
+        if policy.total <= 1 or giveup(exc):
+            raise
+        wait_before_retry(exc)
+    # Only a message whose first attempt failed gets here: backoff imports asyncio, ~20 ms of
+    # CPU that a `msgsend send` delivered at once would pay (docs/benchmarks.md, 3b).
     import backoff
 
     def waits() -> Generator[float, MsgsendError | None, None]:
-        retry_number = 0
         error = yield 0.0  # primed by backoff with send(None)
         while True:
-            retry_number += 1
-            delay = policy.wait_for(retry_number, error)
-            if on_retry is not None and error is not None:
-                on_retry(retry_number, delay, error)
-            if delay > 0:
-                wait(delay)
+            if error is not None:
+                wait_before_retry(error)
             # backoff sleeps for what we yield: we have waited already.
             error = yield 0.0
 
     retrying = backoff.on_exception(
         waits,
         MsgsendError,
-        max_tries=max(1, policy.total),
-        # The count is max_tries's; should_retry adds the kind of error and Retry-After.
-        giveup=lambda exc: not policy.should_retry(exc, 0),
+        max_tries=policy.total - 1,  # the attempts after the first
+        giveup=giveup,
         jitter=None,
         logger=None,
     )(attempt)

@@ -124,7 +124,7 @@ def call_with_retry(
         if delay > 0:
             wait(delay)
 
-    def giveup(error: MsgsendError) -> bool:
+    def giveup(error: Exception) -> bool:
         # The count is max_tries's; should_retry adds the kind of error and Retry-After.
         return not policy.should_retry(error, 0)
 

@@ -109,6 +109,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # A backlog of 5 (socketserver's default) drops connections when eight workers connect
+    # at once: each dropped SYN is sent again a second later (a 1 s stall for that message).
+    request_queue_size = 128
 
     def __init__(self, provider: MisbehavingProvider, tls: bool) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

@@ -35,10 +35,10 @@ def test_unknown_attribute_raises_attribute_error() -> None:
 #: not load. A module a step must not load is also checked before the step: loaded by an
 #: earlier step, it could not tell (the order is chosen so that it never is).
 IMPORT_STEPS = {
-    "package": ("import msgsend", ("requests", "rich", "typer", "prometheus_client",
+    "package": ("import msgsend", ("typing", "requests", "rich", "typer", "prometheus_client",
                                    "pyrate_limiter", "redis")),
     # the console script's module answers `msgsend --version`
-    "entry": ("from msgsend import __main__", ("typer", "click", "msgsend.cli",
+    "entry": ("from msgsend import __main__", ("typing", "typer", "click", "msgsend.cli",
                                                 "msgsend.errors")),
     # `msgsend --help`, `config show` and `bulk --dry-run` never pay for requests
     "cli": ("from msgsend import cli", ("requests", "rich", "prometheus_client",

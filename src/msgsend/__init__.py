@@ -13,7 +13,10 @@ Names are imported on first use (PEP 562) so that ``import msgsend`` stays cheap
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# Not typing's: importing typing is most of what `import msgsend` and `msgsend --version`
+# would cost (~5 ms of ~20; docs/benchmarks.md, 3b). Type checkers read this name as True.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -85,6 +88,8 @@ _LOCATIONS = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .bulk import BulkReport, send_bulk
     from .circuit import CircuitBreaker
     from .client import Sender

@@ -2,7 +2,7 @@
 
 ``msgsend --version`` is answered here, before the command line is imported: typer, click
 and the commands are most of a process's start-up (0.15 s of CPU for ``--version`` through
-``msgsend.cli``, 0.03 s here; docs/benchmarks.md, start-up CPU).
+``msgsend.cli``; here about the interpreter's own 0.02 s, docs/benchmarks.md, 3b).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from msgsend.bulk import BulkReport
+from msgsend.errors import InputError
 from msgsend.events import RowSettled, RunPaused, RunResumed
 from msgsend.progress import BulkProgress, Schedule, format_duration, render_bulk_summary
 from msgsend.ratelimit import Limit, RateLimiter
@@ -151,6 +152,13 @@ def test_plain_lines_without_a_terminal() -> None:
         .splitlines()[-1]
         .startswith("bulk: 5/5 rows  sent 4  fallback 4  failed 0  invalid 1")
     )
+
+
+def test_a_run_refused_before_its_first_row_leaves_no_progress_line() -> None:
+    stream = io.StringIO()
+    with pytest.raises(InputError), BulkProgress(5, stream=stream):
+        raise InputError("no recipient column")
+    assert stream.getvalue() == ""
 
 
 def test_format_duration() -> None:

@@ -244,14 +244,20 @@ class BulkProgress:
         self._ticker.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=2)
+        # A run refused before its first row (no recipient column, results file in the way)
+        # leaves its error alone, not a "0/N rows" line above it.
+        untouched = exc_type is not None and self.done == 0
         if self._live is not None:
-            self._refresh()
+            if untouched:
+                self._live.transient = True
+            else:
+                self._refresh()
             self._live.stop()
-        else:
+        elif not untouched:
             self._plain_line()
 
     def _tick(self) -> None:

@@ -261,9 +261,23 @@ TEMPLATE_CASES = [
 ALL_CASES = CONFIG_CASES + ENV_CASES + SEND_CASES + CSV_CASES + TEMPLATE_CASES
 
 
+@pytest.fixture(scope="module")
+def shared_sandbox() -> Iterator[Any]:
+    """One sandbox for the module's cases: none changes its settings (each starts it empty)."""
+    from msgsend.sandbox import ProviderOptions, Sandbox, SandboxOptions
+
+    options = SandboxOptions(
+        kakaotalk=ProviderOptions(rate_limit=None), sms=ProviderOptions(rate_limit=None)
+    )
+    with Sandbox(options) as running:
+        yield running
+
+
 @pytest.fixture
-def provider_env(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def provider_env(shared_sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Point both providers at the sandbox through the environment, memory limiter."""
+    sandbox = shared_sandbox
+    sandbox.reset()
     monkeypatch.setenv("MSGSEND_KAKAOTALK_BASE_URL", sandbox.kakaotalk_url)
     monkeypatch.setenv("MSGSEND_SMS_BASE_URL", sandbox.sms_url)
     monkeypatch.setenv("MSGSEND_LIMITER_STORE", "memory")

@@ -780,3 +780,22 @@ def test_a_waiting_row_is_tried_again_with_the_providers_that_refused_it(tmp_pat
     assert report.sent == 1 and len(tries) == 2
     assert "refused_by" not in tries[0]
     assert tries[1]["refused_by"] == ("kakaotalk",)
+
+
+def test_a_sender_that_raises_stops_the_run_and_leaves_the_row_unrecorded(tmp_path: Path) -> None:
+    # A bug in the sender never records rows failed without an attempt, one after another.
+    source = make_csv(tmp_path / "in.csv", [(f"010-1000-000{i}", "hi") for i in range(1, 6)])
+
+    class Broken(FakeSender):
+        def send(self, recipient: str, text: str, **kwargs: object) -> DeliveryResult:
+            if recipient.endswith("0002"):
+                raise RuntimeError("boom")
+            return super().send(recipient, text, **kwargs)  # type: ignore[arg-type]
+
+    report = send_bulk(source, Broken(), BulkOptions(concurrency=1))
+    assert report.stopped is not None and "internal error on row 2: RuntimeError: boom" in (
+        report.stopped
+    )
+    assert report.exit_code == 70
+    assert [row["row"] for row in read_results(report.results_path)] == ["1"]
+    assert report.failed == 0 and report.left == 4

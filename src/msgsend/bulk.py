@@ -591,7 +591,6 @@ class _Run:
         while True:
             if not self.gate.before_send():
                 return  # stopping (or max-outage passed): unrecorded, resume sends it
-            started = time.monotonic()
             try:
                 message_id = (
                     bulk_message_id(
@@ -630,13 +629,14 @@ class _Run:
                 self.record(item, INVALID, error=str(exc))
                 return
             except Exception as exc:
+                # A bug, not an answer: the row stays unrecorded (never failed without an
+                # attempt; --resume sends it) and the run stops instead of failing every row.
                 log.exception("bulk: the sender raised for row %d", item.row)
-                self.record(
-                    item,
-                    FAILED,
-                    channel=item.channel,
-                    error=f"unexpected error: {type(exc).__name__}: {exc}",
-                    latency_ms=(time.monotonic() - started) * 1000,
+                self.stop_run(
+                    RuntimeError(
+                        f"stopped: internal error on row {item.row}: {type(exc).__name__}: "
+                        f"{exc}; the row is not recorded"
+                    )
                 )
                 return
             if earlier is not None:

@@ -592,6 +592,24 @@ def test_lists_from_the_environment_are_json(monkeypatch):
     assert config.sources["kakaotalk.throttle-statuses"] == "MSGSEND_KAKAOTALK_THROTTLE_STATUSES"
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "example"),
+    [
+        ("MSGSEND_KAKAOTALK_THROTTLE_STATUSES", "429,503", "'[429, 503]'"),
+        ("MSGSEND_ALERTS_APPRISE_URLS", "tgram://b0ttoken/1", """'["a", "b"]'"""),
+        ("MSGSEND_SMS_REQUEST_QUERY", "phone={recipient}", """'{"name": "value"}'"""),
+    ],
+)
+def test_a_list_or_table_not_in_json_is_refused_with_an_example_of_its_kind(
+    monkeypatch, name, value, example
+):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert f"in the environment: {example})" in str(info.value)
+    assert "b0ttoken" not in str(info.value)
+
+
 def test_a_table_of_strings_loads_and_overrides_from_json(tmp_path, monkeypatch):
     """Tables of strings are config values (formats' [PROVIDER.request] fields use them)."""
     path = write(

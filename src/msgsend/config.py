@@ -725,12 +725,17 @@ def _shown(key: str, raw: Any) -> str:
     return _literal(_redacted(key, raw))
 
 
+#: how a list or table key is written in the environment
+_JSON_EXAMPLES = {"table": '{"name": "value"}', "ints": "[429, 503]", "strs": '["a", "b"]'}
+
+
 def _from_json(key: str, raw: Any, source: str) -> Any:
     """Return an environment value of a table or list key, which is written as JSON."""
     try:
         return json.loads(str(raw))
     except ValueError:
-        example = '{"name": "value"}' if SCHEMA[key].kind in _TABLE_KINDS else "[429, 503]"
+        kind = SCHEMA[key].kind
+        example = _JSON_EXAMPLES["table" if kind in _TABLE_KINDS else kind]
         raise ConfigError(
             f"expected JSON ({_TYPE_NAMES[SCHEMA[key].kind]}; in the environment: "
             f"'{example}'), got {_shown(key, raw)}",

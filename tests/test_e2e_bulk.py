@@ -166,30 +166,30 @@ def deliveries(sandbox: Any) -> collections.Counter[str]:
 
 
 def test_results_file_matches_what_the_sandbox_received(sandbox: Any, tmp_path: Path) -> None:
-    # 50 rows: plain rows, KakaoTalk failures (fallback to SMS), invalid rows, one duplicate
+    # 25 rows: plain rows, KakaoTalk failures (fallback to SMS), invalid rows, one duplicate
     # and one repeat of a recipient with another message (not a duplicate).
     rows: list[tuple[str, str]] = []
     kinds: list[str] = []
-    for row in range(1, 51):
-        if row in (5, 15, 25, 35, 45):
+    for row in range(1, 26):
+        if row in (5, 11, 17, 23):
             rows.append((failing_phone(row), f"{row}번 고객님, 주문이 발송되었습니다."))
             kinds.append("fallback")
         elif row == 10:
             rows.append(("02-123-4567", "유선 번호"))
             kinds.append("invalid")
-        elif row == 20:
+        elif row == 14:
             rows.append((phone(row), "   "))
             kinds.append("invalid")
-        elif row == 30:
+        elif row == 20:
             rows.append(("010-12-34", "짧은 번호"))
             kinds.append("invalid")
-        elif row == 40:
+        elif row == 21:
             rows.append(rows[0])
             kinds.append("duplicate")
-        elif row == 41:
+        elif row == 22:
             rows.append((rows[1][0], "같은 번호, 다른 메시지"))
             kinds.append("kakaotalk")
-        elif row == 42:
+        elif row == 24:
             rows.append(("+82 10-6042-3042", f"{row}번 고객님"))
             kinds.append("kakaotalk")
         else:
@@ -205,7 +205,7 @@ def test_results_file_matches_what_the_sandbox_received(sandbox: Any, tmp_path: 
     assert result.exit_code == 1, result.output  # invalid rows
     document = one_json_document(result.stdout)
     results = read_results(results_path)
-    assert sorted(int(line["row"]) for line in results) == list(range(1, 51))  # one line each
+    assert sorted(int(line["row"]) for line in results) == list(range(1, 26))  # one line each
     by_row = {int(line["row"]): line for line in results}
 
     delivered = collections.Counter((r.recipient, r.message) for r in sandbox.delivered())
@@ -233,8 +233,8 @@ def test_results_file_matches_what_the_sandbox_received(sandbox: Any, tmp_path: 
             assert line["recipient"] not in received_recipients
         elif kind == "duplicate":
             assert line["status"] == "duplicate" and line["error"] == "duplicate of row 1"
-    assert by_row[42]["recipient"] == "010-6042-3042"  # sent normalised
-    assert sandbox.count("sms") == sandbox.count("sms", status=200) == 5
+    assert by_row[24]["recipient"] == "010-6042-3042"  # sent normalised
+    assert sandbox.count("sms") == sandbox.count("sms", status=200) == 4
     assert sum(delivered.values()) == sum(1 for line in results if line["status"] == "sent")
 
     # the --json document agrees with the results file
@@ -246,13 +246,13 @@ def test_results_file_matches_what_the_sandbox_received(sandbox: Any, tmp_path: 
         "invalid": statuses["invalid"],
         "duplicate": statuses["duplicate"],
     }
-    assert (document["sent"], document["invalid"], document["duplicate"]) == (46, 3, 1)
+    assert (document["sent"], document["invalid"], document["duplicate"]) == (21, 3, 1)
     assert document["sent_by_channel"] == dict(collections.Counter(x["channel"] for x in sent))
-    assert document["fallbacks"] == sum(1 for x in sent if x["fallback"] == "true") == 5
+    assert document["fallbacks"] == sum(1 for x in sent if x["fallback"] == "true") == 4
     assert sorted((x["row"], x["reason"]) for x in document["invalid_rows"]) == sorted(
         (int(x["row"]), x["error"]) for x in results if x["status"] == "invalid"
     )
-    assert document["total_rows"] == 50 and document["exit_code"] == 1
+    assert document["total_rows"] == 25 and document["exit_code"] == 1
     assert document["results"] == str(results_path)
 
 

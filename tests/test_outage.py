@@ -7,6 +7,7 @@ and a ``FakeSleep`` that moves it; nothing waits in real time.
 from __future__ import annotations
 
 import csv
+import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -606,6 +607,25 @@ def test_credentials_refused_everywhere_stop_at_once_with_78(tmp_path: Path) -> 
     rows = recorded(report.results_path)
     assert list(rows) == [1] and rows[1]["status"] == "failed"  # the row that was tried
     assert len(sender.calls) <= 2 and report.left == 5
+
+
+def test_workers_meeting_the_same_stop_log_it_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = write_rows(tmp_path / "in.csv", 8)
+    together = threading.Barrier(4)
+
+    def answer(recipient: str, call: int) -> DeliveryResult:
+        together.wait(timeout=10)  # four workers hold a row each, then all are refused
+        return DeliveryResult(
+            recipient, "failed", channel="sms", attempts=2, error="401", credentials_refused=True
+        )
+
+    with caplog.at_level(logging.WARNING, logger="msgsend.bulk"):
+        report = send_bulk(source, ScriptedSender(answer), BulkOptions(concurrency=4))
+    assert report.exit_code == 78 and report.failed == 4
+    stops = [r for r in caplog.records if "refused our credentials" in r.getMessage()]
+    assert len(stops) == 1
 
 
 def test_twenty_rows_refused_alike_stop_the_run_with_78(tmp_path: Path) -> None:

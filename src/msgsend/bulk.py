@@ -440,14 +440,17 @@ class _Run:
     def stop_run(self, exc: BaseException) -> None:
         """Stop taking rows because of ``exc``; in-flight rows finish, the rest stay unrecorded."""
         with self.lock:
-            if self.stopped is None:
+            kept = self.stopped
+            if kept is None:
                 self.stopped = exc
             else:
                 # Several reasons: keep the one whose code wins (78 over 75).
-                new, old = exit_code_for(exc), exit_code_for(self.stopped)
+                new, old = exit_code_for(exc), exit_code_for(kept)
                 if new != old and most_severe(new, old) == new:
                     self.stopped = exc
-        log.warning("bulk: %s", exc)
+            changed = self.stopped is not kept
+        if changed:  # once per reason: every worker meeting the same refusal says it again
+            log.warning("bulk: %s", exc)
         self.halt.set()
 
     def wait(self, seconds: float) -> None:

@@ -197,6 +197,7 @@ SEND_CASES = [
 CSV_CASES = [
     Case("csv-missing", ("bulk", "{dir}/none.csv"), EXIT_NOINPUT, "none.csv: no such file"),
     Case("csv-directory", ("bulk", "{dir}"), EXIT_NOINPUT, "is a directory"),
+    Case("csv-device", ("bulk", "/dev/null"), EXIT_NOINPUT, "/dev/null: not a regular file"),
     Case("csv-binary", ("bulk", "{csv}"), EXIT_DATAERR, "not UTF-8 or CP949/EUC-KR text",
          csv=b"\x00\x01\x02\x03PK\x03\x04" + bytes(range(256)) * 4),
     Case("csv-empty", ("bulk", "{csv}"), EXIT_DATAERR, "the file is empty", csv=b""),

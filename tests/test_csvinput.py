@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,29 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_directory(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="directory"):
         inspect_csv(tmp_path)
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    # `msgsend bulk <(generate)` or a FIFO: the input is read twice, and opening a pipe
+    # nobody writes to would block for ever.
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def inspect() -> None:
+        try:
+            inspect_csv(fifo)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=inspect, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if thread.is_alive():  # the open blocked: release it, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], InputFileError), outcome
+    assert "not a regular file (a pipe or a device)" in str(outcome[0])
 
 
 def test_empty_file(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import csv
 import os
+import stat
 import string
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -251,6 +252,15 @@ def inspect_csv(path: str | os.PathLike[str], encoding: str | None = None) -> Cs
     """
     file = Path(path)
     try:
+        mode = os.stat(file).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(mode):
+            # Before opening: a named pipe without a writer would block the open for ever.
+            raise InputFileError(
+                f"{file}: not a regular file (a pipe or a device): the input is read twice, "
+                "to count its rows and to send them; save it to a file first"
+            )
         with open(file, "rb") as raw:
             head = raw.read(4)
     except FileNotFoundError:

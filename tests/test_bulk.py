@@ -152,20 +152,20 @@ def test_sender_input_error_marks_the_row_invalid(tmp_path: Path) -> None:
 
 
 def test_invalid_rows_reported_exactly_while_others_go_on(tmp_path: Path) -> None:
-    bad = {17: ("0101234", "short number"), 128: (phone(128), ""), 171: ("", "no number")}
-    bad[256] = (phone(256), "가" * 1001)
-    bad[299] = ("02-555-1234", "landline")
-    rows = [bad.get(i, (phone(i), f"message {i}")) for i in range(1, 301)]
+    bad = {7: ("0101234", "short number"), 43: (phone(43), ""), 57: ("", "no number")}
+    bad[86] = (phone(86), "가" * 1001)
+    bad[99] = ("02-555-1234", "landline")
+    rows = [bad.get(i, (phone(i), f"message {i}")) for i in range(1, 101)]
     source = make_csv(tmp_path / "in.csv", rows)
     sender = FakeSender()
     report = send_bulk(source, sender, BulkOptions(concurrency=8))
     assert [row for row, _ in report.invalid_rows] == sorted(bad)
     reasons = dict(report.invalid_rows)
-    assert reasons[128] == "empty message"
-    assert "'(empty)'" in reasons[171]
-    assert "too long for KakaoTalk" in reasons[256]
-    assert report.sent == 295 and len(sender.calls) == 295
-    assert len(read_results(report.results_path)) == 300
+    assert reasons[43] == "empty message"
+    assert "'(empty)'" in reasons[57]
+    assert "too long for KakaoTalk" in reasons[86]
+    assert report.sent == 95 and len(sender.calls) == 95
+    assert len(read_results(report.results_path)) == 100
 
 
 def test_duplicates(tmp_path: Path) -> None:

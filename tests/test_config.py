@@ -198,8 +198,26 @@ def test_missing_file_named_by_env(tmp_path, monkeypatch):
 
 
 def test_explicit_directory_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="no such configuration file"):
+    with pytest.raises(ConfigError, match="is a directory, not a configuration file"):
         load_config(tmp_path)
+
+
+def test_dev_null_is_the_defaults_alone() -> None:
+    config = load_config("/dev/null")
+    assert config.path == Path("/dev/null")
+    assert config.sources["retry.max-attempts"] == "default"
+
+
+def test_a_pipe_is_read_once(tmp_path):
+    # --config <(vault read ...): the shell hands msgsend a pipe, not a regular file.
+    read, write = os.pipe()
+    os.write(write, b"[retry]\nmax-attempts = 2\n")
+    os.close(write)
+    try:
+        config = load_config(f"/dev/fd/{read}")
+    finally:
+        os.close(read)
+    assert config.retry.max_attempts == 2
 
 
 # ---------------------------------------------------------------------- environment

@@ -631,23 +631,25 @@ def discover_config_path(
     """Return the configuration file to read, or None to use the defaults alone."""
     env = os.environ if env is None else env
     if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise ConfigError("no such configuration file", source=str(path))
-        return path
+        return _named_config(Path(explicit).expanduser(), "")
     if env.get("MSGSEND_CONFIG"):
-        path = Path(env["MSGSEND_CONFIG"]).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                "no such configuration file (named by MSGSEND_CONFIG)", source=str(path)
-            )
-        return path
+        return _named_config(Path(env["MSGSEND_CONFIG"]).expanduser(), " (named by MSGSEND_CONFIG)")
     local = (cwd or Path.cwd()) / "msgsend.toml"
     if local.is_file():
         return local
     xdg = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     user = Path(xdg) / "msgsend" / "config.toml"
     return user if user.is_file() else None
+
+
+def _named_config(path: Path, named_by: str) -> Path:
+    """Return a configuration file named by the operator: a file, ``/dev/null`` (the defaults
+    alone) or a pipe (``--config <(vault read ...)``, read once); not a directory."""
+    if path.is_dir():
+        raise ConfigError(f"is a directory, not a configuration file{named_by}", source=str(path))
+    if not path.exists():
+        raise ConfigError(f"no such configuration file{named_by}", source=str(path))
+    return path
 
 
 def _is_table_prefix(key: str) -> bool:

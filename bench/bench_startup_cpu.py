@@ -10,8 +10,10 @@ command against the second (``--version`` against the first); the details give b
 commands: ``--version``, ``--help``, ``send --help``, ``ping`` (the sandbox running in another
 process, the default sqlite limiter store), ``send --sandbox --json`` (fake providers started
 in-process), ``bulk --dry-run`` of a one-row file and ``config show``; stdout and stderr are
-files, not a terminal, as under cron. Budgets: ``--version`` <= 3x the interpreter, ``ping``
-<= 3.5x and ``bulk --dry-run`` <= 3x the typer import; the others are reported.
+files, not a terminal, as under cron. Budgets: ``--version`` <= 2.5x the interpreter (the
+console script pip writes imports ``re`` before msgsend runs, ~0.013 s of the ~0.035 s);
+``ping`` and ``send --sandbox --json`` <= 3.5x, ``bulk --dry-run`` <= 3x the typer import; the
+others are reported.
 
 The ``-X importtime`` breakdown of ``send --sandbox --json`` (largest cumulative imports)
 goes into the report.
@@ -37,11 +39,11 @@ from common import (
 ROUNDS = 9
 #: command -> (baseline it is compared with in the table, budget as a ratio or None)
 BUDGETS: dict[str, tuple[str, float | None]] = {
-    "--version": ("python", 3.0),
+    "--version": ("python", 2.5),
     "--help": ("typer", None),
     "send --help": ("typer", None),
     "ping": ("typer", 3.5),
-    "send --sandbox --json": ("typer", None),
+    "send --sandbox --json": ("typer", 3.5),
     "bulk --dry-run": ("typer", 3.0),
     "config show": ("typer", None),
 }

@@ -514,7 +514,7 @@ def test_a_deprecated_key_is_a_warning_not_an_error(tmp_path: Path) -> None:
 
 
 def test_bulk_waits_for_a_sqlite_store_locked_at_start(
-    sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick_holds: None
 ) -> None:
     # Another process (here: another descriptor) holds the store's lock when the run starts:
     # the rows wait for it within max-outage, as for a Redis down at start, not exit 75.

@@ -50,7 +50,6 @@ _install_plain_options()
 _install_plain_help()
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
 
     from rich.console import Console
 
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
     from .events import Events
     from .metrics import Metrics
     from .outage import QuietHours
-    from .ratelimit import Lease
     from .sandbox import Sandbox
 
 __all__ = ["app", "main"]
@@ -504,84 +502,9 @@ def _build_bulk_sender(run: Run, workers: int) -> Sender:
 
     config = run.config
     assert config is not None
-    limiter: Any
-    try:
-        limiter = build_limiter(config, emit=run.events.emit, wait_for_store=True)
-    except LimiterUnavailableError as exc:  # the sqlite store's lock held by another process
-        limiter = _StoreAwaitedLimiter(
-            lambda emit: build_limiter(config, emit=emit), exc, run.events
-        )
+    limiter = build_limiter(config, emit=run.events.emit, wait_for_store=True)
     run.closers.append(limiter.close)
     return _build_sender(run, pool_size=workers, limiter=limiter)
-
-
-class _StoreAwaitedLimiter:
-    """The limiter of a bulk run whose store was locked at start: opened at a later acquire.
-
-    Until the store opens, each acquire raises its LimiterUnavailableError (one thread tries
-    to open it at a time; the others get the last error at once), so the rows wait within
-    ``[bulk] max-outage`` as for a Redis that does not answer at start. Its opening is the
-    store's recovery (the store-down event came from the first attempt); the failed
-    attempts emit nothing more, the opened limiter's events go to the run as usual.
-    """
-
-    def __init__(self, build: Any, error: LimiterUnavailableError, events: Events) -> None:
-        self._build = build
-        self._error = error
-        self._events = events
-        self._real: Any = None
-        self._opening = threading.Lock()
-
-    def _limiter(self) -> Any:
-        real = self._real
-        if real is not None:
-            return real
-        if not self._opening.acquire(blocking=False):
-            raise self._error
-        try:
-            if self._real is None:
-                try:
-                    self._real = self._build(self._forward)
-                except LimiterUnavailableError as exc:
-                    self._error = exc
-                    raise
-                except MsgsendError as exc:  # unusable after all: rows wait, never fail untried
-                    self._error = LimiterUnavailableError(str(exc))
-                    raise self._error from exc
-                from .events import LimiterStoreChanged
-
-                self._events.emit(LimiterStoreChanged(self._real.store, False, "answers again"))
-            return self._real
-        finally:
-            self._opening.release()
-
-    def _forward(self, event: Any) -> None:
-        if self._real is not None:
-            self._events.emit(event)
-
-    def acquire(self, providers: str | Sequence[str], timeout: float | None = None) -> Lease:
-        return self._limiter().acquire(providers, timeout)  # type: ignore[no-any-return]
-
-    def note_throttled(self, provider: str, retry_after: float | None) -> None:
-        if self._real is not None:
-            self._real.note_throttled(provider, retry_after)
-
-    def close(self) -> None:
-        if self._real is not None:
-            self._real.close()
-
-
-class _UnavailableLimiter:
-    """A limiter whose store could not be reached at start: every acquire says so again."""
-
-    def __init__(self, error: LimiterUnavailableError) -> None:
-        self.error = error
-
-    def acquire(self, providers: str | Sequence[str], timeout: float | None = None) -> Lease:
-        raise self.error
-
-    def note_throttled(self, provider: str, retry_after: float | None) -> None:
-        return None
 
 
 def _channel(value: str, option: str = "--via") -> str:
@@ -795,7 +718,9 @@ def ping(
                 sender = _build_sender(run, pool_size=2)
             except LimiterUnavailableError as exc:
                 # A store down at start: ping still answers 0/1/2, its probes not sent unpaced.
-                sender = _build_sender(run, pool_size=2, limiter=_UnavailableLimiter(exc))
+                from .ratelimit.standins import UnavailableLimiter
+
+                sender = _build_sender(run, pool_size=2, limiter=UnavailableLimiter(exc))
             report = check_health(sender, names)
             command.counts = {p.status.value: 0 for p in report.providers}
             for health in report.providers:

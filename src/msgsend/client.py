@@ -639,12 +639,14 @@ class Sender:
 def build_limiter(config: Config, *, emit: Emit | None = None, wait_for_store: bool = False) -> Any:
     """Return the ``RateLimiter`` of ``config``; raise ConfigError if its store is unusable.
 
-    An unreachable store (Redis down) raises LimiterUnavailableError: try again later. With
-    ``wait_for_store`` it is returned anyway and every acquire raises that error until the
-    store answers (a bulk run's rows wait for it, within ``[bulk] max-outage``).
+    An unreachable store (Redis down, a sqlite lock another process holds) raises
+    LimiterUnavailableError: try again later. With ``wait_for_store`` a limiter is returned
+    anyway and every acquire raises that error until the store answers (a bulk run's rows wait
+    for it, within ``[bulk] max-outage``): Redis reconnects by itself, a locked sqlite store is
+    opened at a later acquire (``ratelimit.standins.StoreAwaitedLimiter``).
     """
     from .errors import ConfigError
-    from .ratelimit import Limit, LimiterError, RateLimiter
+    from .ratelimit import Limit, LimiterError, LimiterUnavailableError, RateLimiter
 
     limits = {
         name: Limit(
@@ -672,5 +674,12 @@ def build_limiter(config: Config, *, emit: Emit | None = None, wait_for_store: b
             emit=emit,
             wait_for_store=wait_for_store,
         )
+    except LimiterUnavailableError as exc:
+        if not wait_for_store:
+            raise
+        from .ratelimit.standins import StoreAwaitedLimiter
+
+        # Its store-down event is out already (RateLimiter alerts a store down at start).
+        return StoreAwaitedLimiter(lambda emit: build_limiter(config, emit=emit), exc, emit)
     except LimiterError as exc:
         raise ConfigError(str(exc), source=str(config.path) if config.path else None) from exc

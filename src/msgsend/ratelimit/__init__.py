@@ -7,7 +7,8 @@ answered, so the slot is counted from then. With several providers it waits for 
 frees first. ``docs/rate-limiting.md`` explains strategies, stores and guarantees.
 
 Modules: ``core`` (limits, leases, settings), ``limiter`` (the facade and its wait loop),
-``memory``, ``sqlite``, ``redis`` (one per store).
+``memory``, ``sqlite``, ``redis`` (one per store), ``standins`` (limiters for a store that
+could not be opened at start).
 
 Example::
 

@@ -1,6 +1,6 @@
 """The public API of the package: ``__all__`` is sorted, complete and cheap to import; what
 start-up imports (the package, the console script, the command line, metrics, the rate limiter,
-a command with plain options) load, checked in one interpreter."""
+a command with plain options, a repeatable option) load, checked in one interpreter."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ IMPORT_STEPS = {
     "ratelimit": ("import msgsend.ratelimit", ("pyrate_limiter", "redis")),
     # a command with plain options only: msgsend._typerfast keeps typer from loading pydantic
     "plain options": ("exit_code = bulk_dry_run()", ("pydantic",)),
+    # a repeatable option (`sandbox --kakaotalk-fail-suffix`) is parsed without pydantic too
+    "repeatable option": ("suffixes = sandbox_suffixes()", ("pydantic",)),
 }  # fmt: skip
 
 CHILD = """
@@ -66,13 +68,25 @@ def bulk_dry_run():
         finally:
             os.chdir("/")
 
+def sandbox_suffixes():
+    # the sandbox command's options parsed as the command line would, without starting it
+    import typer
+    from msgsend.cli import app
+    group = typer.main.get_command(app)
+    args = ["--kakaotalk-fail-suffix", "0000", "--kakaotalk-fail-suffix", "9", "--seed", "7"]
+    with group.make_context("msgsend", ["sandbox"]) as parent:
+        command = group.get_command(parent, "sandbox")
+        with command.make_context("sandbox", args, parent=parent) as context:
+            return context.params["kakaotalk_fail_suffix"]
+
 report = {}
-exit_code = None
+exit_code = suffixes = None
 for name, (statement, names) in json.loads(sys.argv[1]).items():
     before = [m for m in names if m in sys.modules]
     exec(statement)
     report[name] = {"before": before, "after": [m for m in names if m in sys.modules]}
 report["plain options"]["exit_code"] = exit_code
+report["repeatable option"]["value"] = suffixes
 print(json.dumps(report))
 """
 
@@ -106,6 +120,10 @@ def test_a_start_up_step_loads_none_of_the_modules_it_must_not(step: str) -> Non
 
 def test_the_plain_options_command_ran_to_its_end() -> None:
     assert modules_loaded_by_imports()["plain options"]["exit_code"] == 0
+
+
+def test_the_repeatable_option_gets_every_value_given() -> None:
+    assert modules_loaded_by_imports()["repeatable option"]["value"] == ["0000", "9"]
 
 
 def test_the_readme_code_map_names_every_module() -> None:

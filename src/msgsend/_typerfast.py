@@ -4,11 +4,12 @@ typer 0.2x coerces every non-flag option through a pydantic ``TypeAdapter``, giv
 first one imports pydantic (120-190 ms on the benchmark machine, about what ``import requests``
 costs) and each builds an adapter. That alone put ``msgsend ping`` over its start-up budget
 (docs/benchmarks.md). msgsend's options are plain ``str``, ``int``, ``float`` (some with
-``min``/``max``), ``Path`` and flags; for an ordinary value of those (``"8"``, ``"0.5"``, a
-path, ``True``) this module returns what typer's adapter returns, and hands everything else
-to typer unchanged: other annotations (lists, enums, ...), options with a parser, clamping or
-path checks, and any value it is not sure about (``" 8"``, ``"1e3"`` for an int, out of
-range, ...), so that typer produces the same result or the same error message as without it.
+``min``/``max``), ``Path``, flags and repeatable ``list[str]``; for an ordinary value of those
+(``"8"``, ``"0.5"``, a path, ``True``, ``("0000", "9")``) this module returns what typer's
+adapter returns, and hands everything else to typer unchanged: other annotations (other
+lists, enums, ...), options with a parser, clamping or path checks, and any value it is not
+sure about (``" 8"``, ``"1e3"`` for an int, out of range, ...), so that typer produces the
+same result or the same error message as without it.
 
 ``install()`` is called by ``msgsend.cli``. When typer's internals are not what this expects
 (an older typer that does not use pydantic, or a newer one that changed them), it installs
@@ -31,7 +32,7 @@ __all__ = ["install", "install_plain_help"]
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_PLAIN = (str, int, float, Path, bool)
+_PLAIN = (str, int, float, Path, bool, list[str])
 #: typer's defaults for the path options: with any other value typer checks the path itself
 _PATH_DEFAULTS = {
     "exists": False,
@@ -50,6 +51,10 @@ def _fast(annotation: Any, info: Any, value: Any) -> Any:
     """Return the coerced value, or ``_SLOW`` when typer should decide."""
     if annotation is str:
         return value if isinstance(value, str) else _SLOW
+    if annotation == list[str]:  # a repeatable option: click hands over a tuple of strings
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+            return list(value)
+        return _SLOW
     if annotation is bool:  # typer skips flags already True/False; this is for the others
         return value if isinstance(value, bool) else _SLOW
     if annotation is Path:

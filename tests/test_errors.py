@@ -236,6 +236,21 @@ def test_retry_after_http_date_in_the_past_is_zero():
 )
 def test_exit_code_comes_from_the_nearest_class_in_the_table(exc, code):
     assert exit_code_for(exc) == code
+    assert exit_code_for(type(exc)) == code
+
+
+@pytest.mark.parametrize(
+    ("status", "unavailable", "code"),
+    [("sent", False, 0), ("failed", False, 1), ("failed", True, 75)],
+)
+def test_a_send_result_takes_its_exit_code_from_the_table(status, unavailable, code, monkeypatch):
+    from msgsend.models import DeliveryResult
+
+    result = DeliveryResult("01012345678", status, unavailable=unavailable)
+    assert result.exit_code == code
+    # The table decides: change it and the result's code follows.
+    monkeypatch.setitem(errors.EXIT_CODES, errors.TryLaterError, 99)
+    assert result.exit_code == (99 if unavailable else code)
 
 
 @pytest.mark.parametrize(

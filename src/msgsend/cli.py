@@ -33,7 +33,6 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOFTWARE,
-    EXIT_TEMPFAIL,
     EXIT_USAGE,
     ConfigError,
     InputError,
@@ -50,7 +49,6 @@ _install_plain_options()
 _install_plain_help()
 
 if TYPE_CHECKING:
-
     from rich.console import Console
 
     from .alerts import Alerter
@@ -602,11 +600,7 @@ def send(
             else:
                 console = run.console if verbose or _stderr_may_be_terminal() else None
                 _render_send(console, result, report if verbose else None)
-        # Nothing could be tried now (circuits open, providers paused, limiter store down):
-        # nothing was sent, so "try again later" (75), not "not delivered" (1).
-        raise typer.Exit(
-            EXIT_OK if result.ok else (EXIT_TEMPFAIL if result.unavailable else EXIT_FAILED)
-        )
+        raise typer.Exit(result.exit_code)
 
 
 #: ``send -`` reads at most this much: no message is longer, and memory stays bounded

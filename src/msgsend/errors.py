@@ -409,9 +409,9 @@ EXIT_CODES: Mapping[type[BaseException], int] = {
 _PRECEDENCE = (EXIT_INTERRUPTED, EXIT_CONFIG, EXIT_TEMPFAIL, EXIT_IOERR, EXIT_FAILED)
 
 
-def exit_code_for(exc: BaseException) -> int:
-    """Return the exit code of ``exc``: that of the nearest class of its MRO in ``EXIT_CODES``."""
-    for cls in type(exc).__mro__:
+def exit_code_for(exc: BaseException | type[BaseException]) -> int:
+    """Return the exit code of ``exc`` (or of its class): the nearest class of its MRO's."""
+    for cls in (exc if isinstance(exc, type) else type(exc)).__mro__:
         code = EXIT_CODES.get(cls)
         if code is not None:
             return code

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .errors import InputError
+from .errors import EXIT_OK, InputError, MsgsendError, TryLaterError, exit_code_for
 
 __all__ = [
     "CHANNELS",
@@ -338,6 +338,18 @@ class DeliveryResult:
     def ok(self) -> bool:
         """True when the message was delivered."""
         return self.status == "sent"
+
+    @property
+    def exit_code(self) -> int:
+        """Return ``msgsend send``'s exit code (SPEC §8), from the table ``errors.EXIT_CODES``.
+
+        0 sent. Nothing could be tried now (circuits open, providers paused, limiter store
+        down): nothing was sent, so try again later (``TryLaterError``, 75). Otherwise the
+        message was not delivered (``MsgsendError``, 1).
+        """
+        if self.ok:
+            return EXIT_OK
+        return exit_code_for(TryLaterError if self.unavailable else MsgsendError)
 
     def to_json(self) -> dict[str, Any]:
         """Return the ``send --json`` document (SPEC §6)."""

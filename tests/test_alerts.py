@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from msgsend.alerts import ALERT_TYPES, Alert, Alerter, alert_for
+from msgsend.alerts import ALERT_TYPES, Alert, Alerter, alert_for, alert_listener
 from msgsend.events import (
     AttemptFinished,
     CircuitChanged,
@@ -307,10 +307,12 @@ def test_refused_credentials_and_fallbacks_alert():
 
 def test_alerter_listens_to_events():
     alerter = Alerter(clock=FakeClock())
-    events = Events(alerter.on_event)
+    events = Events(alert_listener(alerter))
     events.emit(CircuitChanged("sms", "closed", "open", "5 consecutive failures"))
     events.emit(MessageFinished("010-****-5678", "sent", "sms", False, 1))
     assert [(a.type, a.provider) for a in alerter.emitted] == [("provider-down", "sms")]
+    # the same alerter's listener twice is one listener: subscribing it again has no effect
+    assert alert_listener(alerter) == alert_listener(alerter)
 
 
 def test_the_next_alert_says_how_many_the_window_held_back():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fakes import FakeClock, FakeLimiter, FakeProvider, FakeSleep, ok, server_error
+from msgsend.bulk import BulkOptions, send_bulk
 from msgsend.client import Sender
 from msgsend.events import (
     AttemptFinished,
@@ -17,7 +20,10 @@ from msgsend.events import (
     LimiterWaited,
     MessageFinished,
     RetryScheduled,
+    RowSettled,
 )
+from msgsend.models import DeliveryResult
+from msgsend.report import RowCounts
 from msgsend.retry import RetryPolicy
 
 
@@ -119,3 +125,84 @@ def test_events_never_carry_the_full_number() -> None:
     sender.send("010-1234-5678", "안녕하세요")
     assert trail
     assert all("1234" not in repr(event) for event in trail)
+
+
+# -- a bulk run's rows: one RowSettled each, the report is its listener ------------------------
+
+
+class _ScriptedSender:
+    """Answers each recipient as scripted: kakaotalk, fallback, overflow, failed, timeouts."""
+
+    def send(
+        self, recipient: str, text: str, *, overflow: bool = False, **kwargs: Any
+    ) -> DeliveryResult:
+        last = recipient[-1]
+        if last == "1":  # delivered by KakaoTalk after two retries
+            return DeliveryResult(recipient, "sent", "kakaotalk", attempts=3, retries=2)
+        if last == "2":  # fell back to SMS; one read timeout on the way
+            return DeliveryResult(
+                recipient, "sent", "sms", fallback=True, attempts=2, retries=0, uncertain=1
+            )
+        if last == "3":  # KakaoTalk's budget was full: by SMS at once
+            assert overflow
+            return DeliveryResult(
+                recipient, "sent", "sms", fallback=True, overflow=True, attempts=1
+            )
+        return DeliveryResult(  # every provider failed
+            recipient,
+            "failed",
+            "sms",
+            fallback=True,
+            attempts=4,
+            retries=2,
+            error="every provider failed: HTTP 503",
+        )
+
+
+def test_a_bulk_run_settles_each_row_once_and_its_report_is_what_a_listener_counts(
+    tmp_path: Path,
+) -> None:
+    long_text = "가" * 100  # too long for one SMS: an LMS
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "phone,message\n"
+        "010-1234-0001,hello\n"
+        f"010-1234-0002,{long_text}\n"
+        "010-1234-0003,hello three\n"
+        "010-1234-0004,hello four\n"
+        "bad,hello\n"
+        "010-1234-0001,hello\n",
+        encoding="utf-8",
+    )
+    seen: list[Event] = []
+    options = BulkOptions(fallback=True, overflow=True, concurrency=2)
+    report = send_bulk(source, _ScriptedSender(), options, emit=seen.append)
+
+    rows = [event for event in seen if isinstance(event, RowSettled)]
+    assert sorted(event.row for event in rows) == [1, 2, 3, 4, 5, 6]  # each row exactly once
+    by_row = {event.row: event for event in rows}
+    assert (by_row[1].status, by_row[1].kind, by_row[1].retries) == ("sent", "kakaotalk", 2)
+    assert (by_row[2].kind, by_row[2].fallback, by_row[2].uncertain) == ("lms", True, 1)
+    assert (by_row[3].channel, by_row[3].overflow, by_row[3].kind) == ("sms", True, "sms")
+    assert (by_row[4].status, by_row[4].retries, by_row[4].overflow) == ("failed", 2, False)
+    assert by_row[4].error == "every provider failed: HTTP 503"
+    assert (by_row[5].status, by_row[5].kind, by_row[5].attempts) == ("invalid", None, 0)
+    assert (by_row[6].status, by_row[6].error) == ("duplicate", "duplicate of row 1")
+    # Events never carry a full number or the message text.
+    for event in rows:
+        assert "1234" not in repr(event) and long_text not in repr(event)
+
+    # What any listener derives from the events is the report's row counts, field by field.
+    listener = RowCounts()
+    for event in seen:
+        listener.on_event(event)
+    for name in (spec.name for spec in dataclasses.fields(RowCounts)):
+        assert getattr(report, name) == getattr(listener, name), name
+    document = report.to_json()
+    assert (document["sent"], document["failed"], document["invalid"]) == (3, 1, 1)
+    assert document["duplicate"] == 1 and document["sent_by_channel"] == {"kakaotalk": 1, "sms": 2}
+    assert document["kinds"] == {"kakaotalk": 1, "lms": 1, "sms": 1}
+    assert (document["fallbacks"], document["overflows"], document["uncertain"]) == (3, 1, 1)
+    assert document["retries"] == 4
+    assert document["failed_rows"] == [{"row": 4, "error": "every provider failed: HTTP 503"}]
+    assert [entry["row"] for entry in document["invalid_rows"]] == [5]

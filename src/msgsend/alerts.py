@@ -121,15 +121,23 @@ class SupportsEmit(Protocol):
     def emit(self, type: str, provider: str | None, message: str) -> bool: ...
 
 
-def alert_listener(alerter: SupportsEmit) -> Listener:
-    """Return an event listener that raises on ``alerter`` the alerts of ``alert_for``."""
+@dataclass(frozen=True, slots=True)
+class _AlertListener:
+    alerter: SupportsEmit
 
-    def listen(event: Event) -> None:
+    def __call__(self, event: Event) -> None:
         alert = alert_for(event)
         if alert is not None:
-            alerter.emit(*alert)
+            self.alerter.emit(*alert)
 
-    return listen
+
+def alert_listener(alerter: SupportsEmit) -> Listener:
+    """Return the event listener that raises on ``alerter`` the alerts of ``alert_for``.
+
+    The one way events reach an alerter (``Sender(alerter=...)`` and the CLI subscribe it).
+    Listeners of the same alerter are equal: subscribing it twice has no effect.
+    """
+    return _AlertListener(alerter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,12 +283,6 @@ class Alerter:
         return self._thread is not None and self._thread.is_alive()
 
     # -- emitting --------------------------------------------------------------------------
-
-    def on_event(self, event: Event) -> None:
-        """Raise the alert ``event`` calls for, if any (an ``Events`` listener)."""
-        alert = alert_for(event)
-        if alert is not None:
-            self.emit(*alert)
 
     def emit(self, type: str, provider: str | None, message: str) -> bool:
         """Log an alert and queue its webhook post; return False if it was a duplicate."""

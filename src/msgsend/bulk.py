@@ -31,7 +31,7 @@ from array import array
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from .csvinput import CsvInfo, CsvRecord, CsvRow, CsvSource, _clean, inspect_csv
 from .errors import (
@@ -56,6 +56,7 @@ from .models import (
     sms_bytes,
 )
 from .outage import QuietHours, RefusalStreak, SendGate
+from .report import RowCounts
 from .results import (
     DUPLICATE,
     FAILED,
@@ -84,14 +85,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: how many invalid / failed rows the report keeps for display
-REPORT_ROWS_CAP = 100
-
 _SETTLED = frozenset({STATUS_CODES[SENT], STATUS_CODES[INVALID], STATUS_CODES[DUPLICATE]})
 
 
 class SupportsSend(Protocol):
-    """The message service bulk sends through (``Sender``); must be thread-safe."""
+    """The message service bulk sends through (``Sender``); must be thread-safe.
+
+    ``overflow``, ``refused_by`` and ``before_attempt`` (``_SendExtras``) are passed only when
+    in use: a sender for a run without overflow or quiet hours needs none of them.
+    """
 
     def send(
         self,
@@ -103,9 +105,21 @@ class SupportsSend(Protocol):
         overflow: bool = False,
         message_id: str | None = None,
         refused_by: Collection[str] = (),
+        before_attempt: Callable[[], bool] | None = None,
     ) -> DeliveryResult:
-        """Send one message; never raise for provider failures (``overflow`` only when on)."""
+        """Send one message; never raise for provider failures."""
         ...
+
+
+class _SendExtras(TypedDict, total=False):
+    """The keyword arguments of ``SupportsSend.send`` a row passes only when they are in use."""
+
+    #: the run sends KakaoTalk rows by SMS when KakaoTalk's budget is full
+    overflow: bool
+    #: providers that answered an earlier try of this waiting row with a 5xx
+    refused_by: Collection[str]
+    #: quiet hours: asked before every retry and fallback
+    before_attempt: Callable[[], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +164,13 @@ class BulkOptions:
 
 
 @dataclass(slots=True)
-class BulkReport:
-    """The outcome of ``send_bulk``: counts per status and channel, and the exit code."""
+class BulkReport(RowCounts):
+    """The outcome of ``send_bulk``: counts per status and channel, and the exit code.
+
+    The row counts (``RowCounts``: sent, failed, kinds, fallbacks, retries...) come from
+    listening to the run's ``RowSettled`` events, one per recorded row; the rest is the
+    run's own (rows skipped by resume, blank records, time, why it stopped).
+    """
 
     path: Path
     results_path: Path
@@ -159,25 +178,10 @@ class BulkReport:
     encoding: str = ""
     #: rows of the file (blank records excluded)
     total_rows: int = 0
-    sent: int = 0
-    failed: int = 0
-    invalid: int = 0
-    duplicate: int = 0
-    #: dry run: rows that would be sent
-    ready: int = 0
     #: rows settled by an earlier run and skipped by resume; ``previously`` splits them by status
     skipped: int = 0
     previously: dict[str, int] = field(default_factory=dict)
     blank: int = 0
-    sent_by_channel: dict[str, int] = field(default_factory=dict)
-    #: messages sent (dry run: ready) per kind: ``kakaotalk``, ``sms``, ``lms`` (a long SMS)
-    kinds: dict[str, int] = field(default_factory=dict)
-    fallbacks: int = 0
-    #: rows sent by SMS because KakaoTalk's budget was full (counted in ``fallbacks`` too)
-    overflows: int = 0
-    #: rows that saw a read timeout: they may have been delivered more than once
-    uncertain: int = 0
-    retries: int = 0
     #: seconds
     elapsed: float = 0.0
     interrupted: bool = False
@@ -188,8 +192,6 @@ class BulkReport:
     #: seconds rows waited for a channel to come back (wall time), and paused by quiet hours
     outage_wait_s: float = 0.0
     quiet_s: float = 0.0
-    invalid_rows: list[tuple[int, str]] = field(default_factory=list)
-    failed_rows: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -206,7 +208,7 @@ class BulkReport:
     @property
     def done(self) -> int:
         """Rows settled so far, skipped ones included."""
-        return self.sent + self.failed + self.invalid + self.duplicate + self.ready + self.skipped
+        return self.processed + self.skipped
 
     @property
     def left(self) -> int:
@@ -582,6 +584,19 @@ class _Run:
                 continue  # taken after the stop: not sent, no line, resume picks it up
             self.send_row(item)
 
+    def extras(self, item: CsvRow, earlier: DeliveryResult | None) -> _SendExtras:
+        """Return the optional ``send`` arguments this row needs (``_SendExtras``)."""
+        extras: _SendExtras = {}
+        if self.overflow and not item.via_cell:  # a row's own ``via`` cell is kept
+            extras["overflow"] = True
+        if earlier is not None and earlier.refused_by:
+            # A waiting row's earlier 5xx answers are not counted again by the breakers.
+            extras["refused_by"] = earlier.refused_by
+        if self.gate.quiet_hours is not None:
+            # Quiet hours are checked before each attempt, retries and fallback too.
+            extras["before_attempt"] = self.gate.before_send
+        return extras
+
     def send_row(self, item: CsvRow) -> None:
         """Send one row; keep it while no channel can take it; record what settles it.
 
@@ -602,32 +617,14 @@ class _Run:
                     if self.make_ids
                     else None
                 )
-                # A waiting row's earlier 5xx answers are not counted again by the breakers.
-                again: dict[str, Any] = (
-                    {"refused_by": earlier.refused_by} if earlier and earlier.refused_by else {}
+                result = self.sender.send(
+                    item.recipient,
+                    item.message,
+                    via=item.channel,
+                    fallback=self.fallback,
+                    message_id=message_id,
+                    **self.extras(item, earlier),
                 )
-                if self.gate.quiet_hours is not None:
-                    # Quiet hours are checked before each attempt, retries and fallback too.
-                    again["before_attempt"] = self.gate.before_send
-                if self.overflow and not item.via_cell:
-                    result = self.sender.send(
-                        item.recipient,
-                        item.message,
-                        via=item.channel,
-                        fallback=self.fallback,
-                        overflow=True,
-                        message_id=message_id,
-                        **again,
-                    )
-                else:
-                    result = self.sender.send(
-                        item.recipient,
-                        item.message,
-                        via=item.channel,
-                        fallback=self.fallback,
-                        message_id=message_id,
-                        **again,
-                    )
             except InputError as exc:
                 self.record(item, INVALID, error=str(exc))
                 return
@@ -720,7 +717,9 @@ class _Run:
             attempts=result.attempts,
             error=error or None,
             latency_ms=result.latency_ms,
-            result=result,
+            overflow=ok and result.overflow,
+            retries=result.retries,
+            uncertain=result.uncertain,
         )
 
     def record(
@@ -733,8 +732,11 @@ class _Run:
         attempts: int = 0,
         error: str | None = None,
         latency_ms: float | None = None,
-        result: DeliveryResult | None = None,
+        overflow: bool = False,
+        retries: int = 0,
+        uncertain: int = 0,
     ) -> None:
+        """Write the row's line; then the report and the caller's listeners get ``RowSettled``."""
         error = _clean(error) if error else None
         kind = ""
         if channel and item.message and status in (SENT, FAILED, READY):
@@ -766,64 +768,28 @@ class _Run:
                     ResultsWriteError(f"{exc}; row {item.row} ended {status} but is not recorded")
                 )
                 return
-            self.count(item, status, channel, fallback, error, latency_ms, result, kind)
+            event = RowSettled(
+                row=item.row,
+                recipient_masked=mask_recipient(item.recipient),
+                status=status,
+                channel=channel,
+                fallback=fallback,
+                attempts=attempts,
+                error=error,
+                latency_ms=latency_ms,
+                kind=kind or None,
+                overflow=overflow,
+                retries=retries,
+                uncertain=uncertain,
+            )
+            # The report counts the row as any listener would; then the caller's listeners.
+            self.report.on_event(event)
             if self.emit is not None:
-                event = RowSettled(
-                    row=item.row,
-                    recipient_masked=mask_recipient(item.recipient),
-                    status=status,
-                    channel=channel,
-                    fallback=fallback,
-                    attempts=attempts,
-                    error=error,
-                    latency_ms=latency_ms,
-                )
                 try:
                     self.emit(event)
                 except Exception as exc:
                     self.fail(exc)
             self.progress()
-
-    def count(
-        self,
-        item: CsvRow,
-        status: str,
-        channel: str | None,
-        fallback: bool,
-        error: str | None,
-        latency_ms: float | None,
-        result: DeliveryResult | None,
-        kind: str = "",
-    ) -> None:
-        report = self.report
-        if kind and status in (SENT, READY):
-            report.kinds[kind] = report.kinds.get(kind, 0) + 1
-        # A fallback counts whether or not SMS then delivered: the way the run report's
-        # per-provider ``fallbacks_from`` counts it, so --json says one thing.
-        report.fallbacks += int(fallback)
-        if status == SENT:
-            report.sent += 1
-            name = channel or "unknown"
-            report.sent_by_channel[name] = report.sent_by_channel.get(name, 0) + 1
-        elif status == FAILED:
-            report.failed += 1
-            if len(report.failed_rows) < REPORT_ROWS_CAP:
-                report.failed_rows.append((item.row, error or "failed"))
-        elif status == INVALID:
-            report.invalid += 1
-            if len(report.invalid_rows) < REPORT_ROWS_CAP:
-                report.invalid_rows.append((item.row, error or "invalid"))
-        elif status == DUPLICATE:
-            report.duplicate += 1
-        elif status == READY:
-            report.ready += 1
-        if result is None:
-            return
-        if status == SENT:
-            report.overflows += int(result.overflow)
-        report.retries += result.retries
-        if result.uncertain:
-            report.uncertain += 1
 
     def progress(self) -> None:
         if self.on_progress is None:

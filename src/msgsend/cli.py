@@ -380,7 +380,7 @@ def _run(
             run.config = _load_config(common, overrides, run)
             if sandbox:
                 run.sandbox, run.config = _start_sandbox(run.config, run)
-            from .alerts import Alerter
+            from .alerts import Alerter, alert_listener
 
             apprise_urls = run.config.alerts.apprise_urls
             if apprise_urls and importlib.util.find_spec("apprise") is None:
@@ -394,7 +394,7 @@ def _run(
                 context=_alert_context(command),
                 apprise_urls=apprise_urls,
             )
-            run.events.subscribe(run.alerter.on_event)
+            run.events.subscribe(alert_listener(run.alerter))
             if common.metrics_file or common.pushgateway:
                 from .metrics import Metrics
 

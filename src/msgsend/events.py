@@ -166,10 +166,13 @@ class MessageFinished(Event):
 
 @dataclass(frozen=True, slots=True)
 class RowSettled(Event):
-    """A bulk row got its line in the results (or preview) file.
+    """A bulk row got its line in the results (or preview) file: emitted once per row.
 
     ``status`` is ``sent``, ``failed``, ``invalid``, ``duplicate`` or ``ready`` (dry run).
-    Rows that never reached the sender (invalid, duplicate) have ``attempts`` 0.
+    Rows that never reached the sender (invalid, duplicate) have ``attempts`` 0. The fields
+    are what the bulk report counts (``report.RowCounts``): the results line's ``error``
+    (its notes too), the message's ``kind``, and for a row the sender handled its
+    ``retries``, its read timeouts (``uncertain``) and whether it ``overflow``-ed to SMS.
     """
 
     row: int
@@ -180,6 +183,13 @@ class RowSettled(Event):
     attempts: int = 0
     error: str | None = None
     latency_ms: float | None = None
+    #: ``kakaotalk``, ``sms`` or ``lms`` (a long SMS) for a sent, failed or ready row
+    kind: str | None = None
+    #: sent by SMS because KakaoTalk's budget was full (``fallback`` is set too)
+    overflow: bool = False
+    retries: int = 0
+    #: read timeouts: the message may have been delivered more than once
+    uncertain: int = 0
 
 
 @dataclass(frozen=True, slots=True)

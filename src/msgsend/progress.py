@@ -1,9 +1,10 @@
 """The bulk run's display: a live line on a terminal, plain lines for cron, and the summary.
 
-``BulkProgress`` listens to the run's events (``RowSettled``) and to ``on_progress(done,
-total)``; a ticker thread refreshes it while nothing settles (every send waiting for the rate
-limiter), so the rate and ETA never freeze. The ETA comes from ``Schedule``: when the rate
-limit allows the last row to go, the later of that and the pace observed in this run.
+``BulkProgress`` listens to the run's events (its row counts are a ``report.RowCounts``, the
+bulk report's own listener of ``RowSettled``) and to ``on_progress(done, total)``; a ticker
+thread refreshes it while nothing settles (every send waiting for the rate limiter), so the
+rate and ETA never freeze. The ETA comes from ``Schedule``: when the rate limit allows the
+last row to go, the later of that and the pace observed in this run.
 
 Only the CLI uses this module; rich is imported when a terminal needs it.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 from .events import Event, RowSettled, RunPaused, RunResumed
+from .report import RowCounts
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -29,8 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BulkProgress", "Schedule", "format_duration", "provider_table", "render_bulk_summary"]
 
-#: statuses of rows that went through the sender in this run (the rate counts only these)
-_SENT_BY_THIS_RUN: Final = frozenset({"sent", "failed"})
 _BAR: Final = "━"
 #: the observed pace rules the ETA only below this share of the limit's sustained rate
 SLOWER: Final = 0.8
@@ -110,14 +110,13 @@ class BulkProgress:
         self.total = total
         self.schedule = schedule
         self.interval = interval
-        self.counts = {"sent": 0, "failed": 0, "invalid": 0, "duplicate": 0, "fallback": 0}
+        #: this run's rows, counted as the bulk report counts them
+        self.rows = RowCounts()
         self.done = 0
         self._clock = clock
         self._wall = wall
         self._stream = stream
         self.started = clock()
-        #: rows this run sent or failed, and when the first of them started
-        self.sends = 0
         self._window = max(self.WINDOW, schedule.period if schedule else 0.0)
         self._history: deque[tuple[float, int]] = deque([(self.started, 0)])
         self._lock = threading.Lock()
@@ -137,14 +136,14 @@ class BulkProgress:
             self.paused = event if isinstance(event, RunPaused) else None
             self._refresh(force=True)
             return
-        if not isinstance(event, RowSettled):
-            return
-        with self._lock:
-            self.counts[event.status] = self.counts.get(event.status, 0) + 1
-            if event.fallback:
-                self.counts["fallback"] += 1
-            if event.status in _SENT_BY_THIS_RUN:
-                self.sends += 1
+        if isinstance(event, RowSettled):
+            with self._lock:
+                self.rows.on_event(event)
+
+    @property
+    def sends(self) -> int:
+        """Rows this run sent or failed: the ones that went through the sender (the rate)."""
+        return self.rows.sent + self.rows.failed
 
     def update(self, done: int, total: int) -> None:
         """Take the run's ``on_progress(done, total)``."""
@@ -202,18 +201,18 @@ class BulkProgress:
         now = self._clock()
         rate = self.rate(now)
         eta = self.eta(now, rate)
-        c = self.counts
+        c = self.rows
         when = f"ETA {'-' if eta is None else format_duration(eta)}"
         paused = self.paused
         if paused is not None:
             when = f"{when}  {paused.describe()}"
         full = (
-            f"sent {c['sent']}  fallback {c['fallback']}  failed {c['failed']}  "
-            f"invalid {c['invalid']}  {rate:.1f}/s  {when}"
+            f"sent {c.sent}  fallback {c.fallbacks}  failed {c.failed}  "
+            f"invalid {c.invalid}  {rate:.1f}/s  {when}"
         )
         if width is None or len(full) <= width:
             return full
-        short = f"ok {c['sent']} fb {c['fallback']} fail {c['failed']} {rate:.1f}/s {when}"
+        short = f"ok {c.sent} fb {c.fallbacks} fail {c.failed} {rate:.1f}/s {when}"
         return short if len(short) <= width else when
 
     def line(self, width: int) -> str:

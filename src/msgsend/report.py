@@ -18,9 +18,13 @@ from .events import (
     LimiterWaited,
     MessageFinished,
     RetryScheduled,
+    RowSettled,
 )
 
-__all__ = ["LatencyHistogram", "ProviderStats", "RunStats"]
+__all__ = ["LatencyHistogram", "ProviderStats", "RowCounts", "RunStats"]
+
+#: how many invalid / failed rows the counts keep for display (the results file has them all)
+REPORT_ROWS_CAP = 100
 
 
 class LatencyHistogram:
@@ -104,6 +108,70 @@ class ProviderStats:
                 "max_wait_seconds": round(self.limiter_wait_max, 3),
             },
         }
+
+
+@dataclass(slots=True, kw_only=True)
+class RowCounts:
+    """A bulk run's rows per status, channel and kind: the one listener of ``RowSettled``.
+
+    ``bulk.BulkReport`` (what ``send_bulk`` returns, ``--json``'s counts, the summary) is a
+    ``RowCounts``, and so are the progress line's counts: a new row status or count is a line
+    in ``on_event``. Not locked: a run hands it one event at a time.
+    """
+
+    sent: int = 0
+    failed: int = 0
+    invalid: int = 0
+    duplicate: int = 0
+    #: dry run: rows that would be sent
+    ready: int = 0
+    sent_by_channel: dict[str, int] = field(default_factory=dict)
+    #: messages sent (dry run: ready) per kind: ``kakaotalk``, ``sms``, ``lms`` (a long SMS)
+    kinds: dict[str, int] = field(default_factory=dict)
+    #: rows that fell back (whether or not SMS then delivered: as the run report's per-provider
+    #: ``fallbacks_from`` counts them, so --json says one thing)
+    fallbacks: int = 0
+    #: rows sent by SMS because KakaoTalk's budget was full (counted in ``fallbacks`` too)
+    overflows: int = 0
+    #: rows that saw a read timeout: they may have been delivered more than once
+    uncertain: int = 0
+    retries: int = 0
+    #: the first ``REPORT_ROWS_CAP`` invalid / failed rows and why
+    invalid_rows: list[tuple[int, str]] = field(default_factory=list)
+    failed_rows: list[tuple[int, str]] = field(default_factory=list)
+
+    def on_event(self, event: Event) -> None:
+        """Count a settled row (an events listener; other events are ignored)."""
+        if not isinstance(event, RowSettled):
+            return
+        status = event.status
+        if event.kind and status in ("sent", "ready"):
+            self.kinds[event.kind] = self.kinds.get(event.kind, 0) + 1
+        self.fallbacks += event.fallback
+        self.overflows += event.overflow
+        self.retries += event.retries
+        self.uncertain += bool(event.uncertain)
+        if status == "sent":
+            self.sent += 1
+            name = event.channel or "unknown"
+            self.sent_by_channel[name] = self.sent_by_channel.get(name, 0) + 1
+        elif status == "failed":
+            self.failed += 1
+            if len(self.failed_rows) < REPORT_ROWS_CAP:
+                self.failed_rows.append((event.row, event.error or "failed"))
+        elif status == "invalid":
+            self.invalid += 1
+            if len(self.invalid_rows) < REPORT_ROWS_CAP:
+                self.invalid_rows.append((event.row, event.error or "invalid"))
+        elif status == "duplicate":
+            self.duplicate += 1
+        elif status == "ready":
+            self.ready += 1
+
+    @property
+    def processed(self) -> int:
+        """Rows settled by this run (skipped ones, settled by an earlier run, excluded)."""
+        return self.sent + self.failed + self.invalid + self.duplicate + self.ready
 
 
 class RunStats:

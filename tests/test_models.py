@@ -40,7 +40,8 @@ def test_all_is_sorted_and_complete():
 
 def test_limits_match_the_spec():
     assert (KAKAOTALK_MAX_CHARS, SMS_MAX_BYTES) == (1000, 2000)
-    assert [c.value for c in models.CHANNELS] == ["kakaotalk", "sms"]
+    assert models.CHANNELS == ("kakaotalk", "sms")
+    assert all(type(name) is str for name in models.CHANNELS)  # keys and labels as written
 
 
 @pytest.mark.parametrize(

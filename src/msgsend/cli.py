@@ -397,13 +397,14 @@ def _run(
             run.events.subscribe(alert_listener(run.alerter))
             if common.metrics_file or common.pushgateway:
                 from .metrics import Metrics
+                from .models import CHANNELS
 
                 limits = {
                     name: (
                         run.config.provider(name).rate_limit.count,
                         run.config.provider(name).rate_limit.period,
                     )
-                    for name in ("kakaotalk", "sms")
+                    for name in CHANNELS
                 }
                 run.metrics = Metrics(limits=limits)
                 run.events.subscribe(run.metrics.on_event)
@@ -506,8 +507,10 @@ def _build_bulk_sender(run: Run, workers: int) -> Sender:
 
 
 def _channel(value: str, option: str = "--via") -> str:
+    from .models import CHANNELS
+
     lowered = value.strip().lower()
-    if lowered not in ("kakaotalk", "sms"):
+    if lowered not in CHANNELS:
         raise typer.BadParameter(f"{value!r} is not kakaotalk or sms", param_hint=option)
     return lowered
 
@@ -1145,13 +1148,14 @@ def sandbox_command(
     """
     with _errors_to_exit_codes():
         from .formats import FORMAT_NAMES, preset
+        from .models import CHANNELS
         from .sandbox import ProviderOptions, Sandbox, SandboxOptions, format_request
 
         if wire_format not in FORMAT_NAMES:
             raise typer.BadParameter(
                 f"{wire_format!r} is not one of {', '.join(FORMAT_NAMES)}", param_hint="--format"
             )
-        formats = {name: preset(wire_format, name) for name in ("kakaotalk", "sms")}
+        formats = {name: preset(wire_format, name) for name in CHANNELS}
 
         def provider_options(
             name: str, down: bool, status: int | None, limit: int

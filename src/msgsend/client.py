@@ -59,6 +59,7 @@ from .events import (
 from .formats import new_message_id
 from .logs import log_event, mask_text
 from .models import (
+    CHANNELS,
     Channel,
     DeliveryResult,
     Refusal,
@@ -653,7 +654,7 @@ def build_limiter(config: Config, *, emit: Emit | None = None, wait_for_store: b
             count=config.provider(name).rate_limit.count,
             period=config.provider(name).rate_limit.period,
         )
-        for name in ("kakaotalk", "sms")
+        for name in CHANNELS
     }
     # A lease whose process died before the answer keeps its slot until the request could
     # no longer be answered: the provider's timeouts, plus a margin.

@@ -49,6 +49,7 @@ from .formats import (
     check_request_format,
     preset,
 )
+from .models import CHANNELS
 
 __all__ = [
     "DEFAULTS",
@@ -444,7 +445,7 @@ DEFAULTS: dict[str, Any] = {
     "sms.rate-limit.requests-per-minute": 500,
     **{
         f"{name}.{key}": value
-        for name in ("kakaotalk", "sms")
+        for name in CHANNELS
         for key, value in _format_defaults(name, "default").items()
     },
     "retry.max-attempts": 3,
@@ -1272,7 +1273,7 @@ def render_sample_config(wire_format: str = "default") -> str:
     ``default`` (SPEC §2) or ``assignment``.
     """
     values = dict(DEFAULTS)
-    for name in ("kakaotalk", "sms"):
+    for name in CHANNELS:
         values.update({f"{name}.{k}": v for k, v in _format_defaults(name, wire_format).items()})
     lines = [
         "# msgsend configuration. Every key can be overridden by an environment variable:",

@@ -33,6 +33,7 @@ from .events import (
     RetryScheduled,
     RowSettled,
 )
+from .models import CHANNELS, MessageKind
 from .redact import redact_url
 
 if TYPE_CHECKING:
@@ -50,10 +51,10 @@ __all__ = [
     "MetricsExportError",
 ]
 
-CHANNEL_LABELS: Final = ("kakaotalk", "sms", "none")
+CHANNEL_LABELS: Final = (*CHANNELS, "none")
 MESSAGE_OUTCOMES: Final = ("sent", "failed", "invalid", "duplicate")
 #: what a message cost (``models.message_kind``); ``none`` for rows never sent
-KIND_LABELS: Final = ("kakaotalk", "sms", "lms", "none")
+KIND_LABELS: Final = (*(kind.value for kind in MessageKind), "none")
 REQUEST_RESULTS: Final = (
     "success",
     "connect-error",
@@ -112,7 +113,7 @@ class Metrics:
         self,
         registry: CollectorRegistry | None = None,
         *,
-        providers: Iterable[str] = ("kakaotalk", "sms"),
+        providers: Iterable[str] = CHANNELS,
         wall_clock: Callable[[], float] = time.time,
         limits: Mapping[str, tuple[int, float]] | None = None,
         clock: Callable[[], float] = time.monotonic,

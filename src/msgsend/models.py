@@ -46,7 +46,9 @@ class Channel(StrEnum):
     SMS = "sms"
 
 
-CHANNELS: tuple[Channel, ...] = (Channel.KAKAOTALK, Channel.SMS)
+#: The channels' names, in the order a message tries them; each is also its provider's name
+#: (its configuration section, limiter and metrics key). The one place they are listed.
+CHANNELS: tuple[str, ...] = tuple(channel.value for channel in Channel)
 
 
 class MessageKind(StrEnum):

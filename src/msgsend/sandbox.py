@@ -64,6 +64,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .config import DEFAULTS, Config, LimiterConfig
 from .formats import PLACEHOLDERS, HealthFormat, RequestFormat, preset
+from .models import CHANNELS
 from .redact import printable
 
 __all__ = [
@@ -71,7 +72,6 @@ __all__ = [
     "DEFAULT_RATE_LIMITS",
     "DEFAULT_TOKENS",
     "DEFAULT_USERNAMES",
-    "PROVIDER_NAMES",
     "ProviderOptions",
     "ReceivedRequest",
     "Sandbox",
@@ -83,12 +83,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROVIDER_NAMES: tuple[str, ...] = ("kakaotalk", "sms")
 # SPEC §2's credentials and limits are msgsend's configuration defaults: one place, config.py.
-DEFAULT_USERNAMES: dict[str, str] = {n: DEFAULTS[f"{n}.auth.username"] for n in PROVIDER_NAMES}
-DEFAULT_PASSWORDS: dict[str, str] = {n: DEFAULTS[f"{n}.auth.password"] for n in PROVIDER_NAMES}
+DEFAULT_USERNAMES: dict[str, str] = {n: DEFAULTS[f"{n}.auth.username"] for n in CHANNELS}
+DEFAULT_PASSWORDS: dict[str, str] = {n: DEFAULTS[f"{n}.auth.password"] for n in CHANNELS}
 DEFAULT_RATE_LIMITS: dict[str, int] = {
-    n: DEFAULTS[f"{n}.rate-limit.requests-per-minute"] for n in PROVIDER_NAMES
+    n: DEFAULTS[f"{n}.rate-limit.requests-per-minute"] for n in CHANNELS
 }
 #: the credentials of ``[PROVIDER.auth] type = "bearer"`` / ``"header"`` against the sandbox
 DEFAULT_TOKENS: dict[str, str] = {
@@ -960,7 +959,7 @@ class Sandbox:
             return self._providers[provider]
         except KeyError:
             raise ValueError(
-                f"unknown provider {provider!r}; use one of {', '.join(PROVIDER_NAMES)}"
+                f"unknown provider {provider!r}; use one of {', '.join(CHANNELS)}"
             ) from None
 
     def __repr__(self) -> str:

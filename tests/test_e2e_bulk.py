@@ -364,8 +364,8 @@ def test_resume_after_a_partial_run_sends_only_the_failed_rows(
 
 
 def test_kill_9_mid_run_then_resume_in_a_new_process(sandbox: Any, tmp_path: Path) -> None:
-    n, concurrency, answered = 40, CONCURRENCY, ANSWERED
-    invalid_rows = {5, 25, 38}  # before and after the row where the run is killed
+    n, concurrency, answered = 24, CONCURRENCY, ANSWERED
+    invalid_rows = {5, 18, 23}  # before and after the row where the run is killed
     rows = [
         ("02-555-0000" if row in invalid_rows else phone(row), f"안내 {row}")
         for row in range(1, n + 1)
@@ -410,7 +410,7 @@ def test_kill_9_mid_run_then_resume_in_a_new_process(sandbox: Any, tmp_path: Pat
 
 
 def test_sigint_drains_records_and_resume_completes(sandbox: Any, tmp_path: Path) -> None:
-    n, concurrency, answered = 40, CONCURRENCY, ANSWERED
+    n, concurrency, answered = 24, CONCURRENCY, ANSWERED
     rows = [(phone(row), f"점검 안내 {row}") for row in range(1, n + 1)]
     source = write_csv(tmp_path / "big.csv", rows)
     results_path = tmp_path / "big.results.csv"

@@ -38,6 +38,7 @@ __all__ = [
     "LimiterTimeout",
     "LimiterUnavailableError",
     "MsgsendError",
+    "Outgoing",
     "Provider",
     "ProviderError",
     "ProviderUnavailableError",
@@ -51,6 +52,7 @@ __all__ = [
     "check_health",
     "load_config",
     "normalize_recipient",
+    "prepare_message",
     "send_bulk",
 ]
 
@@ -72,6 +74,7 @@ _LOCATIONS = {
     "LimiterTimeout": "errors",
     "LimiterUnavailableError": "errors",
     "MsgsendError": "errors",
+    "Outgoing": "models",
     "Provider": "providers",
     "ProviderError": "errors",
     "ProviderUnavailableError": "errors",
@@ -84,6 +87,7 @@ _LOCATIONS = {
     "check_health": "health",
     "load_config": "config",
     "normalize_recipient": "models",
+    "prepare_message": "models",
     "send_bulk": "bulk",
 }
 
@@ -112,7 +116,7 @@ if TYPE_CHECKING:
     )
     from .events import Events
     from .health import HealthReport, check_health
-    from .models import Channel, DeliveryResult, normalize_recipient
+    from .models import Channel, DeliveryResult, Outgoing, normalize_recipient, prepare_message
     from .providers import Provider
     from .ratelimit import Lease, RateLimiter
     from .retry import RetryPolicy

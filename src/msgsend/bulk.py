@@ -50,6 +50,7 @@ from .formats import bulk_message_id
 from .models import (
     Channel,
     DeliveryResult,
+    Outgoing,
     mask_recipient,
     message_kind,
     normalize_recipient,
@@ -92,7 +93,9 @@ class SupportsSend(Protocol):
     """The message service bulk sends through (``Sender``); must be thread-safe.
 
     ``overflow``, ``refused_by`` and ``before_attempt`` (``_SendExtras``) are passed only when
-    in use: a sender for a run without overflow or quiet hours needs none of them.
+    in use: a sender for a run without overflow or quiet hours needs none of them. A sender
+    that also has ``send_prepared(message: Outgoing, **same keywords)`` (``Sender``) gets each
+    row as the ``Outgoing`` csvinput checked, instead of ``send``, and does not check it again.
     """
 
     def send(
@@ -398,6 +401,11 @@ class _Run:
         self.sender = sender
         # A message id (a uuid5 per row) is made only when some provider's format sends one.
         self.make_ids = bool(getattr(sender, "makes_message_ids", True))
+        # A row is checked once, by csvinput: a sender that takes checked messages (``Sender``)
+        # gets it as one and does not check it again.
+        self.send_prepared: Callable[..., DeliveryResult] | None = getattr(
+            sender, "send_prepared", None
+        )
         self.sink = sink
         self.report = report
         self.previous = previous
@@ -617,14 +625,22 @@ class _Run:
                     if self.make_ids
                     else None
                 )
-                result = self.sender.send(
-                    item.recipient,
-                    item.message,
-                    via=item.channel,
-                    fallback=self.fallback,
-                    message_id=message_id,
-                    **self.extras(item, earlier),
-                )
+                if self.send_prepared is not None:
+                    result = self.send_prepared(
+                        Outgoing(item.recipient, item.message, item.channel, item.note),
+                        fallback=self.fallback,
+                        message_id=message_id,
+                        **self.extras(item, earlier),
+                    )
+                else:
+                    result = self.sender.send(
+                        item.recipient,
+                        item.message,
+                        via=item.channel,
+                        fallback=self.fallback,
+                        message_id=message_id,
+                        **self.extras(item, earlier),
+                    )
             except InputError as exc:
                 self.record(item, INVALID, error=str(exc))
                 return

@@ -576,21 +576,22 @@ def send(
     with _command("send", common, json_output=json_output) as command:
         channel = _channel(via)
         text = _read_message(message)
-        from .models import choose_channel, normalize_recipient
+        from .models import prepare_message
 
-        normalize_recipient(recipient)
+        # Checked once, before the configuration is read (bad input is 65 whatever it says).
         # As bulk does: a message too long for KakaoTalk that SMS can carry goes by SMS.
-        choose_channel(text, channel, fallback=not no_fallback)
+        outgoing = prepare_message(recipient, text, channel, fallback=not no_fallback)
         command.start(rows=1)
         with _run(common, command=command, sandbox=sandbox) as run:
             sender = _build_sender(run, pool_size=2)
             assert run.config is not None
-            result = sender.send(
-                recipient,
-                text,
-                via=channel,
-                fallback=False if no_fallback else None,
-                overflow=overflow or run.config.overflow,
+            fallback = False if no_fallback else None
+            if outgoing.channel != channel and not sender.falls_back(fallback):
+                # Sent by SMS only as a fallback, which the configuration turns off: refused
+                # with KakaoTalk's reason, as Sender.send refuses it.
+                outgoing = prepare_message(recipient, text, channel, fallback=False)
+            result = sender.send_prepared(
+                outgoing, fallback=fallback, overflow=overflow or run.config.overflow
             )
             run.ok = result.ok
             command.counts = {result.status: 1}

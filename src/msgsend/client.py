@@ -62,11 +62,11 @@ from .models import (
     CHANNELS,
     Channel,
     DeliveryResult,
+    Outgoing,
     Refusal,
-    choose_channel,
     mask_recipient,
     message_kind,
-    normalize_recipient,
+    prepare_message,
     validate_message,
 )
 from .report import RunStats
@@ -174,8 +174,7 @@ class Sender:
 
         pool = max(pool_size or 0, config.bulk.concurrency, 4)
         providers = {
-            name: build_provider(config.provider(name), pool_size=pool)
-            for name in (Channel.KAKAOTALK.value, Channel.SMS.value)
+            name: build_provider(config.provider(name), pool_size=pool) for name in CHANNELS
         }
         owned_limiter = None
         if limiter is None:
@@ -255,10 +254,44 @@ class Sender:
         fallback): a bulk run's quiet hours block it until they end, and when it answers False
         (the run is stopping) the message is left as waiting, nothing more sent.
         """
-        number = normalize_recipient(recipient)
+        message = prepare_message(recipient, text, via, fallback=self.falls_back(fallback))
+        return self.send_prepared(
+            message,
+            fallback=fallback,
+            overflow=overflow,
+            message_id=message_id,
+            refused_by=refused_by,
+            before_attempt=before_attempt,
+        )
+
+    def falls_back(self, fallback: bool | None = None) -> bool:
+        """Return whether a message may go by SMS after KakaoTalk (``fallback`` None: configured).
+
+        Also whether a message too long for KakaoTalk may go by SMS (``prepare_message``).
+        """
         use_fallback = self.fallback if fallback is None else fallback
-        can_fall_back = use_fallback and Channel.SMS.value in self.providers
-        channel, note = choose_channel(text, via, fallback=can_fall_back)
+        return use_fallback and Channel.SMS.value in self.providers
+
+    def send_prepared(
+        self,
+        message: Outgoing,
+        *,
+        fallback: bool | None = None,
+        overflow: bool = False,
+        message_id: str | None = None,
+        refused_by: Collection[str] = (),
+        before_attempt: Callable[[], bool] | None = None,
+    ) -> DeliveryResult:
+        """Deliver a message checked at the edge (``prepare_message``) without checking it again.
+
+        It goes by ``message.channel``, then, if this sender falls back, by SMS (which checks
+        the text for SMS first). The keywords are those of :meth:`send`::
+
+            message = prepare_message("010-1234-5678", "안녕하세요", fallback=sender.falls_back())
+            result = sender.send_prepared(message)
+        """
+        number, text, channel, note = message.recipient, message.text, message.channel, message.note
+        can_fall_back = self.falls_back(fallback)
         if message_id is None and self._make_ids:
             message_id = new_message_id()
         chain = [channel]

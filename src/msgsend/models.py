@@ -20,6 +20,7 @@ __all__ = [
     "DeliveryResult",
     "HealthStatus",
     "MessageKind",
+    "Outgoing",
     "ProviderHealth",
     "Refusal",
     "check_characters",
@@ -28,6 +29,7 @@ __all__ = [
     "mask_recipient",
     "message_kind",
     "normalize_recipient",
+    "prepare_message",
     "sms_bytes",
     "validate_message",
 ]
@@ -299,6 +301,36 @@ def choose_channel(text: str, channel: Channel | str, *, fallback: bool) -> tupl
         )
         return Channel.SMS, note
     return wanted, ""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message checked once, at the edge: ``Sender.send_prepared`` sends it without checking.
+
+    Make it with :func:`prepare_message` (or from values checked the same way, as a bulk row's
+    are by ``csvinput``): ``recipient`` normalised, ``text`` valid for ``channel``, the channel
+    it goes by (a message too long for KakaoTalk: SMS, ``note`` saying so).
+    """
+
+    recipient: str
+    text: str
+    channel: Channel
+    note: str = ""
+
+
+def prepare_message(
+    recipient: str, text: str, via: Channel | str = Channel.KAKAOTALK, *, fallback: bool
+) -> Outgoing:
+    """Check ``recipient`` and ``text`` for ``via`` once; raise InputError for what cannot go.
+
+    ``fallback`` lets a message too long for KakaoTalk go by SMS (``choose_channel``)::
+
+        >>> prepare_message("01012345678", "a" * 1200, fallback=True).channel
+        <Channel.SMS: 'sms'>
+    """
+    number = normalize_recipient(recipient)
+    channel, note = choose_channel(text, via, fallback=fallback)
+    return Outgoing(number, text, channel, note)
 
 
 @dataclass(slots=True)

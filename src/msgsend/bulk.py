@@ -114,6 +114,23 @@ class SupportsSend(Protocol):
         ...
 
 
+def _prepared_sending(sender: SupportsSend | None) -> Callable[..., DeliveryResult]:
+    """Return how a row that csvinput checked is sent: as an ``Outgoing``, checked once.
+
+    ``Sender.send_prepared`` does not check it again; a sender with only ``send`` gets its
+    fields (a dry run, with no sender, never sends).
+    """
+    prepared: Callable[..., DeliveryResult] | None = getattr(sender, "send_prepared", None)
+    if prepared is not None:
+        return prepared
+
+    def send(message: Outgoing, **keywords: Any) -> DeliveryResult:
+        assert sender is not None
+        return sender.send(message.recipient, message.text, via=message.channel, **keywords)
+
+    return send
+
+
 class _SendExtras(TypedDict, total=False):
     """The keyword arguments of ``SupportsSend.send`` a row passes only when they are in use."""
 
@@ -401,11 +418,7 @@ class _Run:
         self.sender = sender
         # A message id (a uuid5 per row) is made only when some provider's format sends one.
         self.make_ids = bool(getattr(sender, "makes_message_ids", True))
-        # A row is checked once, by csvinput: a sender that takes checked messages (``Sender``)
-        # gets it as one and does not check it again.
-        self.send_prepared: Callable[..., DeliveryResult] | None = getattr(
-            sender, "send_prepared", None
-        )
+        self.send_prepared = _prepared_sending(sender)
         self.sink = sink
         self.report = report
         self.previous = previous
@@ -625,22 +638,12 @@ class _Run:
                     if self.make_ids
                     else None
                 )
-                if self.send_prepared is not None:
-                    result = self.send_prepared(
-                        Outgoing(item.recipient, item.message, item.channel, item.note),
-                        fallback=self.fallback,
-                        message_id=message_id,
-                        **self.extras(item, earlier),
-                    )
-                else:
-                    result = self.sender.send(
-                        item.recipient,
-                        item.message,
-                        via=item.channel,
-                        fallback=self.fallback,
-                        message_id=message_id,
-                        **self.extras(item, earlier),
-                    )
+                result = self.send_prepared(
+                    Outgoing(item.recipient, item.message, item.channel, item.note),
+                    fallback=self.fallback,
+                    message_id=message_id,
+                    **self.extras(item, earlier),
+                )
             except InputError as exc:
                 self.record(item, INVALID, error=str(exc))
                 return

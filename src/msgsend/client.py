@@ -474,7 +474,7 @@ class Sender:
 
         if self.limiter is None:
             return False
-        for name in (Channel.KAKAOTALK.value, Channel.SMS.value):
+        for name in CHANNELS:
             breaker = self.breakers.get(name)
             if breaker is not None and breaker.state is not CircuitState.CLOSED:
                 return False

@@ -220,6 +220,15 @@ def test_a_pipe_is_read_once(tmp_path):
     assert config.retry.max_attempts == 2
 
 
+def test_a_file_over_1_mib_is_refused_after_a_bounded_read(tmp_path):
+    # The bound that keeps --config /dev/zero (or a pipe that never ends) from filling memory:
+    # only the first MiB and one byte are read, and that is too much for a configuration.
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "a" * (1 << 20) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="larger than 1 MiB: not a configuration file"):
+        load_config(big)
+
+
 # ---------------------------------------------------------------------- environment
 
 
@@ -481,10 +490,10 @@ def test_utf8_file_with_korean_comments(tmp_path):
 def test_unreadable_file(tmp_path, monkeypatch):
     path = write(tmp_path / "c.toml", "")
 
-    def refuse(self):
+    def refuse(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(Path, "read_bytes", refuse)
+    monkeypatch.setattr(Path, "open", refuse)  # as root, a mode of 000 would not refuse
     with pytest.raises(ConfigError, match="cannot read the file") as info:
         load_config(path)
     assert str(path) in str(info.value)

@@ -890,11 +890,22 @@ def _coerce_text(key: str, spec: _Key, raw: Any, source: str) -> str:
     return value
 
 
+#: a configuration file longer than this is not one (``--config /dev/zero`` ends here)
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        data = path.read_bytes()
+        # Bounded: a pipe or a device may be named (--config <(...)) and may never end.
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read the file ({exc.strerror})", source=str(path)) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a configuration file",
+            source=str(path),
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

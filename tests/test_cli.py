@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -257,6 +258,26 @@ def test_config_init_show_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     checked = invoke("config", "check", "--config", str(path))
     assert checked.exit_code == 0, checked.output
     assert "configuration OK" in checked.stdout
+
+
+def test_config_init_leaves_the_mode_of_a_device_or_pipe_alone(tmp_path: Path) -> None:
+    # As root, `config init --force /dev/null` made /dev/null mode 600 (unusable by others).
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o644)
+    fifo.chmod(0o644)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the writer's open does not block
+    try:
+        assert invoke("config", "init", "--force", str(fifo)).exit_code == 0
+        written = os.read(reader, 1 << 16)
+    finally:
+        os.close(reader)
+    assert written.startswith(b"# msgsend configuration")
+    assert fifo.stat().st_mode & 0o777 == 0o644
+    path = tmp_path / "existing.toml"
+    path.write_text("", encoding="utf-8")
+    path.chmod(0o644)
+    assert invoke("config", "init", "--force", str(path)).exit_code == 0
+    assert path.stat().st_mode & 0o777 == 0o600  # a file overwritten is made private
 
 
 def test_sample_config_in_repository_is_current() -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -1271,8 +1272,12 @@ def config_init(
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                # A file overwritten with --force keeps its mode through O_TRUNC: 600 it is.
+                # Not a device or a pipe (/dev/stdout, --force /dev/null as root): written
+                # to, its mode left alone.
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.chmod(path, 0o600)
                 handle.write(render_sample_config(wire_format))
-            os.chmod(path, 0o600)
         except OSError as exc:
             raise ConfigError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
         sys.stderr.write(f"wrote {path}\n")

@@ -307,6 +307,24 @@ def test_python_dash_m_and_version() -> None:
     assert done.stdout.startswith("msgsend ")
 
 
+def test_version_to_a_reader_gone_is_no_traceback() -> None:
+    # `msgsend --version | true`: the pipe's reader has left before the version is written.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "msgsend", "--version"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 1
+    assert done.stderr == ""
+
+
 def test_unknown_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     # main() as the console script runs it (the process's exit code is SystemExit's: the real
     # processes below show that path); in-process, since only the code is under test here.

@@ -15,7 +15,16 @@ from . import __version__
 def main() -> None:
     """Run the command line, e.g. ``msgsend send 010-1234-5678 "hi"``."""
     if sys.argv[1:] == ["--version"]:
-        sys.stdout.write(f"msgsend {__version__}\n")
+        try:
+            sys.stdout.write(f"msgsend {__version__}\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader left first (`msgsend --version | true`): no traceback, and the
+            # interpreter's own flush at exit goes to /dev/null instead of failing again.
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(1) from None
         raise SystemExit(0)
     from .cli import main as run_command_line
 

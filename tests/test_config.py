@@ -988,6 +988,9 @@ SECRET_ERRORS = [
      "got 'tgram://***'"),
     ('[sms]\nbase-url = "ftp://u:b4se@sms.example.com"\n', "sms.base-url", "b4se",
      "got 'ftp://u:***@sms.example.com'"),
+    # a secret written where its table belongs (the password one level too high)
+    ('[kakaotalk]\nauth = "hunt3r2"\n', "kakaotalk.auth", "hunt3r2", "got a string (hidden)"),
+    ('kakaotalk = "hunt3r2"\n', "kakaotalk", "hunt3r2", "got a string (hidden)"),
 ]  # fmt: skip
 
 
@@ -997,6 +1000,11 @@ def test_an_error_about_a_secret_key_never_shows_the_secret(tmp_path, text, key,
     assert error.key == key
     assert secret not in str(error)
     assert shown in str(error)
+
+
+def test_a_value_where_a_table_of_no_secrets_belongs_is_shown(tmp_path):
+    error = config_error(tmp_path, "retry = true\n")
+    assert "expected a table ([retry]), got true" in str(error)
 
 
 def test_the_library_defaults_are_the_configurations() -> None:

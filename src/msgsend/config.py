@@ -671,8 +671,13 @@ def _flatten(table: Mapping[str, Any], prefix: str, source: str, out: dict[str, 
             _flatten(value, key + ".", source, out)
         elif spec is None:
             if _is_table_prefix(key):
+                # `auth = "hunter2"` for [kakaotalk.auth]: a table of secrets is never shown.
+                secret = any(k.startswith(key + ".") and _redaction(k) for k in SCHEMA)
+                got = f"{_KIND_OF_VALUE.get(type(value), 'a value')} (hidden)" if secret else None
                 raise ConfigError(
-                    f"expected a table ([{key}]), got {_literal(value)}", source=source, key=key
+                    f"expected a table ([{key}]), got {got or _literal(value)}",
+                    source=source,
+                    key=key,
                 )
             raise ConfigError(_unknown_key_message(key), source=source, key=key)
         else:

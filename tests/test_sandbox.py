@@ -423,6 +423,11 @@ def test_invalid_options_are_refused() -> None:
         ProviderOptions(rate_limit=0)
     with pytest.raises(ValueError, match="status"):
         ProviderOptions(status=42)
+    # without a digit a suffix matched every number: KakaoTalk failed them all
+    for suffix in ("abc", "", "00a0"):
+        with pytest.raises(ValueError, match="fail suffix is a number's last digits"):
+            SandboxOptions(kakaotalk_fail_suffixes=(suffix,))
+    assert SandboxOptions(kakaotalk_fail_suffixes=("0000", "12-34")).kakaotalk_fail_suffixes
 
 
 def test_what_the_sandbox_prints_has_control_characters_escaped() -> None:

@@ -171,6 +171,13 @@ class SandboxOptions:
 
     def __post_init__(self) -> None:
         _check_status("fail_status", self.fail_status)
+        for suffix in self.kakaotalk_fail_suffixes:
+            # Without a digit a suffix would match every number: KakaoTalk failing them all.
+            if not _digits(suffix) or suffix.strip("0123456789-"):
+                raise ValueError(
+                    "a KakaoTalk fail suffix is a number's last digits (e.g. 0000), "
+                    f"got {suffix!r}"
+                )
 
 
 @dataclass(frozen=True)

@@ -175,8 +175,7 @@ class SandboxOptions:
             # Without a digit a suffix would match every number: KakaoTalk failing them all.
             if not _digits(suffix) or suffix.strip("0123456789-"):
                 raise ValueError(
-                    "a KakaoTalk fail suffix is a number's last digits (e.g. 0000), "
-                    f"got {suffix!r}"
+                    f"a KakaoTalk fail suffix is a number's last digits (e.g. 0000), got {suffix!r}"
                 )
 
 

@@ -799,3 +799,22 @@ def test_a_sender_that_raises_stops_the_run_and_leaves_the_row_unrecorded(tmp_pa
     assert report.exit_code == 70
     assert [row["row"] for row in read_results(report.results_path)] == ["1"]
     assert report.failed == 0 and report.left == 4
+
+
+def test_a_run_stopped_by_a_bug_after_a_failed_row_exits_70_not_1(tmp_path: Path) -> None:
+    # Rows left unsent by a bug must not hide behind "a row was not delivered" (1).
+    source = make_csv(tmp_path / "in.csv", [(f"010-1000-000{i}", "hi") for i in range(1, 6)])
+
+    class Broken(FakeSender):
+        def send(self, recipient: str, text: str, **kwargs: object) -> DeliveryResult:
+            if recipient.endswith("0001"):
+                return DeliveryResult(
+                    recipient, "failed", "kakaotalk", attempts=1, error="HTTP 500"
+                )
+            if recipient.endswith("0002"):
+                raise RuntimeError("boom")
+            return super().send(recipient, text, **kwargs)  # type: ignore[arg-type]
+
+    report = send_bulk(source, Broken(), BulkOptions(concurrency=1))
+    assert report.failed == 1 and report.left == 4
+    assert report.exit_code == 70

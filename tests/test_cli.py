@@ -321,8 +321,41 @@ def test_version_to_a_reader_gone_is_no_traceback() -> None:
         )
     finally:
         os.close(write)
-    assert done.returncode == 1
+    assert done.returncode == 0  # a reader that has left is no failure of msgsend's
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["send", "010-1234-5678", "hi", "--sandbox", "--json"], 0),
+        (["send", "010-1234-0000", "hi", "--sandbox", "--no-fallback", "--json"], 1),
+        (["config", "show"], 0),
+        (["config", "check"], 0),
+        (["--version"], 0),
+    ],
+)
+def test_a_reader_gone_from_stdout_leaves_the_exit_code_to_what_was_done(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], code: int
+) -> None:
+    # `msgsend send ... --json | head -0`: the message went (or did not), and the exit code
+    # must say which; an "internal error" (70) made a retrying wrapper send it twice.
+    from msgsend import cli
+
+    monkeypatch.setenv("MSGSEND_RETRY_MAX_ATTEMPTS", "1")  # the failing send: no retry waits
+    read, write = os.pipe()
+    os.close(read)
+    stdout = open(write, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(cli, "_stdout_gone", False)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(args)
+    finally:
+        monkeypatch.undo()
+        stdout.close()
+    assert exited.value.code == code
+    assert "internal error" not in capsys.readouterr().err
 
 
 def test_unknown_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

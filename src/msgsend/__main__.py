@@ -19,12 +19,12 @@ def main() -> None:
             sys.stdout.write(f"msgsend {__version__}\n")
             sys.stdout.flush()
         except BrokenPipeError:
-            # The reader left first (`msgsend --version | true`): no traceback, and the
-            # interpreter's own flush at exit goes to /dev/null instead of failing again.
+            # The reader left first (`msgsend --version | true`): no failure of msgsend's (as
+            # for every command: cli._write_stdout), no traceback, and the interpreter's own
+            # flush at exit goes to /dev/null instead of failing again.
             import os
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise SystemExit(1) from None
         raise SystemExit(0)
     from .cli import main as run_command_line
 

@@ -239,7 +239,7 @@ class BulkReport(RowCounts):
     def exit_code(self) -> int:
         """SPEC §8: 130 interrupted, the stop's code (78, 75), 1 if a row failed or is invalid.
 
-        When several apply the SPEC's precedence decides (130 > 78 > 75 > 74 > 1).
+        When several apply the SPEC's precedence decides (130 > 78 > 75 > 74 > 70 > 1).
         """
         problem = self.failed or self.invalid or self.previously.get(INVALID, 0)
         return most_severe(

@@ -519,12 +519,35 @@ def _channel(value: str, option: str = "--via") -> str:
 def _print_json(document: Any) -> None:
     global _printed_json
     _printed_json = True
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
-    sys.stdout.flush()
+    _write_stdout(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
 
 
 #: whether this process printed its one JSON document (``main`` adds one for usage errors)
 _printed_json = False
+
+
+def _write_stdout(text: str) -> None:
+    """Write ``text`` to standard output, now; a reader that has left is no failure.
+
+    ``msgsend send ... --json | head -0``: the message went, and the exit code must say so
+    (a wrapper that retried an "internal error" would send it twice), so a closed pipe ends
+    the output, not the command. Standard output then points at /dev/null, so that nothing
+    (the interpreter's flush at exit included) fails on it again.
+    """
+    global _stdout_gone
+    if _stdout_gone:
+        return
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone = True
+        with suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+#: whether the reader of standard output has left (``_write_stdout``)
+_stdout_gone = False
 
 
 # ---------------------------------------------------------------------------- the commands
@@ -532,7 +555,7 @@ _printed_json = False
 
 def _version_callback(value: bool) -> None:
     if value:
-        sys.stdout.write(f"msgsend {__version__}\n")
+        _write_stdout(f"msgsend {__version__}\n")
         raise typer.Exit()
 
 
@@ -747,7 +770,7 @@ def _render_health(report: Any) -> None:
             + row[3]
             for row in rows
         ]
-        sys.stdout.write("\n".join(line.rstrip() for line in lines) + "\n")
+        _write_stdout("\n".join(line.rstrip() for line in lines) + "\n")
         return
     from rich.markup import escape
     from rich.table import Table
@@ -1185,8 +1208,7 @@ def sandbox_command(
             raise typer.BadParameter(str(exc)) from None
 
         def show(request: Any) -> None:
-            sys.stdout.write(format_request(request) + "\n")
-            sys.stdout.flush()
+            _write_stdout(format_request(request) + "\n")
 
         sandbox = Sandbox(
             options,
@@ -1303,7 +1325,7 @@ def config_show(
                 }
             )
             return
-        sys.stdout.write(render_effective_config(loaded))
+        _write_stdout(render_effective_config(loaded))
 
 
 @config_app.command("check")
@@ -1318,7 +1340,7 @@ def config_check(config: ConfigOpt = None) -> None:
         limiter.close()
         for warning in loaded.warnings:
             sys.stderr.write(f"warning: {warning}\n")
-        sys.stdout.write(f"configuration OK ({loaded.path or 'built-in defaults'})\n")
+        _write_stdout(f"configuration OK ({loaded.path or 'built-in defaults'})\n")
 
 
 def _app_for(args: list[str]) -> typer.Typer:

@@ -39,7 +39,7 @@ sent: the channel cannot be used for now, so a bulk row waits for it), never fro
 
 The exit code of every error comes from one table, ``EXIT_CODES``, keyed by class (the most
 specific class listed wins); ``most_severe`` applies the precedence of SPEC §10 when several
-codes apply to one run: 130 > 78 > 75 > 74 > 1 > 0.
+codes apply to one run: 130 > 78 > 75 > 74 > 70 > 1 > 0.
 """
 
 from __future__ import annotations
@@ -406,7 +406,9 @@ EXIT_CODES: Mapping[type[BaseException], int] = {
 }
 
 #: When several codes apply to one run, the first of these that applies wins (SPEC §10).
-_PRECEDENCE = (EXIT_INTERRUPTED, EXIT_CONFIG, EXIT_TEMPFAIL, EXIT_IOERR, EXIT_FAILED)
+#: SPEC §10's precedence, with a run stopped by a bug (70: rows left unsent for --resume)
+#: above rows that failed (1), which would hide it.
+_PRECEDENCE = (EXIT_INTERRUPTED, EXIT_CONFIG, EXIT_TEMPFAIL, EXIT_IOERR, EXIT_SOFTWARE, EXIT_FAILED)
 
 
 def exit_code_for(exc: BaseException | type[BaseException]) -> int:
@@ -419,7 +421,7 @@ def exit_code_for(exc: BaseException | type[BaseException]) -> int:
 
 
 def most_severe(*codes: int) -> int:
-    """Return the code that wins among ``codes``: 130 > 78 > 75 > 74 > 1, then any other, then 0."""
+    """Return the code that wins among ``codes``: 130 > 78 > 75 > 74 > 70 > 1, any other, 0."""
     present = {code for code in codes if code != EXIT_OK}
     for code in _PRECEDENCE:
         if code in present:

@@ -280,25 +280,25 @@ def test_after_a_500_trial_a_second_message_decides(breaker, clock, changes, sec
     assert after == ([CircuitState.HALF_OPEN] + ([] if expected is after[0] else [expected]))
 
 
+def refuse_trials(breaker: CircuitBreaker, count: int) -> None:
+    """``count`` different messages, each a half-open trial answered 500."""
+    for _ in range(count):
+        message = object()
+        breaker.before_request(message=message)
+        breaker.record_failure(answered(500), message=message)
+
+
 def test_minimum_calls_messages_refused_in_a_row_reopen_and_a_healthy_one_closes(breaker, clock):
     # The fixture's minimum_calls is 3: three different messages answered 500 in a row are
     # the evidence that opened it from closed; fewer, then a healthy number, close it.
     trip(breaker)
     clock.advance(30.0)
-    for _ in range(2):
-        message = object()
-        breaker.before_request(message=message)
-        breaker.record_failure(answered(500), message=message)
-        assert state(breaker) is CircuitState.HALF_OPEN
-    third = object()
-    breaker.before_request(message=third)
-    breaker.record_failure(answered(500), message=third)
+    refuse_trials(breaker, 2)
+    assert state(breaker) is CircuitState.HALF_OPEN
+    refuse_trials(breaker, 1)
     assert state(breaker) is CircuitState.OPEN
     clock.advance(30.0)
-    for _ in range(2):
-        message = object()
-        breaker.before_request(message=message)
-        breaker.record_failure(answered(500), message=message)
+    refuse_trials(breaker, 2)
     healthy = object()
     breaker.before_request(message=healthy)
     breaker.record_success(message=healthy)

@@ -94,3 +94,20 @@ def test_send_refuses_a_message_too_long_for_kakaotalk_when_fallback_is_off(
     result = CliRunner().invoke(app, ["send", "010-1234-5678", "a" * 1001, "--config", str(config)])
     assert result.exit_code == 65, result.output
     assert "message too long for KakaoTalk: 1001 characters" in result.stderr
+
+
+def test_a_sender_subclass_that_overrides_send_alone_is_called_by_bulk(tmp_path: Path) -> None:
+    # A library user's Sender that logs or filters in send(): bulk must not go around it.
+    kakao, sms = FakeProvider("kakaotalk"), FakeProvider("sms")
+    seen: list[str] = []
+
+    class Logging(Sender):
+        def send(self, recipient: str, text: str, **kwargs: Any) -> Any:
+            seen.append(recipient)
+            return super().send(recipient, text, **kwargs)
+
+    source = tmp_path / "in.csv"
+    source.write_text("phone,message\n010-1234-5678,hi\n010-1234-5679,hi\n", encoding="utf-8")
+    report = send_bulk(source, Logging({"kakaotalk": kakao, "sms": sms}), BulkOptions())
+    assert report.sent == 2
+    assert sorted(seen) == ["010-1234-5678", "010-1234-5679"]

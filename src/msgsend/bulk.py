@@ -118,10 +118,11 @@ def _prepared_sending(sender: SupportsSend | None) -> Callable[..., DeliveryResu
     """Return how a row that csvinput checked is sent: as an ``Outgoing``, checked once.
 
     ``Sender.send_prepared`` does not check it again; a sender with only ``send`` gets its
-    fields (a dry run, with no sender, never sends).
+    fields (a dry run, with no sender, never sends), and so does a subclass that overrides
+    ``send`` alone: bulk must not go around what it added.
     """
     prepared: Callable[..., DeliveryResult] | None = getattr(sender, "send_prepared", None)
-    if prepared is not None:
+    if prepared is not None and not _overrides_send_alone(sender):
         return prepared
 
     def send(message: Outgoing, **keywords: Any) -> DeliveryResult:
@@ -129,6 +130,14 @@ def _prepared_sending(sender: SupportsSend | None) -> Callable[..., DeliveryResu
         return sender.send(message.recipient, message.text, via=message.channel, **keywords)
 
     return send
+
+
+def _overrides_send_alone(sender: object) -> bool:
+    """Return whether ``sender``'s class overrides ``send`` below the class that defines
+    ``send_prepared`` (a ``Sender`` subclass that logs or filters in ``send``)."""
+    cls = type(sender)
+    owner = next((klass for klass in cls.__mro__ if "send_prepared" in vars(klass)), None)
+    return owner is not None and getattr(cls, "send", None) is not getattr(owner, "send", None)
 
 
 class _SendExtras(TypedDict, total=False):

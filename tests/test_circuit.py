@@ -275,9 +275,9 @@ def test_after_a_500_trial_a_second_message_decides(breaker, clock, changes, sec
         breaker.record_failure(second, message=other)
     assert state(breaker) is expected
     # No closed/open flapping while undecided: at most one transition after the half-open.
-    after = [change[2] for change in changes]
-    after = after[after.index(CircuitState.HALF_OPEN, len(after) - 2) :]
-    assert after == ([CircuitState.HALF_OPEN] + ([] if expected is after[0] else [expected]))
+    states = [change[2] for change in changes]
+    settled = [] if expected is CircuitState.HALF_OPEN else [expected]
+    assert states[-1 - len(settled) :] == [CircuitState.HALF_OPEN, *settled]
 
 
 def refuse_trials(breaker: CircuitBreaker, count: int) -> None:
